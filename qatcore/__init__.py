@@ -1,0 +1,18 @@
+"""qatcore: quantization-aware training, calibration and int8 inference on CPU.
+
+The QAT module of the Rust crate aprender-core (``nn::quantization``) rebuilt on Cython
+kernels: the same structs under the same names, the same numbers bit for bit.
+"""
+
+from ._backend import get_num_threads, set_num_threads
+from .config import FakeQuantConfig, ObserverMethod
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "FakeQuantConfig",
+    "ObserverMethod",
+    "get_num_threads",
+    "set_num_threads",
+    "__version__",
+]

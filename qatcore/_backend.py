@@ -1,0 +1,90 @@
+"""Choose the kernel module built for the best CPU target this machine supports.
+
+``QATCORE_TARGET`` (``baseline``, ``avx2``, ``avx512``) forces a target; asking for one
+the CPU cannot run, or one that was not built, is an error rather than a crash.  Tests
+load every available target with :func:`load`.
+"""
+
+from __future__ import annotations
+
+import importlib
+import os
+from types import ModuleType
+
+from . import _kernels as _baseline
+
+#: Targets from the most to the least capable.
+ALL_TARGETS = ("avx512", "avx2", "baseline")
+
+__all__ = ["ALL_TARGETS", "available_targets", "load", "kernels", "get_num_threads",
+           "set_num_threads"]
+
+
+def _module_name(target: str) -> str:
+    return "qatcore._kernels" if target == "baseline" else f"qatcore._kernels_{target}"
+
+
+def available_targets() -> list[str]:
+    """Targets that were built and that this CPU can run, best first."""
+    found = []
+    for target in ALL_TARGETS:
+        if target != "baseline" and not _baseline.cpu_supports(target):
+            continue
+        try:
+            importlib.import_module(_module_name(target))
+        except ImportError:
+            continue
+        found.append(target)
+    return found
+
+
+def load(target: str) -> ModuleType:
+    """The kernel module for `target`; ValueError if it was not built or the CPU lacks it."""
+    if target not in ALL_TARGETS:
+        raise ValueError(f"QATCORE_TARGET: unknown target {target!r}; expected one of {ALL_TARGETS}")
+    if target != "baseline" and not _baseline.cpu_supports(target):
+        raise ValueError(f"QATCORE_TARGET: this CPU cannot run the {target!r} kernels")
+    try:
+        return importlib.import_module(_module_name(target))
+    except ImportError as exc:
+        raise ValueError(f"QATCORE_TARGET: the {target!r} kernels were not built ({exc})") from exc
+
+
+def _choose() -> ModuleType:
+    forced = os.environ.get("QATCORE_TARGET", "").strip().lower()
+    if forced:
+        return load(forced)
+    return load(available_targets()[0])
+
+
+#: The kernel module every class uses.
+kernels: ModuleType = _choose()
+
+_num_threads = 1
+
+
+def get_num_threads() -> int:
+    """Library-wide default thread count for kernels (1 unless changed)."""
+    return _num_threads
+
+
+def set_num_threads(n: int) -> None:
+    """Set the library-wide default thread count for kernels.
+
+    One thread is the default: on a machine with few cores a preempted worker thread can
+    stall a call for a scheduler tick, so threads are opt-in.
+    """
+    global _num_threads
+    _num_threads = check_threads(n, "n")
+
+
+def check_threads(n_threads, name: str = "n_threads") -> int:
+    """Validate a thread count (None means the library-wide default)."""
+    if n_threads is None:
+        return _num_threads
+    if isinstance(n_threads, bool) or not isinstance(n_threads, (int,)) and not hasattr(n_threads, "__index__"):
+        raise TypeError(f"{name} must be an integer, got {type(n_threads).__name__}")
+    n = int(n_threads)
+    if n < 1 or n > 64:
+        raise ValueError(f"{name} must be between 1 and 64, got {n}")
+    return n

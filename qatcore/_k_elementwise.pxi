@@ -1,0 +1,128 @@
+# Element-wise kernels: fake quantize (+ STE mask), quantize to integer codes, dequantize.
+#
+# Arithmetic is float32 in the Rust order, division not multiplication by the inverse:
+#   q = clamp(round_half_away(x / scale + zero_point), qmin, qmax)
+#   y = (q - zero_point) * scale
+# The clamp is two comparisons (vmaxps/vminps), which matches Rust's f32::clamp including
+# NaN (NaN stays NaN) and the sign of zero.
+
+ctypedef fused code_t:
+    int8_t
+    uint8_t
+    int16_t
+    uint16_t
+
+
+cdef void _fake_quantize_core(const float *x, float *out, uint8_t *mask, Py_ssize_t n,
+                              float scale, float zero_point,
+                              float qmin, float qmax) noexcept nogil:
+    """out[i] = fake-quantized x[i]; mask[i] = 1 where the rounded value lies in
+    [qmin, qmax] (clipped STE), when mask is not NULL.  out may alias x."""
+    cdef Py_ssize_t i
+    cdef float v, r
+    if mask == NULL:
+        for i in range(n):
+            r = _round_half_away(x[i] / scale + zero_point)
+            r = qmin if r < qmin else r
+            r = qmax if r > qmax else r
+            out[i] = (r - zero_point) * scale
+    else:
+        for i in range(n):
+            r = _round_half_away(x[i] / scale + zero_point)
+            mask[i] = (r >= qmin) & (r <= qmax)
+            r = qmin if r < qmin else r
+            r = qmax if r > qmax else r
+            out[i] = (r - zero_point) * scale
+
+
+def fake_quantize(const float[::1] x,      # IN
+                  float[::1] out,          # OUT, same length (may be x itself)
+                  float scale, float zero_point, float qmin, float qmax,
+                  uint8_t[::1] mask=None,  # OUT, same length, or None
+                  int n_threads=1):
+    """Fused quantize -> dequantize of contiguous float32 x into out (and the STE mask)."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef int nt = _threads_for(n, n_threads)
+    cdef Py_ssize_t chunk, c, b
+    cdef uint8_t *m = NULL
+    if n == 0:
+        return
+    if mask is not None:
+        m = &mask[0]
+    with nogil:
+        if nt == 1:
+            _fake_quantize_core(&x[0], &out[0], m, n, scale, zero_point, qmin, qmax)
+        else:
+            chunk = (n + nt - 1) // nt
+            chunk = (chunk + 63) & ~(<Py_ssize_t>63)   # cache-line aligned split
+            for c in prange(nt, num_threads=nt, schedule="static"):
+                b = c * chunk
+                if b < n:
+                    _fake_quantize_core(&x[b], &out[b], (m + b) if m != NULL else NULL,
+                                        min(chunk, n - b), scale, zero_point, qmin, qmax)
+
+
+cdef void _quantize_core(const float *x, code_t *out, Py_ssize_t n, float scale,
+                         float zero_point, float qmin, float qmax) noexcept nogil:
+    """out[i] = clamp(round(x[i] / scale + zero_point), qmin, qmax) as an integer code.
+    qmin/qmax must lie inside code_t's range; NaN gives 0 (as Rust's saturating `as`)."""
+    cdef Py_ssize_t i
+    cdef float r
+    for i in range(n):
+        r = _round_half_away(x[i] / scale + zero_point)
+        r = qmin if r < qmin else r
+        r = qmax if r > qmax else r
+        r = r if r == r else 0
+        out[i] = <code_t>(<int32_t>r)
+
+
+def quantize(const float[::1] x,  # IN
+             code_t[::1] out,     # OUT, same length; int8, uint8, int16 or uint16
+             float scale, float zero_point, float qmin, float qmax,
+             int n_threads=1):
+    """Quantize contiguous float32 x to integer codes in out."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef int nt = _threads_for(n, n_threads)
+    cdef Py_ssize_t chunk, c, b
+    if n == 0:
+        return
+    with nogil:
+        if nt == 1:
+            _quantize_core(&x[0], &out[0], n, scale, zero_point, qmin, qmax)
+        else:
+            chunk = (n + nt - 1) // nt
+            chunk = (chunk + 63) & ~(<Py_ssize_t>63)
+            for c in prange(nt, num_threads=nt, schedule="static"):
+                b = c * chunk
+                if b < n:
+                    _quantize_core(&x[b], &out[b], min(chunk, n - b),
+                                   scale, zero_point, qmin, qmax)
+
+
+cdef void _dequantize_core(const code_t *q, float *out, Py_ssize_t n, float scale,
+                           float zero_point) noexcept nogil:
+    """out[i] = (q[i] - zero_point) * scale in float32."""
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = (<float>q[i] - zero_point) * scale
+
+
+def dequantize(const code_t[::1] q,  # IN
+               float[::1] out,       # OUT, same length
+               float scale, float zero_point, int n_threads=1):
+    """Dequantize contiguous integer codes to float32."""
+    cdef Py_ssize_t n = q.shape[0]
+    cdef int nt = _threads_for(n, n_threads)
+    cdef Py_ssize_t chunk, c, b
+    if n == 0:
+        return
+    with nogil:
+        if nt == 1:
+            _dequantize_core(&q[0], &out[0], n, scale, zero_point)
+        else:
+            chunk = (n + nt - 1) // nt
+            chunk = (chunk + 63) & ~(<Py_ssize_t>63)
+            for c in prange(nt, num_threads=nt, schedule="static"):
+                b = c * chunk
+                if b < n:
+                    _dequantize_core(&q[b], &out[b], min(chunk, n - b), scale, zero_point)

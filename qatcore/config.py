@@ -1,0 +1,126 @@
+"""Quantization configuration: ``FakeQuantConfig`` and ``ObserverMethod`` (Rust names)."""
+
+from __future__ import annotations
+
+import dataclasses
+import enum
+from typing import Tuple
+
+__all__ = ["FakeQuantConfig", "ObserverMethod"]
+
+
+class ObserverMethod(enum.Enum):
+    """How an observer turns data into a range (Rust ``ObserverMethod``).
+
+    Examples
+    --------
+    >>> ObserverMethod("percentile")
+    <ObserverMethod.PERCENTILE: 'percentile'>
+    """
+
+    #: Running min and max of everything observed.
+    MIN_MAX = "min_max"
+    #: 0.1 % and 99.9 % order statistics of each batch (reduces outlier impact).
+    PERCENTILE = "percentile"
+    #: Exponential moving average (constant 0.01) of each batch's min and max.
+    MOVING_AVERAGE = "moving_average"
+    #: mean ± 3 std of each batch (population std), widened across batches.
+    MEAN_STD = "mean_std"
+
+
+def _coerce_observer(value) -> ObserverMethod:
+    if isinstance(value, ObserverMethod):
+        return value
+    if isinstance(value, str):
+        try:
+            return ObserverMethod(value.lower())
+        except ValueError:
+            pass
+        try:
+            return ObserverMethod[value.upper()]
+        except KeyError:
+            pass
+        names = ", ".join(m.value for m in ObserverMethod)
+        raise ValueError(f"observer: unknown observer method {value!r}; expected one of {names}")
+    raise TypeError(f"observer must be an ObserverMethod or its name, got {type(value).__name__}")
+
+
+@dataclasses.dataclass(frozen=True)
+class FakeQuantConfig:
+    """Fake quantization configuration (Rust ``FakeQuantConfig``).
+
+    Parameters
+    ----------
+    bits : int, default 8
+        Code width: 2..=16 when symmetric, 1..=16 when asymmetric.
+    symmetric : bool, default True
+        Symmetric codes in ±(2^(bits-1) - 1) with zero point 0, or asymmetric codes in
+        [0, 2^bits - 1] with a (float, unrounded) zero point.
+    learnable : bool, default False
+        Learn the scale (and asymmetric zero point) with LSQ.
+    observer : ObserverMethod or str, default ObserverMethod.MIN_MAX
+        How calibration turns data into a range.
+
+    Raises
+    ------
+    ValueError
+        `bits` outside the range above (Rust would overflow or divide by zero).
+    TypeError
+        `bits` not an integer, `symmetric`/`learnable` not bools, unknown observer type.
+
+    Examples
+    --------
+    >>> FakeQuantConfig.int4().quant_range()
+    (-7.0, 7.0)
+    >>> FakeQuantConfig(bits=8, symmetric=False).quant_range()
+    (0.0, 255.0)
+    >>> FakeQuantConfig().with_observer(ObserverMethod.PERCENTILE).observer
+    <ObserverMethod.PERCENTILE: 'percentile'>
+    """
+
+    bits: int = 8
+    symmetric: bool = True
+    learnable: bool = False
+    observer: ObserverMethod = ObserverMethod.MIN_MAX
+
+    def __post_init__(self) -> None:
+        bits = self.bits
+        if isinstance(bits, bool) or not hasattr(bits, "__index__"):
+            raise TypeError(f"bits must be an integer, got {type(bits).__name__}")
+        bits = int(bits)
+        for name in ("symmetric", "learnable"):
+            value = getattr(self, name)
+            if not isinstance(value, (bool,)) and type(value).__name__ != "bool_":
+                raise TypeError(f"{name} must be a bool, got {type(value).__name__}")
+            object.__setattr__(self, name, bool(value))
+        low = 2 if self.symmetric else 1
+        if not low <= bits <= 16:
+            kind = "symmetric" if self.symmetric else "asymmetric"
+            raise ValueError(f"bits must be in {low}..=16 for a {kind} config, got {bits}")
+        object.__setattr__(self, "bits", bits)
+        object.__setattr__(self, "observer", _coerce_observer(self.observer))
+
+    @classmethod
+    def int8(cls) -> "FakeQuantConfig":
+        """8-bit symmetric, min/max observer."""
+        return cls(bits=8, symmetric=True)
+
+    @classmethod
+    def int4(cls) -> "FakeQuantConfig":
+        """4-bit symmetric, min/max observer."""
+        return cls(bits=4, symmetric=True)
+
+    def with_learnable(self) -> "FakeQuantConfig":
+        """A copy with learnable (LSQ) scale."""
+        return dataclasses.replace(self, learnable=True)
+
+    def with_observer(self, observer) -> "FakeQuantConfig":
+        """A copy with another observer method."""
+        return dataclasses.replace(self, observer=observer)
+
+    def quant_range(self) -> Tuple[float, float]:
+        """``(qmin, qmax)`` as floats: ±(2^(bits-1) - 1) symmetric, [0, 2^bits - 1] otherwise."""
+        if self.symmetric:
+            qmax = (1 << (self.bits - 1)) - 1
+            return (-float(qmax), float(qmax))
+        return (0.0, float((1 << self.bits) - 1))

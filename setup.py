@@ -1,0 +1,114 @@
+"""Build qatcore's Cython kernels once per CPU target.
+
+The kernel source (``qatcore/_kernels_body.pxi``) is compiled into one extension per
+instruction-set target; ``qatcore._backend`` imports the best one the running CPU
+supports (``QATCORE_TARGET`` forces one).  The baseline module ``qatcore._kernels``
+always exists and is safe on any x86-64 (or any other architecture).
+
+Environment switches
+--------------------
+QATCORE_DEBUG=1        Cython bounds checks and wraparound on, -O1 -g.
+QATCORE_NO_OPENMP=1    build without OpenMP even when the compiler has it.
+QATCORE_TARGETS=a,b    build only these targets (default: all the platform allows).
+"""
+
+import os
+import platform
+import shutil
+import subprocess
+import sys
+import tempfile
+
+import numpy as np
+from Cython.Build import cythonize
+from setuptools import Extension, setup
+
+DEBUG = os.environ.get("QATCORE_DEBUG", "") not in ("", "0")
+
+# -ffp-contract=off: a fused multiply-add changes the last bit (bit parity with Rust).
+# -fno-trapping-math: lets gcc vectorize truncf/roundf instead of calling libm.
+BASE_FLAGS = ["-ffp-contract=off", "-fno-trapping-math", "-fno-math-errno"]
+BASE_FLAGS += ["-O1", "-g"] if DEBUG else ["-O3"]
+
+IS_X86_64 = platform.machine().lower() in ("x86_64", "amd64")
+IS_MSVC = sys.platform == "win32"
+
+# target name -> extra compiler flags.  The baseline keeps the compiler's default ISA.
+TARGETS = {"baseline": []}
+if IS_X86_64 and not IS_MSVC:
+    TARGETS["avx2"] = ["-march=x86-64-v3", "-mprefer-vector-width=256"]
+    TARGETS["avx512"] = ["-march=x86-64-v4", "-mavx512vnni", "-mprefer-vector-width=512"]
+
+wanted = os.environ.get("QATCORE_TARGETS")
+if wanted:
+    names = [t.strip() for t in wanted.split(",") if t.strip()]
+    TARGETS = {t: TARGETS[t] for t in ["baseline"] + names if t in TARGETS}
+
+
+def _compiler_accepts(flags, source="int main(void){return 0;}\n"):
+    cc = os.environ.get("CC", "cc").split()[0]
+    if shutil.which(cc) is None:
+        return False
+    with tempfile.TemporaryDirectory() as tmp:
+        src = os.path.join(tmp, "t.c")
+        with open(src, "w") as fh:
+            fh.write(source)
+        cmd = [cc, *flags, src, "-o", os.path.join(tmp, "t")]
+        return subprocess.run(cmd, capture_output=True).returncode == 0
+
+
+OMP_TEST = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
+USE_OPENMP = (
+    os.environ.get("QATCORE_NO_OPENMP", "") in ("", "0")
+    and not IS_MSVC
+    and _compiler_accepts(["-fopenmp"], OMP_TEST)
+)
+OMP_FLAGS = ["-fopenmp"] if USE_OPENMP else []
+
+# Drop a target the compiler cannot build (an old gcc without x86-64-v4, say).
+TARGETS = {
+    name: flags
+    for name, flags in TARGETS.items()
+    if name == "baseline" or _compiler_accepts(flags)
+}
+
+DIRECTIVES = {
+    "boundscheck": DEBUG,
+    "wraparound": DEBUG,
+    "initializedcheck": DEBUG,
+    "cdivision": True,
+    "language_level": 3,
+    "embedsignature": True,
+}
+
+
+def _extension(target, flags):
+    module = "qatcore._kernels" if target == "baseline" else f"qatcore._kernels_{target}"
+    pyx = "qatcore/_kernels.pyx" if target == "baseline" else f"qatcore/_kernels_{target}.pyx"
+    return Extension(
+        module,
+        [pyx],
+        include_dirs=[np.get_include(), "qatcore/src"],
+        define_macros=[
+            ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
+            ("QATCORE_TARGET_NAME", f'"{target}"'),
+        ],
+        extra_compile_args=BASE_FLAGS + flags + OMP_FLAGS,
+        extra_link_args=OMP_FLAGS,
+        depends=[
+            "qatcore/_kernels_body.pxi",
+            *[os.path.join("qatcore", f) for f in os.listdir("qatcore") if f.startswith("_k_")],
+            *[os.path.join("qatcore/src", f) for f in os.listdir("qatcore/src")],
+        ],
+    )
+
+
+extensions = [_extension(t, f) for t, f in TARGETS.items()]
+
+setup(
+    ext_modules=cythonize(
+        extensions,
+        compiler_directives=DIRECTIVES,
+        nthreads=0,
+    ),
+)

@@ -1,0 +1,149 @@
+"""Plain-numpy oracles: one function per kernel, written for clarity, not speed.
+
+Every float32 operation here is a numpy float32 operation (no FMA, no widening), in the
+order of the Rust code, so the results are what the Rust module computes.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+F32 = np.float32
+
+
+def first_nonfinite_ref(x):
+    bad = np.flatnonzero(~np.isfinite(np.asarray(x, dtype=np.float32)))
+    return int(bad[0]) if bad.size else -1
+
+
+def minmax_ref(x):
+    """(min, max, first_bad) like kernels.minmax."""
+    x = np.asarray(x, dtype=np.float32).ravel()
+    bad = first_nonfinite_ref(x)
+    if x.size == 0:
+        return np.inf, -np.inf, -1
+    if bad >= 0:
+        return None, None, bad
+    return float(x.min()), float(x.max()), -1
+
+
+def mean_std_ref(x):
+    """Exact-ish float64 mean and population std (two passes, math.fsum)."""
+    import math
+
+    x = np.asarray(x, dtype=np.float64).ravel()
+    mean = math.fsum(x) / x.size
+    var = math.fsum((x - mean) ** 2) / x.size
+    return mean, math.sqrt(var)
+
+
+def percentile_indices_ref(n):
+    """The Rust indices: floor(n*0.001) and min(ceil(n*0.999), n-1), products in f32."""
+    nf = F32(n)
+    low = int(np.floor(nf * F32(0.001)))
+    high = min(int(np.ceil(nf * F32(0.999))), n - 1)
+    return low, high
+
+
+def order_stats_ref(x, k_low, k_high):
+    """Order statistics of x at ranks k_low, k_high in a stable sort (Rust sort_by with
+    partial_cmp keeps -0.0 and +0.0 in input order)."""
+    s = np.sort(np.asarray(x, dtype=np.float32).ravel(), kind="stable")
+    return s[k_low], s[k_high]
+
+
+def round_half_away_ref(v):
+    """Round half away from zero in float32 (Rust f32::round)."""
+    v = np.asarray(v, dtype=np.float32)
+    t = np.trunc(v)
+    away = np.abs(v - t) >= F32(0.5)
+    return np.where(away, t + np.copysign(F32(1), v), t).astype(np.float32)
+
+
+def fake_quantize_ref(x, scale, zero_point, qmin, qmax):
+    """y = (clamp(round(x / scale + zp), qmin, qmax) - zp) * scale in float32, and the
+    clipped-STE mask (rounded value inside [qmin, qmax])."""
+    x = np.asarray(x, dtype=np.float32)
+    scale, zero_point, qmin, qmax = F32(scale), F32(zero_point), F32(qmin), F32(qmax)
+    r = round_half_away_ref(x / scale + zero_point)
+    mask = (r >= qmin) & (r <= qmax)
+    q = np.where(r < qmin, qmin, r)
+    q = np.where(q > qmax, qmax, q).astype(np.float32)
+    return ((q - zero_point) * scale).astype(np.float32), mask
+
+
+def quantize_ref(x, scale, zero_point, qmin, qmax, dtype):
+    x = np.asarray(x, dtype=np.float32)
+    r = round_half_away_ref(x / F32(scale) + F32(zero_point))
+    r = np.clip(r, F32(qmin), F32(qmax))
+    return r.astype(dtype)
+
+
+def dequantize_ref(q, scale, zero_point):
+    return ((np.asarray(q).astype(np.float32) - F32(zero_point)) * F32(scale)).astype(np.float32)
+
+
+def quant_range_ref(bits, symmetric):
+    if symmetric:
+        m = (1 << (bits - 1)) - 1
+        return F32(-m), F32(m)
+    return F32(0), F32((1 << bits) - 1)
+
+
+def compute_qparams_ref(min_val, max_val, bits, symmetric):
+    """Rust compute_qparams in f32, with qatcore's fix: nothing observed gives (1, 0)."""
+    if np.isinf(min_val) and np.isinf(max_val) and min_val > 0 > max_val:
+        return F32(1), F32(0)
+    qmin, qmax = quant_range_ref(bits, symmetric)
+    lo, hi = F32(min_val), F32(max_val)
+    if symmetric:
+        max_abs = max(abs(lo), abs(hi))
+        scale = max_abs / qmax if max_abs > F32(0) else F32(1)
+        return F32(scale), F32(0)
+    diff = hi - lo
+    scale = diff / (qmax - qmin) if abs(diff) > F32(1e-10) else F32(1)
+    zero_point = qmin - lo / F32(scale)
+    return F32(scale), F32(zero_point)
+
+
+class ObserverRef:
+    """The Rust QuantObserver, state for state, in numpy float32."""
+
+    def __init__(self, method):
+        self.method = getattr(method, "value", method)
+        self.reset()
+
+    def reset(self):
+        self.min_val, self.max_val = F32(np.inf), F32(-np.inf)
+        self.avg_min, self.avg_max = F32(0), F32(0)
+        self.count = 0
+
+    def observe(self, data):
+        x = np.asarray(data, dtype=np.float32).ravel()
+        if x.size == 0:
+            return
+        if self.method == "min_max":
+            self.min_val = min(self.min_val, x.min())
+            self.max_val = max(self.max_val, x.max())
+        elif self.method == "percentile":
+            lo_i, hi_i = percentile_indices_ref(x.size)
+            lo, hi = order_stats_ref(x, lo_i, hi_i)
+            self.min_val = min(self.min_val, lo)
+            self.max_val = max(self.max_val, hi)
+        elif self.method == "moving_average":
+            lo, hi = x.min(), x.max()
+            if self.count == 0:
+                self.avg_min, self.avg_max = lo, hi
+            else:
+                c = F32(0.01)
+                self.avg_min = (F32(1) - c) * self.avg_min + c * lo
+                self.avg_max = (F32(1) - c) * self.avg_max + c * hi
+            self.min_val, self.max_val = self.avg_min, self.avg_max
+        elif self.method == "mean_std":
+            mean, std = mean_std_ref(x)
+            self.min_val = min(self.min_val, F32(mean - 3 * std))
+            self.max_val = max(self.max_val, F32(mean + 3 * std))
+        self.count += 1
+
+    def range(self):
+        return F32(self.min_val), F32(self.max_val)
