@@ -6,12 +6,21 @@ kernels: the same structs under the same names, the same numbers bit for bit.
 
 from ._backend import get_num_threads, set_num_threads
 from .config import FakeQuantConfig, ObserverMethod
+from .dynamic import DynamicQuantizer
+from .fake_quantize import FakeQuantize, Module
+from .mixed_precision import MixedPrecision
+from .observer import QuantObserver
 
 __version__ = "0.1.0"
 
 __all__ = [
+    "DynamicQuantizer",
     "FakeQuantConfig",
+    "FakeQuantize",
+    "MixedPrecision",
+    "Module",
     "ObserverMethod",
+    "QuantObserver",
     "get_num_threads",
     "set_num_threads",
     "__version__",

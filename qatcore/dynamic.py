@@ -1,0 +1,129 @@
+"""``DynamicQuantizer``: observe one array, compute its qparams, quantize it."""
+
+from __future__ import annotations
+
+from typing import Tuple
+
+import numpy as np
+
+from . import _backend
+from ._checks import as_float32, check_finite, check_out, check_scale
+from .config import FakeQuantConfig
+from .observer import QuantObserver
+
+__all__ = ["DynamicQuantizer"]
+
+
+def code_dtype(config: FakeQuantConfig) -> np.dtype:
+    """Smallest integer dtype holding the config's codes: int8/uint8 up to 8 bits,
+    int16/uint16 above (Rust casts everything to i8, which saturates at 127)."""
+    if config.bits <= 8:
+        return np.dtype(np.int8 if config.symmetric else np.uint8)
+    return np.dtype(np.int16 if config.symmetric else np.uint16)
+
+
+class DynamicQuantizer:
+    """Dynamic (per-call) quantization (Rust ``DynamicQuantizer``).
+
+    Each `quantize` call observes its input with a fresh observer of the config's
+    method, computes ``(scale, zero_point)`` and returns integer codes.
+
+    Parameters
+    ----------
+    config : FakeQuantConfig, optional
+        Defaults to int8 symmetric min/max.
+    n_threads : int, optional
+        Threads for large arrays (default: ``qatcore.get_num_threads()``).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qatcore import DynamicQuantizer, FakeQuantConfig
+    >>> dq = DynamicQuantizer(FakeQuantConfig.int8())
+    >>> q, scale, zp = dq.quantize(np.array([-1.0, 0.0, 0.5, 1.27]))
+    >>> q
+    array([-100,    0,   50,  127], dtype=int8)
+    >>> dq.dequantize(q, scale, zp)
+    array([-1.  ,  0.  ,  0.5 ,  1.27], dtype=float32)
+    """
+
+    def __init__(self, config: FakeQuantConfig = None, *, n_threads=None):
+        if config is None:
+            config = FakeQuantConfig()
+        if not isinstance(config, FakeQuantConfig):
+            raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
+        self._config = config
+        self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
+
+    @property
+    def config(self) -> FakeQuantConfig:
+        return self._config
+
+    @property
+    def code_dtype(self) -> np.dtype:
+        """dtype of the codes `quantize` returns and `dequantize` accepts."""
+        return code_dtype(self._config)
+
+    def _threads(self) -> int:
+        return _backend.get_num_threads() if self._n_threads is None else self._n_threads
+
+    def quantize(self, x, out=None) -> Tuple[np.ndarray, float, float]:
+        """Observe `x`, compute its qparams and quantize it.
+
+        Parameters
+        ----------
+        x : array_like
+            Real numbers, any shape.
+        out : numpy.ndarray, optional
+            Writable C-contiguous array of `x`'s shape and dtype `code_dtype`.
+
+        Returns
+        -------
+        (codes, scale, zero_point)
+            codes in `code_dtype`, `x`'s shape; scale and zero point as floats.
+
+        Raises
+        ------
+        ValueError
+            NaN/±Inf in `x` (first bad index named), bad `out`.
+        """
+        data, shape = as_float32(x)
+        dtype = self.code_dtype
+        dst = np.empty(data.shape[0], dtype=dtype) if out is None else check_out(out, shape, dtype)
+        observer = QuantObserver(self._config.observer, n_threads=self._threads())
+        observer.observe(data.reshape(shape) if len(shape) > 1 else data)
+        scale, zero_point = observer.compute_qparams(self._config)
+        qmin, qmax = self._config.quant_range()
+        _backend.kernels.quantize(data, dst, scale, zero_point, qmin, qmax, self._threads())
+        return (out if out is not None else dst.reshape(shape)), scale, zero_point
+
+    def dequantize(self, q, scale, zero_point, out=None) -> np.ndarray:
+        """``(q - zero_point) * scale`` in float32.
+
+        Parameters
+        ----------
+        q : numpy.ndarray
+            Codes of dtype `code_dtype` exactly (no silent casting), any shape.
+        scale : float
+            Finite and positive.
+        zero_point : float
+            Finite.
+        out : numpy.ndarray, optional
+            Writable C-contiguous float32 array of `q`'s shape.
+        """
+        if not isinstance(q, np.ndarray):
+            raise TypeError(f"q must be a numpy array of dtype {self.code_dtype.name}, "
+                            f"got {type(q).__name__}")
+        if q.dtype != self.code_dtype:
+            raise TypeError(f"q must have dtype {self.code_dtype.name} for this config, "
+                            f"got {q.dtype.name}")
+        scale = check_scale(scale, "scale")
+        zero_point = check_finite(zero_point, "zero_point")
+        codes = np.ascontiguousarray(q).reshape(-1)
+        dst = (np.empty(codes.shape[0], dtype=np.float32) if out is None
+               else check_out(out, q.shape, np.float32))
+        _backend.kernels.dequantize(codes, dst, scale, zero_point, self._threads())
+        return out if out is not None else dst.reshape(q.shape)
+
+    def __repr__(self) -> str:
+        return f"DynamicQuantizer(config={self._config!r})"

@@ -1,0 +1,222 @@
+"""``QuantObserver``: tracks tensor statistics and turns them into (scale, zero_point)."""
+
+from __future__ import annotations
+
+import math
+from typing import Tuple
+
+import numpy as np
+
+from . import _backend
+from ._checks import as_float32, raise_nonfinite
+from .config import FakeQuantConfig, ObserverMethod, _coerce_observer
+
+__all__ = ["QuantObserver"]
+
+F32 = np.float32
+_INF = float("inf")
+_AVERAGING_CONSTANT = F32(0.01)
+_ONE_MINUS_C = F32(1.0) - _AVERAGING_CONSTANT
+_EPS = F32(1e-10)                      # Rust's `1e-10` literal compared with an f32
+_P_LOW, _P_HIGH = F32(0.001), F32(0.999)
+
+
+def percentile_indices(n: int) -> Tuple[int, int]:
+    """The order-statistic ranks Rust's percentile observer reads in a batch of n.
+
+    ``floor(n * 0.001)`` and ``min(ceil(n * 0.999), n - 1)``, products in float32 (so
+    they match Rust's ``n as f32 * 0.001``, including rounding of n above 2^24).
+    """
+    nf = F32(n)
+    low = int(math.floor(nf * _P_LOW))
+    high = min(int(math.ceil(nf * _P_HIGH)), n - 1)
+    return low, high
+
+
+class QuantObserver:
+    """Observer of tensor statistics (Rust ``QuantObserver``).
+
+    Parameters
+    ----------
+    method : ObserverMethod or str, default ObserverMethod.MIN_MAX
+        MIN_MAX keeps the running min and max; PERCENTILE the min of the 0.1 % and the
+        max of the 99.9 % order statistics of each batch; MOVING_AVERAGE an exponential
+        average (constant 0.01) of each batch's min and max, the first batch setting it;
+        MEAN_STD the min/max of each batch's mean ∓ 3 std (population std, float64).
+    n_threads : int, optional
+        Threads for large batches (default: ``qatcore.get_num_threads()``, i.e. 1).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qatcore import QuantObserver, ObserverMethod, FakeQuantConfig
+    >>> obs = QuantObserver(ObserverMethod.MIN_MAX)
+    >>> obs.observe(np.array([-1.0, 0.5, 2.0]))
+    >>> obs.range()
+    (-1.0, 2.0)
+    >>> obs.compute_qparams(FakeQuantConfig.int8())  # doctest: +ELLIPSIS
+    (0.015748..., 0.0)
+    """
+
+    __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count")
+
+    def __init__(self, method=ObserverMethod.MIN_MAX, *, n_threads=None):
+        self._method = _coerce_observer(method)
+        self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
+        self.reset()
+
+    # --- state -----------------------------------------------------------------------
+    @property
+    def method(self) -> ObserverMethod:
+        """The observer method."""
+        return self._method
+
+    @property
+    def count(self) -> int:
+        """Number of non-empty batches observed since construction or `reset`."""
+        return self._count
+
+    @property
+    def n_threads(self) -> int:
+        """Threads used for large batches."""
+        return _backend.get_num_threads() if self._n_threads is None else self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value) -> None:
+        self._n_threads = None if value is None else _backend.check_threads(value)
+
+    def reset(self) -> None:
+        """Forget everything observed."""
+        self._min = F32(_INF)
+        self._max = F32(-_INF)
+        self._avg_min = F32(0.0)
+        self._avg_max = F32(0.0)
+        self._count = 0
+
+    def range(self) -> Tuple[float, float]:
+        """Observed ``(min, max)``; ``(inf, -inf)`` before anything was observed."""
+        return float(self._min), float(self._max)
+
+    # --- observing -------------------------------------------------------------------
+    def observe(self, x) -> None:
+        """Update the statistics with one batch.
+
+        Parameters
+        ----------
+        x : array_like
+            Real numbers, any shape; converted to float32 (no copy when already a
+            C-contiguous float32 array). An empty batch is a no-op, as in Rust.
+
+        Raises
+        ------
+        TypeError
+            Non-numeric or complex data.
+        ValueError
+            A NaN or ±Inf in `x` (the message gives the first bad index); the observer
+            is left unchanged.
+        """
+        data, shape = as_float32(x)
+        n = data.shape[0]
+        if n == 0:
+            return
+        k = _backend.kernels
+        nt = self.n_threads
+        method = self._method
+        if method is ObserverMethod.MEAN_STD:
+            mean, std, bad = k.mean_std(data, nt)
+            if bad >= 0:
+                raise_nonfinite("observe", data, bad, shape)
+            lo, hi = F32(mean - 3.0 * std), F32(mean + 3.0 * std)
+            if not (math.isfinite(lo) and math.isfinite(hi)):
+                raise ValueError("observe: mean ± 3·std of x overflows float32")
+        elif method is ObserverMethod.PERCENTILE:
+            k_low, k_high = percentile_indices(n)
+            lo, hi, bad = k.select_order_stats(data, k_low, k_high, nt)
+            if bad >= 0:
+                raise_nonfinite("observe", data, bad, shape)
+            lo, hi = F32(lo), F32(hi)
+        else:
+            lo, hi, bad = k.minmax(data, nt)
+            if bad >= 0:
+                raise_nonfinite("observe", data, bad, shape)
+            lo, hi = F32(lo), F32(hi)
+
+        if method is ObserverMethod.MOVING_AVERAGE:
+            if self._count == 0:
+                self._avg_min, self._avg_max = lo, hi
+            else:
+                c = _AVERAGING_CONSTANT
+                self._avg_min = _ONE_MINUS_C * self._avg_min + c * lo
+                self._avg_max = _ONE_MINUS_C * self._avg_max + c * hi
+            self._min, self._max = self._avg_min, self._avg_max
+        else:
+            # f32::min/max: which zero wins between -0.0 and +0.0 is left to the
+            # comparison, as in Rust's fold (the scale does not depend on it).
+            if lo < self._min:
+                self._min = lo
+            if hi > self._max:
+                self._max = hi
+        self._count += 1
+
+    def compute_qparams(self, config: FakeQuantConfig) -> Tuple[float, float]:
+        """``(scale, zero_point)`` for `config` from the observed range (Rust formulas, f32).
+
+        Symmetric: ``scale = max(|min|, |max|) / qmax`` (1.0 when that is 0), zero
+        point 0. Asymmetric: ``scale = (max - min) / (qmax - qmin)`` (1.0 when the range
+        is within 1e-10), ``zero_point = qmin - min / scale`` (a float, not rounded).
+        Before anything was observed: ``(1.0, 0.0)`` (Rust: an infinite scale).
+
+        Raises
+        ------
+        TypeError
+            `config` is not a FakeQuantConfig.
+        """
+        if not isinstance(config, FakeQuantConfig):
+            raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
+        return _qparams(self._min, self._max, self._count, config)
+
+    # --- Rust Clone ----------------------------------------------------------------
+    def __copy__(self) -> "QuantObserver":
+        new = QuantObserver.__new__(QuantObserver)
+        for name in QuantObserver.__slots__:
+            setattr(new, name, getattr(self, name))
+        return new
+
+    def __deepcopy__(self, memo) -> "QuantObserver":
+        return self.__copy__()
+
+    def __getstate__(self):
+        return {name: getattr(self, name) for name in QuantObserver.__slots__}
+
+    def __setstate__(self, state):
+        for name, value in state.items():
+            setattr(self, name, value)
+
+    def __repr__(self) -> str:
+        lo, hi = self.range()
+        return (f"QuantObserver(method={self._method}, range=({lo!r}, {hi!r}), "
+                f"count={self._count})")
+
+
+def _qparams(min_val, max_val, count, config) -> Tuple[float, float]:
+    if count == 0:
+        return 1.0, 0.0
+    qmin, qmax = (F32(v) for v in config.quant_range())
+    min_val, max_val = F32(min_val), F32(max_val)
+    if config.symmetric:
+        max_abs = max(abs(min_val), abs(max_val))
+        scale = max_abs / qmax if max_abs > 0 else F32(1.0)
+        if scale == 0:          # max_abs / qmax underflowed (denormal data)
+            scale = F32(1.0)
+        return float(scale), 0.0
+    with np.errstate(over="ignore"):
+        diff = max_val - min_val
+    if not math.isfinite(diff):
+        # The range spans more than float32 can hold: Rust's scale would be infinite.
+        scale = F32((float(max_val) - float(min_val)) / float(qmax - qmin))
+    elif abs(diff) > _EPS:
+        scale = diff / (qmax - qmin)
+    else:
+        scale = F32(1.0)
+    zero_point = qmin - min_val / scale
+    return float(scale), float(zero_point)
