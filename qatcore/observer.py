@@ -126,7 +126,8 @@ class QuantObserver:
             mean, std, bad = k.mean_std(data, nt)
             if bad >= 0:
                 raise_nonfinite("observe", data, bad, shape)
-            lo, hi = F32(mean - 3.0 * std), F32(mean + 3.0 * std)
+            with np.errstate(over="ignore"):
+                lo, hi = F32(mean - 3.0 * std), F32(mean + 3.0 * std)
             if not (math.isfinite(lo) and math.isfinite(hi)):
                 raise ValueError("observe: mean ± 3·std of x overflows float32")
         elif method is ObserverMethod.PERCENTILE:
