@@ -11,6 +11,7 @@ import math
 import numpy as np
 
 _NUMERIC_KINDS = "biuf"
+_F32 = np.dtype(np.float32)
 
 
 def as_float32(x, name: str = "x"):
@@ -18,6 +19,8 @@ def as_float32(x, name: str = "x"):
 
     Raises TypeError for non-numeric, complex or object data.
     """
+    if type(x) is np.ndarray and x.dtype is _F32 and x.flags.c_contiguous:
+        return (x if x.ndim == 1 else x.reshape(-1)), x.shape      # the common case, no copy
     if type(x) is not np.ndarray:
         try:
             x = np.asarray(x)

@@ -78,6 +78,7 @@ class FakeQuantize(Module):
         if not isinstance(config, FakeQuantConfig):
             raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
         self._config = config
+        self._qrange = config.quant_range()
         self._observer = QuantObserver(config.observer, n_threads=n_threads)
         self._scale = 1.0
         self._zero_point = 0.0
@@ -182,7 +183,7 @@ class FakeQuantize(Module):
         return flat
 
     def _run(self, data, shape, dst, out):
-        qmin, qmax = self._config.quant_range()
+        qmin, qmax = self._qrange
         mask = None
         if self.training:
             mask = np.empty(data.shape[0], dtype=np.uint8)
