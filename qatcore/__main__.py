@@ -1,0 +1,8 @@
+"""``python -m qatcore``: the same as the ``qatcore`` command."""
+
+import sys
+
+from .cli import main
+
+if __name__ == "__main__":
+    sys.exit(main())

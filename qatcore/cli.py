@@ -1,0 +1,817 @@
+"""The ``qatcore`` command: ``calibrate``, ``inspect``, ``bench``, ``demo``.
+
+``calibrate`` runs the public API (:class:`qatcore.QuantObserver`,
+:class:`qatcore.FakeQuantConfig`) over memory-mapped tensor files, so its figures are the
+API's figures bit for bit.  How each observer is fed without loading a tensor whole:
+
+* whole-tensor MIN_MAX: chunk by chunk (min and max are associative, so the range is
+  exact; only the sign of a zero extreme may depend on the chunking, as it does on the
+  thread count inside the API, and the scale and zero point never do);
+* whole-tensor MOVING_AVERAGE: one batch's update depends only on that batch's min and
+  max, so they are found chunk by chunk and the batch ``[min, max]`` is observed once;
+* whole-tensor PERCENTILE and MEAN_STD: one ``observe`` call on the whole tensor, a
+  read-only memory map when the file already holds aligned float32 in C order (no copy),
+  otherwise a float32 copy in an unlinked temporary file made chunk by chunk;
+* ``--batch-axis k``: one ``observe`` call per slice along axis k (the Rust multi-batch
+  semantics), each slice converted on its own.
+
+Exit status: 0 success, 2 bad usage or bad input (one line on stderr per problem, nothing
+written), 130 interrupted (no partial output).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import threading
+import time
+
+__all__ = ["main"]
+
+#: Elements per chunk when a tensor is read piecewise (32 MiB of float32).
+CHUNK_ELEMS = 1 << 23
+
+EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
+
+_FORWARDED = {"bench": ("qatcore._bench", "the benchmark suite"),
+              "demo": ("qatcore.demo", "the demo")}
+
+_EPILOG = """\
+examples:
+  qatcore calibrate acts/ --observer percentile --json ranges.json
+      calibrate every .npy/.npz/.safetensors tensor under acts/, write the ranges as JSON
+  qatcore calibrate layer1.npy --batch-axis 0 --asymmetric --bits 8
+      observe one batch per slice along axis 0 (Rust multi-batch semantics)
+  qatcore inspect ranges.json
+      show a calibration written by `calibrate --json` (or a saved QuantizedLinear .npz)
+  qatcore bench --quick --json bench.json
+      run the benchmark suite on CI-sized inputs
+  qatcore demo
+      train, calibrate and quantize a small model end to end
+
+Run `qatcore COMMAND --help` for the options of a command."""
+
+_CALIBRATE_EPILOG = """\
+examples:
+  qatcore calibrate acts.npy
+  qatcore calibrate acts/ more.npz --observer percentile --json ranges.json
+  qatcore calibrate layer1.npy --batch-axis 0 --asymmetric --bits 4 --threads 2
+  qatcore calibrate dump.safetensors --observer mean_std --keep-going --quiet --json -
+
+Exit status: 0 ok, 2 bad usage or bad input (nothing written), 130 interrupted."""
+
+_INSPECT_EPILOG = """\
+examples:
+  qatcore inspect ranges.json      # a calibration written by `calibrate --json`
+  qatcore inspect linear.npz       # a QuantizedLinear saved with .save(path)
+  qatcore inspect acts.npy         # any tensor file: shapes, dtypes, value summary"""
+
+
+class _Fail(Exception):
+    """A problem already phrased for the user (one line); exit status 2."""
+
+
+class _Terminated(KeyboardInterrupt):
+    """SIGTERM, handled like Ctrl-C."""
+
+
+# --- entry point -----------------------------------------------------------------------
+def main(argv=None) -> int:
+    """Run the ``qatcore`` command with `argv` (default ``sys.argv[1:]``); returns the exit
+    status."""
+    argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] in _FORWARDED:
+        return _forward(argv[0], argv[1:])
+    parser = _build_parser()
+    try:
+        args = parser.parse_args(argv)
+    except SystemExit as exc:          # --help, --version, usage errors
+        return exc.code if isinstance(exc.code, int) else EXIT_USAGE
+    if args.command is None:
+        parser.print_help(sys.stderr)
+        return EXIT_USAGE
+    if args.func is None:
+        return _forward(args.command, [])
+    try:
+        return args.func(args)
+    except BrokenPipeError:            # `qatcore ... | head`
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_FAIL
+
+
+def _version_text() -> str:
+    import numpy as np
+
+    from . import __version__, _backend
+
+    k = _backend.kernels
+    omp = "OpenMP" if getattr(k, "OPENMP", False) else "no OpenMP"
+    return (f"qatcore {__version__} (kernels: {k.TARGET}, {omp}; numpy {np.__version__}; "
+            f"Python {sys.version.split()[0]})")
+
+
+class _VersionAction(argparse.Action):
+    def __init__(self, option_strings, dest=argparse.SUPPRESS, default=argparse.SUPPRESS, help=None):
+        super().__init__(option_strings, dest=dest, default=default, nargs=0, help=help)
+
+    def __call__(self, parser, namespace, values, option_string=None):
+        print(_version_text())
+        parser.exit()
+
+
+def _build_parser() -> argparse.ArgumentParser:
+    fmt = argparse.RawDescriptionHelpFormatter
+    parser = argparse.ArgumentParser(
+        prog="qatcore", formatter_class=fmt, epilog=_EPILOG,
+        description="Quantization-aware training core: calibrate activation files, inspect "
+                    "quantized layers, benchmark the kernels.")
+    parser.add_argument("--version", action=_VersionAction,
+                        help="show the version, the CPU target of the kernels and exit")
+    sub = parser.add_subparsers(dest="command", metavar="COMMAND")
+
+    cal = sub.add_parser(
+        "calibrate", formatter_class=fmt, epilog=_CALIBRATE_EPILOG,
+        help="compute quantization ranges, scales and zero points of tensor files",
+        description="Calibrate quantizers over tensor files (.npy, .npz, .safetensors, or "
+                    "folders of them) with qatcore.QuantObserver. Files are memory-mapped, "
+                    "never loaded whole; results equal the Python API's bit for bit. A table "
+                    "goes to stdout, a progress bar to stderr when it is a terminal.")
+    cal.add_argument("paths", nargs="+", metavar="PATH", help=".npy/.npz/.safetensors file or folder")
+    cal.add_argument("--observer", default="min_max",
+                     choices=["min_max", "percentile", "moving_average", "mean_std"],
+                     help="observer method (default: min_max)")
+    cal.add_argument("--bits", type=int, default=8, help="code width (default: 8)")
+    sym = cal.add_mutually_exclusive_group()
+    sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
+                     help="symmetric codes, zero point 0 (default)")
+    sym.add_argument("--asymmetric", dest="symmetric", action="store_false",
+                     help="asymmetric codes [0, 2^bits-1] with a zero point")
+    cal.add_argument("--batch-axis", type=int, default=None, metavar="AXIS",
+                     help="observe one batch per slice along AXIS (default: the whole tensor "
+                          "is one batch)")
+    cal.add_argument("--threads", type=int, default=None, metavar="N",
+                     help="kernel threads (default: the CPUs available to this process)")
+    cal.add_argument("--json", dest="json_path", default=None, metavar="FILE",
+                     help="also write the results as JSON to FILE ('-' for stdout, which "
+                          "replaces the table); written atomically")
+    cal.add_argument("--keep-going", action="store_true",
+                     help="skip bad tensors and calibrate the others (exit status stays 2)")
+    cal.add_argument("-q", "--quiet", action="store_true",
+                     help="no table, progress bar, warnings or summary (errors still shown)")
+    cal.set_defaults(func=_cmd_calibrate)
+
+    ins = sub.add_parser(
+        "inspect", formatter_class=fmt, epilog=_INSPECT_EPILOG,
+        help="show a calibration JSON, a saved QuantizedLinear or a tensor file",
+        description="Show what a file holds: a calibration JSON written by `calibrate --json` "
+                    "(scales, zero points, ranges), a QuantizedLinear saved as .npz (shapes, "
+                    "scales, bit width, weight-code histogram) or any tensor file.")
+    ins.add_argument("file", metavar="FILE")
+    ins.add_argument("--bins", type=int, default=16, help="histogram bins (default: 16)")
+    ins.set_defaults(func=_cmd_inspect)
+
+    for cmd, (_, what) in _FORWARDED.items():
+        p = sub.add_parser(cmd, add_help=False, help=f"run {what} (see `qatcore {cmd} --help`)")
+        p.set_defaults(func=None)
+    return parser
+
+
+def _forward(cmd: str, argv) -> int:
+    import importlib
+
+    modname, what = _FORWARDED[cmd]
+    try:
+        mod = importlib.import_module(modname)
+    except ModuleNotFoundError as exc:
+        if exc.name != modname:
+            raise
+        _error(f"{cmd}: {what} is not available in this installation ({modname} is missing)")
+        return EXIT_USAGE
+    try:
+        rc = mod.main(list(argv))
+    except SystemExit as exc:
+        rc = exc.code if isinstance(exc.code, int) or exc.code is None else EXIT_USAGE
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPT
+    return 0 if rc is None else int(rc)
+
+
+# --- messages --------------------------------------------------------------------------
+def _one_line(text) -> str:
+    return " ".join(str(text).split())
+
+
+def _error(msg: str) -> None:
+    print(f"qatcore: error: {_one_line(msg)}", file=sys.stderr, flush=True)
+
+
+def _warn(msg: str) -> None:
+    print(f"qatcore: warning: {_one_line(msg)}", file=sys.stderr, flush=True)
+
+
+def _human_bytes(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB", "TiB"):
+        if abs(n) < 1024 or unit == "TiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+    return f"{n:.1f} TiB"
+
+
+def _f32(v) -> str:
+    """A float32 value, shortest text that reads back to the same float32."""
+    import numpy as np
+
+    return str(np.float32(v))
+
+
+# --- progress --------------------------------------------------------------------------
+class _Progress:
+    """``label [#####     ] 45% 450.0 MiB/1.0 GiB 2.1 GB/s ETA 0:03`` on stderr, redrawn
+    by a background thread (the kernels release the GIL), only when enabled."""
+
+    def __init__(self, total: int, enabled: bool, stream=None):
+        self.total = max(int(total), 1)
+        self.done = 0.0
+        self.label = ""
+        self.enabled = enabled
+        self.stream = stream or sys.stderr
+        self.t0 = time.perf_counter()
+        self._stop = threading.Event()
+        self._thread = None
+        if enabled:
+            self._thread = threading.Thread(target=self._run, name="qatcore-progress", daemon=True)
+            self._thread.start()
+
+    def advance(self, nbytes) -> None:
+        self.done += nbytes
+
+    def _run(self):
+        while not self._stop.wait(0.1):
+            self._draw()
+
+    def _draw(self):
+        elapsed = time.perf_counter() - self.t0
+        frac = min(self.done / self.total, 1.0)
+        width = 24
+        fill = int(frac * width)
+        bar = "#" * fill + "-" * (width - fill)
+        rate = self.done / elapsed if elapsed > 0 else 0.0
+        eta = (self.total - self.done) / rate if rate > 0 else float("nan")
+        eta_s = f"{int(eta) // 60}:{int(eta) % 60:02d}" if eta == eta else "-:--"
+        label = self.label if len(self.label) <= 28 else "…" + self.label[-27:]
+        line = (f"\r{label:28s} [{bar}] {frac * 100:3.0f}% {_human_bytes(self.done)}/"
+                f"{_human_bytes(self.total)} {rate / 1e9:.2f} GB/s ETA {eta_s}\x1b[K")
+        try:
+            self.stream.write(line)
+            self.stream.flush()
+        except (OSError, ValueError):
+            pass
+
+    def close(self):
+        if self._thread is not None:
+            self._stop.set()
+            self._thread.join()
+            self._thread = None
+            try:
+                self.stream.write("\r\x1b[K")
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+
+# --- calibrate -------------------------------------------------------------------------
+def _cpu_count() -> int:
+    try:
+        return max(1, len(os.sched_getaffinity(0)))
+    except (AttributeError, OSError):
+        return os.cpu_count() or 1
+
+
+def _check_output(path: str) -> None:
+    """Fail now (before any work) if `path` cannot be written: a directory, a missing or
+    read-only folder.  Probes with a real temporary file in the target folder."""
+    import tempfile
+
+    if os.path.isdir(path):
+        raise _Fail(f"{path}: cannot write the JSON output: is a directory")
+    folder = os.path.dirname(os.path.abspath(path))
+    if not os.path.isdir(folder):
+        raise _Fail(f"{path}: cannot write the JSON output: folder {folder} does not exist")
+    if os.path.exists(path) and not os.access(path, os.W_OK):
+        raise _Fail(f"{path}: cannot write the JSON output: file is read-only")
+    try:
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".qatcore-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise _Fail(f"{path}: cannot write the JSON output: {exc.strerror or exc}") from None
+
+
+def _write_json_atomic(path: str, obj) -> None:
+    """Write `obj` as JSON to a temporary file beside `path`, fsync, rename over `path`:
+    readers see the old file or the whole new one, never a partial one."""
+    import json
+    import tempfile
+
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            json.dump(obj, f, indent=2, allow_nan=False)
+            f.write("\n")
+            f.flush()
+            os.fsync(f.fileno())
+        mask = os.umask(0)
+        os.umask(mask)
+        os.chmod(tmp, 0o666 & ~mask)
+        os.replace(tmp, path)
+    except BaseException:
+        try:
+            os.unlink(tmp)
+        except OSError:
+            pass
+        raise
+
+
+def _first_nonfinite(data) -> int:
+    """Flat index of the first NaN/Inf in a C-contiguous array, blockwise; -1 if none."""
+    import numpy as np
+
+    flat = data.reshape(-1)
+    step = 1 << 20
+    for i in range(0, flat.shape[0], step):
+        bad = ~np.isfinite(flat[i:i + step])
+        if bad.any():
+            return i + int(np.argmax(bad))
+    return -1
+
+
+def _observe(obs, data, ref, where):
+    """``obs.observe(data)``; a ValueError becomes a one-line _Fail naming the tensor and,
+    for NaN/Inf, the position (``where(i)`` maps an index in `data` to a phrase)."""
+    try:
+        obs.observe(data)
+    except ValueError as exc:
+        i = _first_nonfinite(data)
+        if i < 0:
+            raise _Fail(f"{ref.name}: {str(exc).removeprefix('observe: ')}") from None
+        value = float(data.reshape(-1)[i])
+        raise _Fail(f"{ref.name}: non-finite value {value!r} at {where(i)}") from None
+
+
+def _position_text(ref, c_flat: int) -> str:
+    if len(ref.shape) <= 1:
+        return f"index {c_flat}"
+    return f"index {c_flat} (position {ref.position(c_flat)})"
+
+
+def _calibrate_one(ref, config, batch_axis, n_threads, progress):
+    """Calibrate one tensor; returns (observer, batches)."""
+    import numpy as np
+
+    from . import QuantObserver
+    from ._io import materialize_float32, to_float32
+    from .config import ObserverMethod
+
+    method = config.observer
+    obs = QuantObserver(method, n_threads=n_threads)
+    total = ref.nbytes
+
+    if batch_axis is None:
+        if ref.size == 0:
+            return obs, 0
+        if method in (ObserverMethod.MIN_MAX, ObserverMethod.MOVING_AVERAGE):
+            # Both need only the batch's min and max: exact chunk by chunk.
+            mm = obs if method is ObserverMethod.MIN_MAX else QuantObserver(
+                ObserverMethod.MIN_MAX, n_threads=n_threads)
+            for start, chunk in ref.memory_chunks(CHUNK_ELEMS):
+                data = ref.to_float32(chunk)
+                _observe(mm, data, ref,
+                         lambda i, s=start: _position_text(ref, ref.c_index(s + i)))
+                progress.advance(chunk.nbytes)
+                del chunk, data          # unmap the window before mapping the next
+            if mm is not obs:
+                lo, hi = mm.range()
+                obs.observe(np.array([lo, hi], dtype=np.float32))   # one batch: avg = (lo, hi)
+            return obs, 1
+        # PERCENTILE, MEAN_STD: one observe call on the whole tensor.
+        if ref.direct:
+            data = ref.array().reshape(-1)
+        else:
+            data = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2)).reshape(-1)
+            total /= 2
+        _observe(obs, data, ref, lambda i: _position_text(ref, i))
+        progress.advance(total)
+        return obs, 1
+
+    # --batch-axis: one observe call per slice.
+    axis = batch_axis + len(ref.shape) if batch_axis < 0 else batch_axis
+    if ref.random_access:
+        src, convert = ref.array(), ref.to_float32
+    else:
+        src = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2))
+        convert, total = to_float32, total / 2
+    nb = ref.shape[axis]
+    per = total / nb if nb else 0
+    lead = (slice(None),) * axis
+    slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
+    for b in range(nb):
+        data = convert(src[lead + (b,)])
+
+        def where(i, b=b):
+            pos = tuple(int(p) for p in np.unravel_index(i, slice_shape)) if slice_shape else ()
+            pos = pos[:axis] + (b,) + pos[axis:]
+            return f"batch {b} along axis {axis}, position {pos}"
+
+        _observe(obs, data, ref, where)
+        progress.advance(per)
+    return obs, nb
+
+
+def _preflight(args):
+    """Discover and open every input; returns (refs, errors).  Each error is a one-line
+    message; warnings (integer dtypes) are printed here."""
+    from ._io import InputError, discover, open_tensors
+
+    refs, errors = [], []
+    files = []
+    for p in args.paths:
+        try:
+            files.extend(f for f in discover([p]) if f not in files)
+        except InputError as exc:
+            errors.append(str(exc))
+    for f in files:
+        try:
+            opened = open_tensors(f)
+        except InputError as exc:
+            errors.append(str(exc))
+            continue
+        for ref in opened:
+            if ref.kind == "bad":
+                what = ("complex numbers" if ref.dtype.kind == "c" else
+                        "structured records" if ref.dtype.kind == "V" else
+                        "strings" if ref.dtype.kind in "SU" else f"kind {ref.dtype.kind!r}")
+                errors.append(f"{ref.name}: dtype {ref.dtype} is not supported ({what}; "
+                              "calibration needs real numbers)")
+                continue
+            if args.batch_axis is not None and not -len(ref.shape) <= args.batch_axis < len(ref.shape):
+                errors.append(f"{ref.name}: --batch-axis {args.batch_axis} is out of range for "
+                              f"a tensor of shape {ref.shape}")
+                continue
+            if ref.kind == "int" and not args.quiet:
+                _warn(f"{ref.name}: {ref.dtype_name} values converted to float32")
+            refs.append(ref)
+    return refs, errors
+
+
+def _cmd_calibrate(args) -> int:
+    import signal
+
+    from . import _backend
+    from .config import FakeQuantConfig
+
+    try:
+        config = FakeQuantConfig(bits=args.bits, symmetric=args.symmetric, observer=args.observer)
+    except (TypeError, ValueError) as exc:
+        _error(f"--bits: {exc}")
+        return EXIT_USAGE
+    try:
+        n_threads = _backend.check_threads(
+            args.threads if args.threads is not None else min(_cpu_count(), 64), "--threads")
+    except (TypeError, ValueError) as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+
+    json_path = args.json_path
+    try:
+        if json_path not in (None, "-"):
+            _check_output(json_path)
+    except _Fail as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+
+    def on_term(signum, frame):
+        raise _Terminated()
+
+    old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
+    progress = None
+    try:
+        refs, errors = _preflight(args)
+        for msg in errors:
+            _error(msg)
+        if errors and not args.keep_going:
+            return EXIT_USAGE
+
+        show_progress = not args.quiet and sys.stderr.isatty()
+        progress = _Progress(sum(r.nbytes for r in refs), show_progress)
+        results = []
+        t0 = time.perf_counter()
+        for ref in refs:
+            progress.label = os.path.basename(ref.name)
+            try:
+                obs, batches = _calibrate_one(ref, config, args.batch_axis, n_threads, progress)
+            except _Fail as exc:
+                _error(str(exc))
+                errors.append(str(exc))
+                if not args.keep_going:
+                    return EXIT_USAGE
+                continue
+            except _io_error() as exc:
+                _error(str(exc))
+                errors.append(str(exc))
+                if not args.keep_going:
+                    return EXIT_USAGE
+                continue
+            results.append(_result(ref, obs, batches, config))
+        elapsed = time.perf_counter() - t0
+        progress.close()
+
+        doc = _json_doc(config, args.batch_axis, n_threads, results, errors)
+        if json_path == "-":
+            import json
+
+            sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+        elif not args.quiet:
+            _print_table(results)
+        if json_path not in (None, "-"):
+            try:
+                _write_json_atomic(json_path, doc)
+            except OSError as exc:
+                _error(f"{json_path}: cannot write the JSON output: {exc.strerror or exc}")
+                return EXIT_USAGE
+        if not args.quiet:
+            nbytes = sum(r.nbytes for r in refs)
+            rate = nbytes / elapsed / 1e9 if elapsed > 0 else float("inf")
+            print(f"qatcore: calibrated {len(results)} tensor{'s' * (len(results) != 1)} "
+                  f"({_human_bytes(nbytes)}) in {elapsed:.3f} s, {rate:.2f} GB/s "
+                  f"[{config.observer.value}, {n_threads} thread{'s' * (n_threads != 1)}, "
+                  f"{_backend.kernels.TARGET} kernels]", file=sys.stderr)
+        return EXIT_USAGE if errors else EXIT_OK
+    except KeyboardInterrupt as exc:
+        if progress is not None:
+            progress.close()
+        _error("terminated" if isinstance(exc, _Terminated) else "interrupted")
+        return 143 if isinstance(exc, _Terminated) else EXIT_INTERRUPT
+    finally:
+        if progress is not None:
+            progress.close()
+        if old_term is not None:
+            signal.signal(signal.SIGTERM, old_term)
+
+
+def _io_error():
+    from ._io import InputError
+
+    return InputError
+
+
+def _result(ref, obs, batches, config) -> dict:
+    import numpy as np
+
+    lo, hi = obs.range()
+    scale, zero_point = obs.compute_qparams(config)
+    f = lambda v: float(np.float32(v))        # noqa: E731  (exact: float32 → float)
+    return {
+        "name": ref.name,
+        "file": ref.path,
+        "shape": list(ref.shape),
+        "dtype": ref.dtype_name,
+        "count": ref.size,
+        "batches": batches,
+        "range": [f(lo), f(hi)] if obs.count else None,
+        "scale": f(scale),
+        "zero_point": f(zero_point),
+    }
+
+
+def _json_doc(config, batch_axis, n_threads, results, errors) -> dict:
+    from . import __version__
+
+    return {
+        "format": "qatcore-calibration/1",
+        "qatcore_version": __version__,
+        "observer": config.observer.value,
+        "bits": config.bits,
+        "symmetric": config.symmetric,
+        "quant_range": list(config.quant_range()),
+        "batch_axis": batch_axis,
+        "tensors": {r["name"]: r for r in results},
+        "errors": list(errors),
+    }
+
+
+def _table(headers, rows, right=()) -> str:
+    widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
+    lines = []
+    for row in [headers] + rows:
+        cells = [str(c).rjust(w) if i in right else str(c).ljust(w)
+                 for i, (c, w) in enumerate(zip(row, widths))]
+        lines.append("  ".join(cells).rstrip())
+    return "\n".join(lines)
+
+
+def _shape_text(shape) -> str:
+    return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
+
+
+def _print_table(results) -> None:
+    rows = []
+    for r in results:
+        lo, hi = r["range"] if r["range"] else ("-", "-")
+        rows.append([r["name"], _shape_text(r["shape"]), r["dtype"],
+                     _f32(lo) if lo != "-" else lo, _f32(hi) if hi != "-" else hi,
+                     _f32(r["scale"]), _f32(r["zero_point"])])
+    print(_table(["tensor", "shape", "dtype", "min", "max", "scale", "zero_point"], rows,
+                 right={3, 4, 5, 6}))
+
+
+# --- inspect ---------------------------------------------------------------------------
+def _cmd_inspect(args) -> int:
+    path = args.file
+    try:
+        if not os.path.exists(path):
+            raise _Fail(f"{path}: no such file or directory")
+        if os.path.isdir(path):
+            raise _Fail(f"{path}: is a directory")
+        if args.bins < 1:
+            raise _Fail(f"--bins must be at least 1, got {args.bins}")
+        low = path.lower()
+        if low.endswith(".json"):
+            _inspect_json(path)
+        elif low.endswith((".npz", ".npy", ".safetensors")):
+            _inspect_tensors(path, args.bins)
+        else:
+            raise _Fail(f"{path}: not a calibration .json, a QuantizedLinear .npz or a tensor file")
+    except _Fail as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    except _io_error() as exc:
+        _error(str(exc))
+        return EXIT_USAGE
+    return EXIT_OK
+
+
+def _inspect_json(path: str) -> None:
+    import json
+
+    try:
+        with open(path, encoding="utf-8") as f:
+            doc = json.load(f)
+    except (OSError, ValueError) as exc:
+        raise _Fail(f"{path}: cannot read JSON: {exc}") from None
+    if not isinstance(doc, dict) or not isinstance(doc.get("tensors"), dict):
+        raise _Fail(f"{path}: not a calibration written by `qatcore calibrate --json`")
+    kind = "symmetric" if doc.get("symmetric") else "asymmetric"
+    axis = doc.get("batch_axis")
+    print(f"calibration  {path}")
+    print(f"  observer {doc.get('observer')}, {doc.get('bits')}-bit {kind}, quant range "
+          f"{doc.get('quant_range')}, batches: {'whole tensor' if axis is None else f'axis {axis}'}, "
+          f"qatcore {doc.get('qatcore_version')}")
+    rows = []
+    for name, r in doc["tensors"].items():
+        rng = r.get("range") or ["-", "-"]
+        rows.append([name, _shape_text(r.get("shape", [])), r.get("dtype", "?"),
+                     r.get("batches", "?"), rng[0] if rng[0] == "-" else _f32(rng[0]),
+                     rng[1] if rng[1] == "-" else _f32(rng[1]), _f32(r["scale"]),
+                     _f32(r["zero_point"])])
+    print(f"  {len(rows)} tensor{'s' * (len(rows) != 1)}")
+    print(_table(["tensor", "shape", "dtype", "batches", "min", "max", "scale", "zero_point"],
+                 rows, right={3, 4, 5, 6, 7}))
+    for e in doc.get("errors") or []:
+        print(f"  error: {e}")
+
+
+def _read_small(ref, limit=1 << 28):
+    import numpy as np
+
+    if ref.nbytes > limit:
+        return None
+    if ref.random_access:
+        return np.array(ref.array())
+    parts = [np.array(c) for _, c in ref.memory_chunks(CHUNK_ELEMS)]
+    flat = np.concatenate(parts) if parts else np.empty(0, ref.dtype)
+    return flat.reshape(ref.shape, order="F" if ref.fortran_order else "C")
+
+
+def _summary(ref) -> str:
+    """min / max / mean of a tensor, chunk by chunk (float64 sums)."""
+    import numpy as np
+
+    if ref.size == 0:
+        return "empty"
+    if ref.kind == "bad":
+        return f"(values not summarized: dtype {ref.dtype})"
+    lo, hi, s, nonfinite = np.inf, -np.inf, 0.0, 0
+    for _, chunk in ref.memory_chunks(CHUNK_ELEMS):
+        c = ref.to_float32(chunk) if ref.bfloat16 else chunk
+        c64 = c.astype(np.float64)
+        fin = np.isfinite(c64)
+        if not fin.all():
+            nonfinite += int((~fin).sum())
+            c64 = c64[fin]
+        if c64.size:
+            lo, hi, s = min(lo, c64.min()), max(hi, c64.max()), s + c64.sum()
+    n = ref.size - nonfinite
+    text = f"min {lo:.6g}  max {hi:.6g}  mean {s / n:.6g}" if n else "no finite values"
+    if nonfinite:
+        text += f"  ({nonfinite} non-finite)"
+    return text
+
+
+def _histogram_lines(codes, qmax: int, bins: int):
+    import numpy as np
+
+    codes = np.asarray(codes).reshape(-1).astype(np.int64)
+    lo = -qmax if codes.size == 0 or codes.min() < 0 else 0
+    hi = qmax if lo < 0 else max(qmax, int(codes.max()) if codes.size else qmax)
+    edges = np.linspace(lo, hi + 1, bins + 1)
+    counts, _ = np.histogram(codes, bins=edges)
+    peak = max(int(counts.max()), 1) if counts.size else 1
+    out = []
+    for i, c in enumerate(counts):
+        a, b = int(np.ceil(edges[i])), int(np.ceil(edges[i + 1])) - 1
+        bar = "#" * int(round(30 * c / peak))
+        out.append(f"    [{a:5d}, {b:5d}]  {bar:30s} {int(c):10d}  {100 * c / max(codes.size, 1):5.1f}%")
+    return out
+
+
+def _inspect_tensors(path: str, bins: int) -> None:
+    import numpy as np
+
+    from ._io import open_tensors
+
+    refs = open_tensors(path)
+    members = {r.name.rsplit(":", 1)[-1] if r.name != path else os.path.basename(path): r for r in refs}
+    if "weights_q" in members and "weight_scale" in members:
+        _inspect_linear(path, members, bins)
+        return
+    print(f"{path}: {len(refs)} tensor{'s' * (len(refs) != 1)}")
+    rows = []
+    for key, r in members.items():
+        rows.append([key, _shape_text(r.shape), r.dtype_name, _human_bytes(r.nbytes),
+                     "stored" if r.random_access else "deflated", _summary(r)])
+    print(_table(["tensor", "shape", "dtype", "size", "storage", "values"], rows))
+
+
+def _scalar(members, key, default=None):
+    import numpy as np
+
+    r = members.get(key)
+    if r is None:
+        return default
+    a = _read_small(r)
+    if a is None or a.size != 1:
+        return default
+    v = a.reshape(-1)[0]
+    return v.item() if isinstance(v, np.generic) else v
+
+
+def _inspect_linear(path: str, members, bins: int) -> None:
+    import numpy as np
+
+    wq_ref = members["weights_q"]
+    wq = _read_small(wq_ref, limit=1 << 31)
+    weight_scale = _scalar(members, "weight_scale")
+    input_scale = _scalar(members, "input_scale", 1.0)
+    in_f = _scalar(members, "in_features", wq.shape[-1] if wq.ndim == 2 else None)
+    out_f = _scalar(members, "out_features", wq.shape[0] if wq.ndim == 2 else None)
+    bits = _scalar(members, "bits", None)
+    qmax = (1 << (int(bits) - 1)) - 1 if bits else 127
+    out_scale = float(np.float32(weight_scale) * np.float32(input_scale)) if weight_scale is not None else None
+    print(f"QuantizedLinear  {path}")
+    info = [("in_features", in_f), ("out_features", out_f),
+            ("bits", bits if bits is not None else "8 (not stored)"),
+            ("weight_scale", _f32(weight_scale) if weight_scale is not None else "?"),
+            ("input_scale", _f32(input_scale)),
+            ("output_scale", _f32(out_scale) if out_scale is not None else "?")]
+    for key, r in members.items():
+        if key in ("weights_q", "bias_q") or r.size > 1:
+            info.append((key, f"{r.dtype_name} {_shape_text(r.shape)}"))
+        elif key not in dict(info):
+            info.append((key, _scalar(members, key)))
+    w = max(len(k) for k, _ in info)
+    for k, v in info:
+        print(f"  {k.ljust(w)}  {v}")
+    flat = wq.reshape(-1).astype(np.int64)
+    if flat.size:
+        sat = np.count_nonzero(np.abs(flat) >= qmax)
+        print(f"  weights_q codes: min {flat.min()}  max {flat.max()}  mean |q| "
+              f"{np.abs(flat).mean():.2f}  zeros {100 * np.count_nonzero(flat == 0) / flat.size:.1f}%  "
+              f"at ±{qmax} {100 * sat / flat.size:.2f}%  "
+              f"levels used {np.unique(flat).size}/{2 * qmax + 1}")
+        print(f"  weights_q histogram ({bins} bins):")
+        for line in _histogram_lines(flat, qmax, bins):
+            print(line)
+    bias = members.get("bias_q")
+    if bias is not None and bias.size:
+        b = _read_small(bias).reshape(-1).astype(np.int64)
+        print(f"  bias_q: min {b.min()}  max {b.max()}  mean |b| {np.abs(b).mean():.1f}")
+
+
+if __name__ == "__main__":        # pragma: no cover
+    sys.exit(main())
