@@ -53,12 +53,13 @@ class InputError(Exception):
 
 
 # --- discovery -------------------------------------------------------------------------
-def discover(paths: Sequence[str]) -> List[str]:
+def discover(paths: Sequence[str], seen: Optional[set] = None) -> List[str]:
     """Expand command-line paths into tensor files (folders searched recursively, in
-    sorted order; duplicates dropped).  Raises InputError for a missing path, a file that
-    is not .npy/.npz/.safetensors, or a folder without any."""
+    sorted order; duplicates dropped, also those whose real path is in `seen`, which is
+    updated).  Raises InputError for a missing path, a file that is not
+    .npy/.npz/.safetensors, or a folder without any."""
     files: List[str] = []
-    seen = set()
+    seen = set() if seen is None else seen
 
     def add(p):
         key = os.path.realpath(p)

@@ -439,10 +439,10 @@ def _preflight(args):
     from ._io import InputError, discover, open_tensors
 
     refs, errors = [], []
-    files = []
+    files, seen = [], set()
     for p in args.paths:
         try:
-            files.extend(f for f in discover([p]) if f not in files)
+            files.extend(discover([p], seen))
         except InputError as exc:
             errors.append(str(exc))
     for f in files:
