@@ -195,6 +195,7 @@ def test_large_chunked_tensor_equals_api(tmp_path, monkeypatch, observer, thread
     from qatcore import cli
 
     monkeypatch.setattr(cli, "CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(cli, "WINDOW_ELEMS", 777)
     x = _data(20, (97, 53))
     np.save(tmp_path / "c.npy", x)
     np.save(tmp_path / "d.npy", x.astype(np.float64))
