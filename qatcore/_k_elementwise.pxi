@@ -6,6 +6,8 @@
 # The clamp is two comparisons (vmaxps/vminps), which matches Rust's f32::clamp including
 # NaN (NaN stays NaN) and the sign of zero.
 
+from libc.string cimport memcpy
+
 ctypedef fused code_t:
     int8_t
     uint8_t
@@ -17,22 +19,42 @@ cdef void _fake_quantize_core(const float *x, float *out, uint8_t *mask, Py_ssiz
                               float scale, float zero_point,
                               float qmin, float qmax) noexcept nogil:
     """out[i] = fake-quantized x[i]; mask[i] = 1 where the rounded value lies in
-    [qmin, qmax] (clipped STE), when mask is not NULL.  out may alias x."""
+    [qmin, qmax] (clipped STE), when mask is not NULL.  out may alias x.
+
+    With zero_point == +0.0 (every symmetric config) `r - zero_point` is r itself, bit
+    for bit (NaN and -0.0 included), so that loop drops the subtraction; the addition
+    stays (it turns x / scale == -0.0 into +0.0, as Rust does)."""
     cdef Py_ssize_t i
     cdef float v, r
+    cdef bint zp_zero = zero_point == 0 and copysignf(1, zero_point) > 0
     if mask == NULL:
-        for i in range(n):
-            r = _round_half_away(x[i] / scale + zero_point)
-            r = qmin if r < qmin else r
-            r = qmax if r > qmax else r
-            out[i] = (r - zero_point) * scale
+        if zp_zero:
+            for i in range(n):
+                r = _round_half_away(x[i] / scale + zero_point)
+                r = qmin if r < qmin else r
+                r = qmax if r > qmax else r
+                out[i] = r * scale
+        else:
+            for i in range(n):
+                r = _round_half_away(x[i] / scale + zero_point)
+                r = qmin if r < qmin else r
+                r = qmax if r > qmax else r
+                out[i] = (r - zero_point) * scale
     else:
-        for i in range(n):
-            r = _round_half_away(x[i] / scale + zero_point)
-            mask[i] = (r >= qmin) & (r <= qmax)
-            r = qmin if r < qmin else r
-            r = qmax if r > qmax else r
-            out[i] = (r - zero_point) * scale
+        if zp_zero:
+            for i in range(n):
+                r = _round_half_away(x[i] / scale + zero_point)
+                mask[i] = (r >= qmin) & (r <= qmax)
+                r = qmin if r < qmin else r
+                r = qmax if r > qmax else r
+                out[i] = r * scale
+        else:
+            for i in range(n):
+                r = _round_half_away(x[i] / scale + zero_point)
+                mask[i] = (r >= qmin) & (r <= qmax)
+                r = qmin if r < qmin else r
+                r = qmax if r > qmax else r
+                out[i] = (r - zero_point) * scale
 
 
 def fake_quantize(const float[::1] x,      # IN
@@ -126,3 +148,58 @@ def dequantize(const code_t[::1] q,  # IN
                 b = c * chunk
                 if b < n:
                     _dequantize_core(&q[b], &out[b], min(chunk, n - b), scale, zero_point)
+
+
+# --- benchmark probes: the machine's limits, measured with the same build flags -------
+
+cdef void _divide_core(const float *x, float *out, Py_ssize_t n, float scale) noexcept nogil:
+    cdef Py_ssize_t i
+    for i in range(n):
+        out[i] = x[i] / scale
+
+
+cdef void _copy_core(const float *x, float *out, Py_ssize_t n) noexcept nogil:
+    memcpy(out, x, n * sizeof(float))
+
+
+def probe_divide(const float[::1] x,  # IN
+                 float[::1] out,      # OUT, same length
+                 float scale, int n_threads=1):
+    """Benchmark probe: out = x / scale, one pass of pure division (the divider's limit
+    for fake_quantize, which must divide rather than multiply by the inverse)."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef int nt = _threads_for(n, n_threads)
+    cdef Py_ssize_t chunk, c, b
+    if n == 0:
+        return
+    with nogil:
+        if nt == 1:
+            _divide_core(&x[0], &out[0], n, scale)
+        else:
+            chunk = (n + nt - 1) // nt
+            chunk = (chunk + 63) & ~(<Py_ssize_t>63)
+            for c in prange(nt, num_threads=nt, schedule="static"):
+                b = c * chunk
+                if b < n:
+                    _divide_core(&x[b], &out[b], min(chunk, n - b), scale)
+
+
+def probe_copy(const float[::1] x,  # IN
+               float[::1] out,      # OUT, same length
+               int n_threads=1):
+    """Benchmark probe: memcpy x into out (copy bandwidth, split across threads)."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef int nt = _threads_for(n, n_threads)
+    cdef Py_ssize_t chunk, c, b
+    if n == 0:
+        return
+    with nogil:
+        if nt == 1:
+            _copy_core(&x[0], &out[0], n)
+        else:
+            chunk = (n + nt - 1) // nt
+            chunk = (chunk + 63) & ~(<Py_ssize_t>63)
+            for c in prange(nt, num_threads=nt, schedule="static"):
+                b = c * chunk
+                if b < n:
+                    _copy_core(&x[b], &out[b], min(chunk, n - b))
