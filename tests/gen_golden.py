@@ -218,7 +218,6 @@ def config_cases(bits: int, symmetric: bool, observer: str):
     ("fq"|"fwd", input spec) or ("disable"|"enable", None)."""
     tag = (bits * 2 + int(symmetric)) * 16 + OBSERVERS.index(observer)
     seed = 1000 * tag
-    qmin, qmax = _quant_range(bits, symmetric)
     edge = [{"kind": "normal", "n": n, "seed": seed + 50 + i, "sigma": 0.7}
             for i, n in enumerate(percentile_edge_sizes())]
     e = -3 if bits <= 8 else -10                    # scale 2^e; hi = qmax * 2^e
@@ -270,7 +269,6 @@ def config_cases(bits: int, symmetric: bool, observer: str):
             ("fwd", {"kind": "probe", "n": 1001, "seed": seed + 63}),
         ]),
     ]
-    del qmin, qmax
     return cases
 
 
