@@ -492,8 +492,25 @@ def c_order_blocks(a: np.ndarray, max_elems: int) -> Iterator[np.ndarray]:
 
 def materialize_float32(ref: TensorRef, max_elems: int, progress=None) -> np.ndarray:
     """The tensor as a C-order float32 array in an unlinked temporary file, memory-mapped
-    (converted chunkwise: bounded process memory).  `progress(nbytes)` is called as stored
-    bytes are consumed."""
+    (converted chunkwise: bounded process memory; the copy lives in the page cache and
+    can be written back to disk, unlike anonymous memory).  `progress(nbytes)` is called
+    as stored bytes are consumed.  InputError when the temporary folder is full."""
+    try:
+        return _materialize(ref, max_elems, progress)
+    except OSError as exc:
+        raise InputError(ref.path, f"cannot write a float32 copy ({_human(ref.size * 4)}) to the "
+                         f"temporary folder {tempfile.gettempdir()}: {exc.strerror or exc} "
+                         "(set TMPDIR to a folder with room)", ref.name) from None
+
+
+def _human(n: float) -> str:
+    for unit in ("B", "KiB", "MiB", "GiB"):
+        if n < 1024 or unit == "GiB":
+            return f"{n:.0f} {unit}" if unit == "B" else f"{n:.1f} {unit}"
+        n /= 1024.0
+
+
+def _materialize(ref: TensorRef, max_elems: int, progress) -> np.ndarray:
     out = _temp_file()
     try:
         if ref.random_access:

@@ -51,7 +51,7 @@ examples:
   qatcore bench --quick --json bench.json
       run the benchmark suite on CI-sized inputs
   qatcore demo
-      train, calibrate and quantize a small model end to end
+      run the end-to-end demo (quantization-aware training to int8 inference)
 
 Run `qatcore COMMAND --help` for the options of a command."""
 
@@ -98,6 +98,9 @@ def main(argv=None) -> int:
         return _forward(args.command, [])
     try:
         return args.func(args)
+    except KeyboardInterrupt:
+        _error("interrupted")
+        return EXIT_INTERRUPT
     except BrokenPipeError:            # `qatcore ... | head`
         try:
             sys.stdout = open(os.devnull, "w")
@@ -127,11 +130,14 @@ class _VersionAction(argparse.Action):
 
 
 def _build_parser() -> argparse.ArgumentParser:
+    import textwrap
+
     fmt = argparse.RawDescriptionHelpFormatter
+    wrap = lambda text: textwrap.fill(text, 88)     # noqa: E731  (raw formatter: wrap here)
     parser = argparse.ArgumentParser(
         prog="qatcore", formatter_class=fmt, epilog=_EPILOG,
-        description="Quantization-aware training core: calibrate activation files, inspect "
-                    "quantized layers, benchmark the kernels.")
+        description=wrap("Quantization-aware training core: calibrate activation files, "
+                         "inspect quantized layers, benchmark the kernels."))
     parser.add_argument("--version", action=_VersionAction,
                         help="show the version, the CPU target of the kernels and exit")
     sub = parser.add_subparsers(dest="command", metavar="COMMAND")
@@ -139,10 +145,11 @@ def _build_parser() -> argparse.ArgumentParser:
     cal = sub.add_parser(
         "calibrate", formatter_class=fmt, epilog=_CALIBRATE_EPILOG,
         help="compute quantization ranges, scales and zero points of tensor files",
-        description="Calibrate quantizers over tensor files (.npy, .npz, .safetensors, or "
-                    "folders of them) with qatcore.QuantObserver. Files are memory-mapped, "
-                    "never loaded whole; results equal the Python API's bit for bit. A table "
-                    "goes to stdout, a progress bar to stderr when it is a terminal.")
+        description=wrap("Calibrate quantizers over tensor files (.npy, .npz, .safetensors, "
+                         "or folders of them) with qatcore.QuantObserver. Files are "
+                         "memory-mapped, never loaded whole; results equal the Python API's "
+                         "bit for bit. A table goes to stdout, a progress bar to stderr when "
+                         "it is a terminal."))
     cal.add_argument("paths", nargs="+", metavar="PATH", help=".npy/.npz/.safetensors file or folder")
     cal.add_argument("--observer", default="min_max",
                      choices=["min_max", "percentile", "moving_average", "mean_std"],
@@ -170,9 +177,10 @@ def _build_parser() -> argparse.ArgumentParser:
     ins = sub.add_parser(
         "inspect", formatter_class=fmt, epilog=_INSPECT_EPILOG,
         help="show a calibration JSON, a saved QuantizedLinear or a tensor file",
-        description="Show what a file holds: a calibration JSON written by `calibrate --json` "
-                    "(scales, zero points, ranges), a QuantizedLinear saved as .npz (shapes, "
-                    "scales, bit width, weight-code histogram) or any tensor file.")
+        description=wrap("Show what a file holds: a calibration JSON written by `calibrate "
+                         "--json` (scales, zero points, ranges), a QuantizedLinear saved as "
+                         ".npz (shapes, scales, bit width, weight-code histogram) or any "
+                         "tensor file."))
     ins.add_argument("file", metavar="FILE")
     ins.add_argument("--bins", type=int, default=16, help="histogram bins (default: 16)")
     ins.set_defaults(func=_cmd_inspect)
