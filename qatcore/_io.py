@@ -511,28 +511,39 @@ def _human(n: float) -> str:
 
 
 def _materialize(ref: TensorRef, max_elems: int, progress) -> np.ndarray:
-    out = _temp_file()
-    try:
-        if ref.random_access:
-            src = ref.array()
-        elif not ref.fortran_order:
+    n = ref.size
+    if n == 0:
+        return np.empty(ref.shape, np.float32)
+    # Convert straight into a shared writable mapping of the temporary file (one copy
+    # fewer than write()); the space is reserved first, so a full disk is an OSError
+    # here rather than a SIGBUS on a page fault later.
+    with _temp_file() as out:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(out.fileno(), 0, n * 4)
+        else:               # pragma: no cover
+            os.ftruncate(out.fileno(), n * 4)
+        mm = mmap.mmap(out.fileno(), n * 4)
+    dst = np.frombuffer(mm, dtype=np.float32, count=n)
+    if ref.random_access:
+        blocks = c_order_blocks(ref.array(), max_elems)
+    elif not ref.fortran_order:
+        blocks = (chunk for _, chunk in ref.memory_chunks(max_elems))
+    else:
+        # A Fortran-order deflated member: spill the raw bytes, then reorder.
+        with _temp_file() as raw:
             for _, chunk in ref.memory_chunks(max_elems):
-                out.write(memoryview(ref.to_float32(chunk)).cast("B"))
-                if progress:
-                    progress(chunk.nbytes)
-            return _map_file(out, np.float32, ref.shape)
+                raw.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+            src = _map_file(raw, ref.dtype, ref.shape, order="F")
+        blocks = c_order_blocks(src, max_elems)
+    pos = 0
+    for block in blocks:
+        k = block.size
+        target = dst[pos:pos + k].reshape(block.shape)
+        if ref.bfloat16:
+            target[...] = ref.to_float32(block)
         else:
-            # A Fortran-order deflated member: spill the raw bytes, then reorder.
-            raw = _temp_file()
-            with raw:
-                for _, chunk in ref.memory_chunks(max_elems):
-                    raw.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
-                src = _map_file(raw, ref.dtype, ref.shape, order="F")
-        for block in c_order_blocks(src, max_elems):
-            out.write(memoryview(ref.to_float32(np.ascontiguousarray(block)).reshape(-1)).cast("B"))
-            if progress:
-                progress(block.size * ref.dtype.itemsize)
-        del src
-        return _map_file(out, np.float32, ref.shape)
-    finally:
-        out.close()     # the mapping keeps the data alive; the file has no name
+            np.copyto(target, block, casting="unsafe")     # C order of the block's shape
+        pos += k
+        if progress:
+            progress(k * ref.dtype.itemsize)
+    return dst.reshape(ref.shape)
