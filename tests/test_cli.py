@@ -161,17 +161,42 @@ CASES = ([(o, True, None) for o in OBSERVERS] + [(o, False, 0) for o in OBSERVER
 
 @pytest.mark.parametrize("observer,symmetric,axis", CASES,
                          ids=[f"{o}-{'sym' if s else 'asym'}-axis{a}" for o, s, a in CASES])
-def test_json_equals_api(corpus, tmp_path, observer, symmetric, axis):
+def test_json_equals_api(corpus, tmp_path, capsys, observer, symmetric, axis):
+    """Every storage variant, every observer: the JSON equals the API bit for bit.  Run
+    in-process through ``cli.main`` (the same code as the command, without paying an
+    interpreter start per case); test_json_equals_api_subprocess runs the real command."""
+    from qatcore.cli import main
+
     skip_percentile(observer)
-    folder, expected = corpus
     out = tmp_path / "out.json"
-    args = ["calibrate", folder, "--observer", observer, "--json", out, "--quiet"]
+    rc = main(_calibrate_args(corpus[0], out, observer, symmetric, axis))
+    captured = capsys.readouterr()
+    assert rc == 0, captured.err
+    assert captured.out == "" and captured.err == ""          # --quiet
+    _check_corpus_json(corpus, out, observer, symmetric, axis)
+
+
+@pytest.mark.parametrize("observer,symmetric,axis", [("percentile", True, None),
+                                                     ("moving_average", False, 1)])
+def test_json_equals_api_subprocess(corpus, tmp_path, observer, symmetric, axis):
+    skip_percentile(observer)
+    out = tmp_path / "out.json"
+    proc = run(_calibrate_args(corpus[0], out, observer, symmetric, axis), cwd=tmp_path)
+    assert proc.returncode == 0, proc.stderr
+    assert proc.stdout == "" and proc.stderr == ""
+    _check_corpus_json(corpus, out, observer, symmetric, axis)
+
+
+def _calibrate_args(folder, out, observer, symmetric, axis):
+    args = ["calibrate", str(folder), "--observer", observer, "--json", str(out), "--quiet"]
     args += ["--symmetric" if symmetric else "--asymmetric"]
     if axis is not None:
-        args += ["--batch-axis", axis]
-    proc = run(args, cwd=tmp_path)
-    assert proc.returncode == 0, proc.stderr
-    assert proc.stdout == "" and proc.stderr == ""          # --quiet
+        args += ["--batch-axis", str(axis)]
+    return args
+
+
+def _check_corpus_json(corpus, out, observer, symmetric, axis):
+    folder, expected = corpus
     doc = json.loads(out.read_text())
     assert doc["observer"] == observer and doc["symmetric"] is symmetric
     assert doc["batch_axis"] == axis and doc["errors"] == []
@@ -179,10 +204,9 @@ def test_json_equals_api(corpus, tmp_path, observer, symmetric, axis):
     for name, x in expected.items():
         entry = doc["tensors"][_key(folder, name)]
         assert entry["shape"] == list(x.shape) and entry["count"] == x.size
-        xs = x
         if name.endswith("bf"):
             assert entry["dtype"] == "bfloat16"
-        assert_same(entry, api_result(xs, observer, 8, symmetric, axis))
+        assert_same(entry, api_result(x, observer, 8, symmetric, axis))
         assert entry["batches"] == (1 if axis is None else x.shape[axis])
 
 
