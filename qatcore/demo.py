@@ -183,7 +183,7 @@ def train(model, X, y, *, epochs: int, lr: float, batch_size: int = 32, seed: in
             logits = model.forward(X[b])
             total += loss_fn.forward(logits, y[b]) * len(b)
             correct += int((logits.argmax(axis=1) == y[b]).sum())
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), need_input_grad=False)
             opt.step()
         losses.append(total / n)
         _log(f"[{label}] epoch {epoch + 1}/{epochs}  loss {total / n:.4f}  "
@@ -304,18 +304,24 @@ class IntegerMLP:
         return self.forward_int(self.quantize_input(X)).argmax(axis=1)
 
 
-def convert(model: nn.Sequential, input_scales: Sequence[float], weight_bits: int) -> IntegerMLP:
-    """Integer-only version of a float or QAT MLP given each layer's input scale."""
-    qmax_w = (1 << (weight_bits - 1)) - 1
-    lins = linears(model)
-    if len(lins) != len(input_scales):
-        raise ValueError("one input scale per Linear layer is needed")
-    layers = []
-    for lin, s_in in zip(lins, input_scales):
-        w = lin.weight
-        max_abs = np.float32(np.abs(w).max())
-        w_scale = max_abs / np.float32(qmax_w) if max_abs > 0 else np.float32(1.0)
-        layers.append(_NumpyIntLinear(w, lin.bias, w_scale, s_in, qmax_w))
+def convert(qat_model: nn.Sequential) -> IntegerMLP:
+    """Integer-only version of a QAT MLP (``ActivationFakeQuant`` before every
+    ``QATLinear``): each layer's input scale is its activation quantizer's, its weight
+    scale its weight quantizer's (both frozen)."""
+    layers, input_scales = [], []
+    pending = None
+    for layer in qat_model.layers:
+        if isinstance(layer, nn.ActivationFakeQuant):
+            pending = layer.fake_quant
+        elif isinstance(layer, nn.QATLinear):
+            if pending is None:
+                raise ValueError("every QATLinear needs an ActivationFakeQuant in front")
+            wfq = layer.weight_fake_quant
+            qmax_w = int(wfq.config.quant_range()[1])
+            layers.append(_NumpyIntLinear(layer.weight, layer.bias, wfq.scale, pending.scale,
+                                          qmax_w))
+            input_scales.append(pending.scale)
+            pending = None
     return IntegerMLP(layers, input_scales)
 
 
@@ -355,7 +361,7 @@ def step_time(model, X, y, batch_size: int = 32, steps: int = 60, repeats: int =
         t0 = time.perf_counter()
         for xb, yb in batches:
             loss_fn.forward(model.forward(xb), yb)
-            model.backward(loss_fn.backward())
+            model.backward(loss_fn.backward(), need_input_grad=False)
             opt.step()
         times.append((time.perf_counter() - t0) / steps)
     return float(np.median(times))
@@ -403,23 +409,24 @@ def run_demo(*, bits: int = 8, epochs: int = 20, qat_epochs: int = 5, seed: int 
     res.rows.append(("float32", "numpy float", acc_float,
                      time_per_batch(lambda b: model.forward(b), Xte, eval_batch)))
 
-    # 2. PTQ: calibrate activation observers on the training set, convert.
+    # 2. PTQ: FakeQuantize on every layer input and weight; the activation observers
+    #    see the training set, the weight observers the trained weights; freeze; convert.
     act_config = FakeQuantConfig(bits=8)
     weight_config = FakeQuantConfig(bits=bits)
     qat_model = build_qat_model(model, weight_config, act_config)
     calibrate(qat_model, Xtr)
-    for fq in _activation_quants(qat_model):
+    quants = _activation_quants(qat_model) + _weight_quants(qat_model)
+    for fq in quants:
         fq.disable_calibration()
-    ptq_scales = [fq.scale for fq in _activation_quants(qat_model)]
-    ptq = convert(model, ptq_scales, bits)
+    ptq = convert(qat_model)
     pred_ptq = ptq.predict(Xte)
     acc_ptq = float((pred_ptq == yte).mean())
     wname = f"int{bits} weights / int8 act" if bits != 8 else "int8"
     res.rows.append((f"PTQ {wname}", f"integer-only ({ptq.backend})", acc_ptq,
                      time_per_batch(ptq.predict, Xte, eval_batch)))
 
-    # 3. QAT fine-tuning (activation ranges frozen from calibration; weights re-ranged
-    #    every step; --lsq: learned step sizes for weights and activations).
+    # 3. QAT fine-tuning: quantizer ranges frozen at their calibrated values (clipped
+    #    STE); --lsq: the step sizes are learned too (LSQ).
     if lsq:
         raise NotImplementedError("--lsq lands with the LSQ backward")
     train(qat_model, Xtr, ytr, epochs=qat_epochs, lr=5e-4, batch_size=batch_size,
@@ -429,8 +436,7 @@ def run_demo(*, bits: int = 8, epochs: int = 20, qat_epochs: int = 5, seed: int 
     res.rows.append((f"QAT {wname}", "float-simulated (FakeQuantize)", acc_sim,
                      time_per_batch(lambda b: qat_model.forward(b), Xte, eval_batch)))
 
-    qat_scales = [fq.scale for fq in _activation_quants(qat_model)]
-    qint = convert(qat_model, qat_scales, bits)
+    qint = convert(qat_model)
     pred_int = qint.predict(Xte)
     acc_int = float((pred_int == yte).mean())
     res.rows.append((f"QAT {wname}", f"integer-only ({qint.backend})", acc_int,

@@ -201,13 +201,14 @@ class Linear(Layer):
                              f"got {g.shape}")
         return g
 
-    def backward(self, grad_out) -> np.ndarray:
-        """Write ``grad_weight``/``grad_bias``; return the gradient w.r.t. the input."""
+    def backward(self, grad_out, need_input_grad: bool = True) -> Optional[np.ndarray]:
+        """Write ``grad_weight``/``grad_bias``; return the gradient w.r.t. the input
+        (``None`` when ``need_input_grad`` is false, which skips one product)."""
         g = self._check_grad(grad_out)
         np.matmul(g.T, self._x, out=self.grad_weight)
         if self.bias is not None:
             np.sum(g, axis=0, out=self.grad_bias)
-        return g @ self.weight
+        return g @ self.weight if need_input_grad else None
 
     def parameters(self) -> List[np.ndarray]:
         return [self.weight] if self.bias is None else [self.weight, self.bias]
@@ -267,8 +268,25 @@ class Sequential(Layer):
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out):
-        for layer in reversed(self.layers):
+    def backward(self, grad_out, need_input_grad: bool = True):
+        """Backward through every layer, last first; returns the input gradient.
+
+        With ``need_input_grad=False`` (a training step on data, whose gradient nobody
+        uses) the layers in front of the first one with parameters are skipped and that
+        layer does not compute its input gradient; returns ``None``.
+        """
+        first = 0
+        if not need_input_grad:
+            first = next((i for i, layer in enumerate(self.layers) if layer.parameters()),
+                         len(self.layers))
+        for i in range(len(self.layers) - 1, first - 1, -1):
+            layer = self.layers[i]
+            if i == first and not need_input_grad:
+                if isinstance(layer, Linear):
+                    layer.backward(grad_out, need_input_grad=False)
+                else:
+                    layer.backward(grad_out)
+                return None
             grad_out = layer.backward(grad_out)
         return grad_out
 
@@ -342,10 +360,13 @@ class QATLinear(Linear):
     While the weight quantizer is calibrating and not learnable, every ``forward``
     re-derives its range from the current weights alone (the observer is reset first):
     weights move at each step, and a running min/max would keep stale extremes.  The
-    resulting scale is then ``max|w| / qmax``, exactly the weight scale
-    :meth:`QuantizedLinear.from_float` picks, so a converted layer matches the
-    simulated one.  A learnable (LSQ) quantizer is calibrated once, then its scale is a
-    parameter (call ``weight_fake_quant.disable_calibration()`` before training).
+    resulting scale is then ``max|w| / qmax``, the weight scale
+    :meth:`QuantizedLinear.from_float` picks.  Cheaper and usual for fine-tuning: one
+    forward to calibrate on the trained float weights, then
+    ``weight_fake_quant.disable_calibration()`` freezes the scale (weights that grow
+    past the range clip, and the clipped STE stops their gradient); a learnable (LSQ)
+    quantizer then trains its scale.  Convert with the quantizer's scale
+    (``QuantizedLinear.from_qat``).
 
     Parameters
     ----------
@@ -389,13 +410,13 @@ class QATLinear(Linear):
         self._wq_used = self.quantized_weight()
         return self._affine(x, self._wq_used)
 
-    def backward(self, grad_out) -> np.ndarray:
+    def backward(self, grad_out, need_input_grad: bool = True) -> Optional[np.ndarray]:
         g = self._check_grad(grad_out)
         grad_wq = g.T @ self._x
         if self.bias is not None:
             np.sum(g, axis=0, out=self.grad_bias)
         self.grad_weight[...] = self.weight_fake_quant.backward(grad_wq)
-        return g @ self._wq_used
+        return g @ self._wq_used if need_input_grad else None
 
     def parameters(self) -> List[np.ndarray]:
         return super().parameters() + list(self.weight_fake_quant.parameters())
