@@ -3,16 +3,24 @@
 from __future__ import annotations
 
 import copy as _copy
+import math
 from typing import List, Tuple
 
 import numpy as np
 
 from . import _backend
-from ._checks import as_float32, check_out
+from ._checks import as_float32, check_finite, check_out
 from .config import FakeQuantConfig
 from .observer import QuantObserver
 
-__all__ = ["Module", "FakeQuantize"]
+__all__ = ["Module", "FakeQuantize", "SCALE_FLOOR"]
+
+#: Smallest value a learned (LSQ) scale may take: the smallest normal float32, 2^-126.
+#: An optimizer step that would make the scale zero or negative leaves it here instead
+#: (``FakeQuantize.clamp_parameters``, also applied at every forward).
+SCALE_FLOOR = float(np.finfo(np.float32).tiny)
+
+_STE_MODES = ("clipped", "identity")
 
 
 class Module:
@@ -51,12 +59,25 @@ class FakeQuantize(Module):
         q = clamp(round_half_away(x / scale + zero_point), qmin, qmax)
         y = (q - zero_point) * scale
 
+    Training: ``backward(grad_out)`` is the straight-through estimator (clipped by
+    default, ``ste="identity"`` for the unclipped variant). With a learnable config
+    (``config.with_learnable()``) the scale, and the zero point of an asymmetric config,
+    are LSQ parameters (Esser et al. 2020; LSQ+ for the zero point): initialised from
+    the observer by `disable_calibration` (or set by `initialize`), returned by
+    `parameters()` as live float32 arrays of shape ``(1,)`` that an optimizer updates in
+    place, with their gradients in `grads()` (same order) written by `backward`. The
+    scale never drops below :data:`SCALE_FLOOR` (`clamp_parameters`, also applied at
+    every forward). The forward arithmetic is the same with or without learning.
+
     Parameters
     ----------
     config : FakeQuantConfig, optional
         Defaults to ``FakeQuantConfig()`` (int8 symmetric, min/max).
     n_threads : int, optional
         Threads for large arrays (default: ``qatcore.get_num_threads()``, i.e. 1).
+    ste : {"clipped", "identity"}, default "clipped"
+        Gradient of `backward` w.r.t. the input: zero where the forward clamped
+        (clipped), or passed everywhere (identity).
 
     Examples
     --------
@@ -72,7 +93,7 @@ class FakeQuantize(Module):
     array([[ 1.       , -0.2857143]], dtype=float32)
     """
 
-    def __init__(self, config: FakeQuantConfig = None, *, n_threads=None):
+    def __init__(self, config: FakeQuantConfig = None, *, n_threads=None, ste: str = "clipped"):
         if config is None:
             config = FakeQuantConfig()
         if not isinstance(config, FakeQuantConfig):
@@ -86,17 +107,42 @@ class FakeQuantize(Module):
         self.training = True
         self._mask = None           # STE mask written by the last training forward
         self._mask_shape = None
+        if ste not in _STE_MODES:
+            raise ValueError(f"ste must be one of {_STE_MODES}, got {ste!r}")
+        self._ste = ste
+        # LSQ state (learnable configs): live parameter and gradient arrays of shape
+        # (1,), float32; the input of the last training forward (LSQ needs x).
+        self._learnable = config.learnable
+        self._x_saved = None
+        if self._learnable:
+            self._scale_param = np.ones(1, dtype=np.float32)
+            self._zp_param = np.zeros(1, dtype=np.float32)
+            self._scale_grad = np.zeros(1, dtype=np.float32)
+            self._zp_grad = np.zeros(1, dtype=np.float32)
+        else:
+            self._scale_param = self._zp_param = self._scale_grad = self._zp_grad = None
 
     # --- Rust accessors --------------------------------------------------------------
     @property
     def scale(self) -> float:
-        """Current scale (a float32 value)."""
+        """Current scale (a float32 value; for a frozen learnable config, the learned
+        parameter, at least :data:`SCALE_FLOOR`)."""
+        if self._learnable and not self._calibrating:
+            return max(float(self._scale_param[0]), SCALE_FLOOR)
         return self._scale
 
     @property
     def zero_point(self) -> float:
         """Current zero point (a float32 value; not rounded for asymmetric configs)."""
+        if self._learnable and not self._calibrating and not self._config.symmetric:
+            return float(self._zp_param[0])
         return self._zero_point
+
+    @property
+    def ste(self) -> str:
+        """Straight-through estimator of `backward`: ``"clipped"`` (default) or
+        ``"identity"``."""
+        return self._ste
 
     @property
     def config(self) -> FakeQuantConfig:
@@ -130,9 +176,104 @@ class FakeQuantize(Module):
         """Stop observing and freeze scale and zero point from the observed range.
 
         Before anything was observed this gives ``(1.0, 0.0)`` (Rust: infinite scale).
+        For a learnable config this initialises the LSQ parameters from the observer.
+
+        Raises
+        ------
+        ValueError
+            Learnable config whose observed range gives a scale that is not positive in
+            float32 (e.g. all values below ~1e-43); nothing changes.
         """
-        self._scale, self._zero_point = self._observer.compute_qparams(self._config)
+        scale, zp = self._observer.compute_qparams(self._config)
+        if self._learnable:
+            self._check_initial(scale, zp)
+        self._scale, self._zero_point = scale, zp
         self._calibrating = False
+        if self._learnable:
+            self._scale_param[0] = scale
+            self._zp_param[0] = zp
+
+    # --- LSQ (learned step size) ---------------------------------------------------
+    def _check_initial(self, scale, zero_point):
+        scale = check_finite(scale, "scale")
+        if not float(np.float32(scale)) > 0:
+            raise ValueError(f"scale: a learnable quantizer needs a positive initial scale, "
+                             f"got {scale!r} (in float32: {float(np.float32(scale))!r})")
+        return float(np.float32(scale)), float(np.float32(check_finite(zero_point, "zero_point")))
+
+    def initialize(self, scale, zero_point=0.0) -> None:
+        """Set the LSQ parameters explicitly and stop calibrating (learnable configs).
+
+        Parameters
+        ----------
+        scale : float
+            Initial step size, positive and finite in float32.
+        zero_point : float, default 0.0
+            Initial zero point (asymmetric configs; must be 0 for symmetric ones).
+
+        Raises
+        ------
+        ValueError
+            Config not learnable, non-positive or non-finite scale, non-zero zero point
+            for a symmetric config; nothing changes.
+        """
+        if not self._learnable:
+            raise ValueError("initialize: the config is not learnable (use with_learnable())")
+        scale, zero_point = self._check_initial(scale, zero_point)
+        if self._config.symmetric and zero_point != 0.0:
+            raise ValueError(f"zero_point must be 0 for a symmetric config, got {zero_point!r}")
+        self._scale, self._zero_point = scale, zero_point
+        self._scale_param[0] = scale
+        self._zp_param[0] = zero_point
+        self._calibrating = False
+
+    def parameters(self) -> List[np.ndarray]:
+        """The learned parameters: ``[scale]`` (symmetric) or ``[scale, zero_point]``
+        (asymmetric, LSQ+) for a learnable config, each a live float32 array of shape
+        ``(1,)`` an optimizer updates in place; ``[]`` otherwise (Rust: no parameters).
+
+        While calibrating, the arrays mirror the observer's qparams after each
+        `fake_quantize`; `disable_calibration` (or `initialize`) hands them over to
+        training.
+        """
+        if not self._learnable:
+            return []
+        if self._config.symmetric:
+            return [self._scale_param]
+        return [self._scale_param, self._zp_param]
+
+    def grads(self) -> List[np.ndarray]:
+        """Gradient arrays matching :meth:`parameters` (same order, shapes, dtype),
+        overwritten by each `backward`."""
+        if not self._learnable:
+            return []
+        if self._config.symmetric:
+            return [self._scale_grad]
+        return [self._scale_grad, self._zp_grad]
+
+    def clamp_parameters(self) -> None:
+        """Keep the learned scale positive: raise it to :data:`SCALE_FLOOR` if an update
+        took it below (pass this as an optimizer's ``after_step``; `forward` also does
+        it).  NaN parameters are left for `forward` to report."""
+        if self._learnable and self._scale_param[0] < SCALE_FLOOR:
+            self._scale_param[0] = SCALE_FLOOR
+
+    def _sync_learned(self) -> None:
+        """Before a forward: mirror the calibrated qparams into the parameter arrays, or
+        (frozen) take the learned values, clamped; NaN/Inf parameters are refused."""
+        if self._calibrating:
+            self._scale_param[0] = self._scale
+            self._zp_param[0] = self._zero_point
+            return
+        s = float(self._scale_param[0])
+        z = float(self._zp_param[0]) if not self._config.symmetric else 0.0
+        if not (math.isfinite(s) and math.isfinite(z)):
+            raise ValueError(f"learned parameters are not finite (scale={s!r}, zero_point={z!r}); "
+                             f"was a NaN gradient applied?")
+        if s < SCALE_FLOOR:
+            s = SCALE_FLOOR
+            self._scale_param[0] = s
+        self._scale, self._zero_point = s, z
 
     # --- forward -------------------------------------------------------------------
     def fake_quantize(self, x, out=None) -> np.ndarray:
@@ -185,23 +326,42 @@ class FakeQuantize(Module):
     def _run(self, data, shape, dst, out):
         qmin, qmax = self._qrange
         mask = None
+        if self._learnable:
+            self._sync_learned()
         if self.training:
             mask = np.empty(data.shape[0], dtype=np.uint8)
+            if self._learnable:     # LSQ's backward needs x itself (copied if out is x)
+                self._x_saved = data.copy() if dst.ctypes.data == data.ctypes.data else data
         _backend.kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
                                        mask, self.n_threads)
         self._mask, self._mask_shape = mask, (shape if mask is not None else None)
         return out if out is not None else dst.reshape(shape)
 
-    # --- backward (straight-through estimator) -------------------------------------
+    # --- backward (straight-through estimator, LSQ) -------------------------------
     def backward(self, grad_out) -> np.ndarray:
-        """Clipped straight-through estimator: ``grad_in = grad_out`` where the last
-        training forward's rounded value lay inside [qmin, qmax], 0 elsewhere.
+        """Gradient of the last training forward: straight-through for `x`, LSQ for the
+        learned parameters.
+
+        ``grad_in = grad_out`` where that forward's rounded value lay inside
+        [qmin, qmax] and 0 elsewhere (clipped STE, the default), or everywhere
+        (``ste="identity"``).  For a learnable config, also writes the LSQ gradients
+        (Esser et al. 2020; zero point as in LSQ+) into :meth:`grads`, with
+        ``v = x/scale + zero_point``, ``r = round(v)`` and gradient scale
+        ``g = 1/sqrt(N·qmax)`` (``N`` = elements of that forward's input)::
+
+            dL/dscale      = g · Σ grad_out · (r − v       inside,
+                                               qmin − zp   below,
+                                               qmax − zp   above)
+            dL/dzero_point = g · Σ grad_out · (0 inside, −scale outside)
+
+        summed in float64 by one fused kernel pass (which also writes ``grad_in``).
 
         Raises
         ------
         ValueError
             No training forward happened yet, `grad_out`'s shape differs from that
-            forward's input, or `grad_out` holds NaN/±Inf.
+            forward's input, `grad_out` holds NaN/±Inf, or (LSQ) the parameter gradient
+            is not finite (a NaN/Inf in the forward's input). Nothing is written then.
         """
         if self._mask is None:
             raise ValueError("backward: call fake_quantize/forward in training mode first")
@@ -209,16 +369,38 @@ class FakeQuantize(Module):
         if tuple(shape) != tuple(self._mask_shape):
             raise ValueError(f"grad_out has shape {tuple(shape)}, the last forward had "
                              f"{tuple(self._mask_shape)}")
-        bad = _backend.kernels.minmax(grad, 1)[2]
+        kernels = _backend.kernels
+        grad_in = np.empty(grad.shape[0], dtype=np.float32)
+        identity = self._ste == "identity"
+        if self._learnable:
+            scale, zp = self._scale, self._zero_point
+            qmin, qmax = self._qrange
+            bad, s_in, s_lo, s_hi = kernels.lsq_backward(self._x_saved, grad, grad_in, scale,
+                                                         zp, qmin, qmax, identity)
+        else:
+            bad = kernels.ste_backward(grad, None if identity else self._mask, grad_in)
         if bad >= 0:
             raise ValueError(f"backward: grad_out contains a non-finite value at flat index {bad}")
-        return np.where(self._mask.view(bool), grad, np.float32(0)).reshape(shape)
+        if self._learnable:
+            n = grad.shape[0]
+            g = 1.0 / math.sqrt(n * qmax) if n else 0.0
+            d_scale = g * (s_in + (qmin - zp) * s_lo + (qmax - zp) * s_hi)
+            d_zp = g * (-scale * (s_lo + s_hi))
+            if not (math.isfinite(d_scale) and math.isfinite(d_zp)):
+                raise ValueError("backward: the scale/zero-point gradient is not finite "
+                                 "(NaN or Inf in the last forward's input)")
+            self._scale_grad[0] = d_scale
+            self._zp_grad[0] = d_zp
+        return grad_in.reshape(shape)
 
     # --- Rust Clone, repr ----------------------------------------------------------
     def __copy__(self) -> "FakeQuantize":
         new = FakeQuantize.__new__(FakeQuantize)
         new.__dict__.update(self.__dict__)
         new._observer = _copy.copy(self._observer)
+        if self._learnable:     # the learned values are state, not shared storage
+            for name in ("_scale_param", "_zp_param", "_scale_grad", "_zp_grad"):
+                setattr(new, name, getattr(self, name).copy())
         return new
 
     def __deepcopy__(self, memo) -> "FakeQuantize":
@@ -233,4 +415,4 @@ class FakeQuantize(Module):
 
     def qparams(self) -> Tuple[float, float]:
         """``(scale, zero_point)``."""
-        return self._scale, self._zero_point
+        return self.scale, self.zero_point

@@ -147,3 +147,33 @@ class ObserverRef:
 
     def range(self):
         return F32(self.min_val), F32(self.max_val)
+
+
+# --- STE / LSQ backward (qatcore/_k_lsq.pxi) ------------------------------------------
+
+def ste_backward_ref(grad, mask):
+    """Clipped STE: grad where mask, else 0 (mask None: identity)."""
+    grad = np.asarray(grad, np.float32)
+    if mask is None:
+        return grad.copy()
+    return np.where(np.asarray(mask, bool), grad, np.float32(0))
+
+
+def lsq_backward_ref(x, grad, scale, zero_point, qmin, qmax, identity=False):
+    """LSQ/LSQ+ backward in plain numpy: (grad_in float32, dL/ds, dL/dz) without the
+    gradient scale.  v and r in float32 as the forward computes them; sums in float64."""
+    x = np.asarray(x, np.float32)
+    grad = np.asarray(grad, np.float32)
+    s, z = np.float32(scale), np.float32(zero_point)
+    v = x / s + z
+    r = round_half_away_ref(v)
+    lo, hi = r < qmin, r > qmax
+    inside = ~(lo | hi)
+    grad_in = grad.copy() if identity else np.where(inside, grad, np.float32(0))
+    g = grad.astype(np.float64)
+    d = np.where(inside, (r - v).astype(np.float64), 0.0)
+    d[lo] = float(qmin) - float(z)
+    d[hi] = float(qmax) - float(z)
+    d_scale = float(np.sum(g * d))
+    d_zp = float(-float(s) * np.sum(g[~inside]))
+    return grad_in, d_scale, d_zp
