@@ -98,3 +98,21 @@ def test_mean_std_overflow():
     with pytest.raises(ValueError, match="overflows"):
         obs.observe(np.array([-3e38, 3e38, 3e38], np.float32))
     assert obs.count == 0
+
+
+def test_mean_std_large_values():
+    x = np.array([1e29, -2e29, 3e29, 5e28], np.float32)
+    obs = QuantObserver(ObserverMethod.MEAN_STD)
+    obs.observe(x)
+    mean, std = mean_std_ref(x)
+    lo, hi = obs.range()
+    assert np.isfinite([lo, hi]).all()
+    assert lo == pytest.approx(mean - 3 * std, rel=2e-6) and hi == pytest.approx(mean + 3 * std, rel=2e-6)
+
+
+def test_mean_std_constant_batch():
+    obs = QuantObserver(ObserverMethod.MEAN_STD)
+    obs.observe(np.full(10_001, 0.1, np.float32))
+    lo, hi = obs.range()
+    assert lo == hi == float(np.float32(0.1))
+    assert obs.compute_qparams(FakeQuantConfig(bits=12, symmetric=False)) == (1.0, float(-np.float32(0.1)))
