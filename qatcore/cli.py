@@ -429,18 +429,25 @@ def _calibrate_one(ref, config, batch_axis, n_threads, progress):
         convert, total = to_float32, total / 2
     nb = ref.shape[axis]
     per = total / nb if nb else 0
-    lead = (slice(None),) * axis
     slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
+    # Slices along axis 0 of a C-order map are contiguous views: no copy, cheap indexing.
+    slices = src if axis == 0 else np.moveaxis(src, axis, 0)
+    b = 0
+
+    def where(i):
+        pos = tuple(int(p) for p in np.unravel_index(i, slice_shape)) if slice_shape else ()
+        pos = pos[:axis] + (b,) + pos[axis:]
+        return f"batch {b} along axis {axis}, position {pos}"
+
+    observe = obs.observe
     for b in range(nb):
-        data = convert(src[lead + (b,)])
-
-        def where(i, b=b):
-            pos = tuple(int(p) for p in np.unravel_index(i, slice_shape)) if slice_shape else ()
-            pos = pos[:axis] + (b,) + pos[axis:]
-            return f"batch {b} along axis {axis}, position {pos}"
-
-        _observe(obs, data, ref, where)
-        progress.advance(per)
+        data = convert(slices[b])
+        try:
+            observe(data)
+        except ValueError:
+            _observe(obs, data, ref, where)      # re-raises it as a one-line message
+            raise
+        progress.done += per
     return obs, nb
 
 
