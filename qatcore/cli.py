@@ -789,46 +789,78 @@ def _scalar(members, key, default=None):
     return v.item() if isinstance(v, np.generic) else v
 
 
-def _inspect_linear(path: str, members, bins: int) -> None:
+def _scales_text(a) -> str:
     import numpy as np
 
-    wq_ref = members["weights_q"]
-    wq = _read_small(wq_ref, limit=1 << 31)
-    weight_scale = _scalar(members, "weight_scale")
+    a = np.asarray(a, dtype=np.float32).reshape(-1)
+    if a.size == 1:
+        return _f32(a[0])
+    return (f"per channel ({a.size}): min {_f32(a.min())}  median {_f32(np.median(a))}  "
+            f"max {_f32(a.max())}")
+
+
+def _inspect_linear(path: str, members, bins: int) -> None:
+    """A QuantizedLinear saved with ``.save(path)`` (keys of ``state_dict()``): weights_q
+    (out_features, in_features) int8, weight_scale (scalar or per output channel), bits,
+    input_scale / input_zero_point / input_qrange, bias_q int32, optional output_quant_*."""
+    import numpy as np
+
+    import qatcore
+
+    loader = getattr(getattr(qatcore, "QuantizedLinear", None), "load", None)
+    if loader is not None:
+        try:
+            loader(path)
+        except (TypeError, ValueError) as exc:
+            raise _Fail(f"{path}: not a valid QuantizedLinear: {exc}") from None
+    wq = _read_small(members["weights_q"], limit=1 << 31)
+    if wq is None or wq.ndim != 2:
+        raise _Fail(f"{path}: weights_q is not a 2-D array")
+    out_f, in_f = wq.shape
+    ws = _read_small(members["weight_scale"])
+    bits = _scalar(members, "bits", 8)
+    qmax = (1 << (int(bits) - 1)) - 1
     input_scale = _scalar(members, "input_scale", 1.0)
-    in_f = _scalar(members, "in_features", wq.shape[-1] if wq.ndim == 2 else None)
-    out_f = _scalar(members, "out_features", wq.shape[0] if wq.ndim == 2 else None)
-    bits = _scalar(members, "bits", None)
-    qmax = (1 << (int(bits) - 1)) - 1 if bits else 127
-    out_scale = float(np.float32(weight_scale) * np.float32(input_scale)) if weight_scale is not None else None
+    out_scale = np.asarray(ws, dtype=np.float32) * np.float32(input_scale)
+    per_channel = bool(_scalar(members, "per_channel", np.asarray(ws).size > 1))
     print(f"QuantizedLinear  {path}")
-    info = [("in_features", in_f), ("out_features", out_f),
-            ("bits", bits if bits is not None else "8 (not stored)"),
-            ("weight_scale", _f32(weight_scale) if weight_scale is not None else "?"),
+    info = [("in_features", in_f), ("out_features", out_f), ("bits", bits),
+            ("weights_q", f"{members['weights_q'].dtype_name} {_shape_text(wq.shape)}, "
+                          f"{'per-channel' if per_channel else 'per-tensor'} symmetric"),
+            ("weight_scale", _scales_text(ws)),
             ("input_scale", _f32(input_scale)),
-            ("output_scale", _f32(out_scale) if out_scale is not None else "?")]
+            ("output_scale", _scales_text(out_scale))]
+    if "input_zero_point" in members:
+        qr = _read_small(members["input_qrange"]) if "input_qrange" in members else None
+        info.append(("input_zero_point", f"{_scalar(members, 'input_zero_point')}"
+                     + (f"  (input codes {int(qr.reshape(-1)[0])}..{int(qr.reshape(-1)[1])})"
+                        if qr is not None and qr.size == 2 else "")))
+    if "bias_q" in members:
+        b = _read_small(members["bias_q"]).reshape(-1).astype(np.int64)
+        info.append(("bias_q", f"{members['bias_q'].dtype_name} {_shape_text(b.shape)}, "
+                     f"min {b.min()}  max {b.max()}" if b.size else "empty"))
+    else:
+        info.append(("bias_q", "none"))
+    if "output_quant_scale" in members:
+        info.append(("int8 output", f"scale {_f32(_scalar(members, 'output_quant_scale'))}, "
+                     f"zero point {_scalar(members, 'output_quant_zero_point', 0)}"))
+    shown = {"weights_q", "weight_scale", "bits", "per_channel", "input_scale",
+             "input_zero_point", "input_qrange", "bias_q", "bias", "version",
+             "output_quant_scale", "output_quant_zero_point", "output_quant_qrange"}
     for key, r in members.items():
-        if key in ("weights_q", "bias_q") or r.size > 1:
+        if key not in shown:
             info.append((key, f"{r.dtype_name} {_shape_text(r.shape)}"))
-        elif key not in dict(info):
-            info.append((key, _scalar(members, key)))
     w = max(len(k) for k, _ in info)
     for k, v in info:
         print(f"  {k.ljust(w)}  {v}")
     flat = wq.reshape(-1).astype(np.int64)
-    if flat.size:
-        sat = np.count_nonzero(np.abs(flat) >= qmax)
-        print(f"  weights_q codes: min {flat.min()}  max {flat.max()}  mean |q| "
-              f"{np.abs(flat).mean():.2f}  zeros {100 * np.count_nonzero(flat == 0) / flat.size:.1f}%  "
-              f"at ±{qmax} {100 * sat / flat.size:.2f}%  "
-              f"levels used {np.unique(flat).size}/{2 * qmax + 1}")
-        print(f"  weights_q histogram ({bins} bins):")
-        for line in _histogram_lines(flat, qmax, bins):
-            print(line)
-    bias = members.get("bias_q")
-    if bias is not None and bias.size:
-        b = _read_small(bias).reshape(-1).astype(np.int64)
-        print(f"  bias_q: min {b.min()}  max {b.max()}  mean |b| {np.abs(b).mean():.1f}")
+    sat = np.count_nonzero(np.abs(flat) >= qmax)
+    print(f"  weight codes: mean |q| {np.abs(flat).mean():.2f}, zeros "
+          f"{100 * np.count_nonzero(flat == 0) / flat.size:.1f}%, at ±{qmax} "
+          f"{100 * sat / flat.size:.2f}%, {np.unique(flat).size} of {2 * qmax + 1} levels used")
+    print(f"  weight code histogram ({bins} bins over [-{qmax}, {qmax}]):")
+    for line in _histogram_lines(flat, qmax, bins):
+        print(line)
 
 
 if __name__ == "__main__":        # pragma: no cover

@@ -486,26 +486,46 @@ def test_inspect_npz_generic(corpus, tmp_path):
     assert "3 tensors" in proc.stdout and "deflated" in proc.stdout and "int8" in proc.stdout
 
 
-def test_inspect_quantized_linear(tmp_path):
+def _save_linear(path, w, b):
+    """A QuantizedLinear file: through the API when it is there, else the state_dict keys
+    written by hand (weights_q, weight_scale, bits, per_channel, input_*, bias_q)."""
     QuantizedLinear = getattr(qatcore, "QuantizedLinear", None)
+    out_f, in_f = w.shape
+    if QuantizedLinear is not None and hasattr(QuantizedLinear, "save"):
+        QuantizedLinear.from_float(w, b, in_f, out_f, FakeQuantConfig.int8()).save(str(path))
+        return
+    scale = np.float32(np.abs(w).max() / np.float32(127))
+    np.savez(path, version=np.int32(1), weights_q=np.clip(np.round(w / scale), -127, 127).astype(np.int8),
+             weight_scale=np.array(scale), bits=np.int32(8), per_channel=np.bool_(False),
+             input_scale=np.float32(1.0), input_zero_point=np.int32(0),
+             input_qrange=np.array([-127, 127], np.int32),
+             bias=b, bias_q=np.round(b / scale).astype(np.int32))
+
+
+def test_inspect_quantized_linear(tmp_path):
     rng = np.random.default_rng(60)
     w = rng.standard_normal((6, 10)).astype(np.float32)
     b = rng.standard_normal(6).astype(np.float32)
     path = tmp_path / "lin.npz"
-    if QuantizedLinear is not None and hasattr(QuantizedLinear, "save"):
-        layer = QuantizedLinear.from_float(w, b, 10, 6, FakeQuantConfig.int8())
-        layer.save(str(path))
-    else:                                   # the documented field names, written by hand
-        scale = np.float32(np.abs(w).max() / 127)
-        np.savez(path, weights_q=np.clip(np.round(w / scale), -127, 127).astype(np.int8),
-                 bias_q=np.round(b / scale).astype(np.int32), weight_scale=scale,
-                 input_scale=np.float32(1.0), in_features=10, out_features=6)
+    _save_linear(path, w, b)
     proc = run(["inspect", path, "--bins", "8"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
     out = proc.stdout
     assert out.startswith("QuantizedLinear")
-    assert "in_features" in out and "10" in out and "out_features" in out
-    assert "weight_scale" in out and "histogram (8 bins)" in out
+    fields = dict(l.split(None, 1) for l in out.splitlines()[1:8])
+    assert fields["in_features"] == "10" and fields["out_features"] == "6"
+    assert fields["bits"] == "8"
+    scale = np.float32(np.abs(w).max()) / np.float32(127)
+    assert fields["weight_scale"] == str(scale)
+    assert "histogram (8 bins" in out and out.count("[") >= 8
+
+
+def test_inspect_corrupt_linear(tmp_path):
+    if not hasattr(getattr(qatcore, "QuantizedLinear", None), "load"):
+        pytest.skip("QuantizedLinear.load not available")
+    np.savez(tmp_path / "lin.npz", weights_q=np.zeros((2, 3), np.int16),
+             weight_scale=np.float32(0.1))
+    one_error_line(run(["inspect", "lin.npz"], cwd=tmp_path), "lin.npz", "QuantizedLinear")
 
 
 @pytest.mark.parametrize("kind", ["missing", "other", "not_calibration"])
