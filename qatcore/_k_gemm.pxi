@@ -1,1 +1,106 @@
 # int8 x int8 -> int32 GEMM and fixed-point requantization (QuantizedLinear).
+#
+# The loops are C in qatcore/src/qc_gemm.h (a register-tiled SIMD microkernel chosen at
+# compile time for this module's CPU target, portable C otherwise).  Weights are packed
+# once (pack_weights) in a layout named by GEMM_LAYOUT; a packed buffer is only valid for
+# kernel modules with the same GEMM_LAYOUT.
+
+cdef extern from "qc_gemm.h" nogil:
+    const char *qc_gemm_impl
+    const char *qc_gemm_layout
+    enum:
+        QC_GEMM_MAX_K
+        QC_GEMM_NR
+        QC_GEMM_KG
+    Py_ssize_t qc_gemm_packed_size(Py_ssize_t n, Py_ssize_t k)
+    void qc_gemm_pack(const int8_t *w, Py_ssize_t n, Py_ssize_t k, int8_t *packed)
+    int qc_gemm_i8_i32(const int8_t *x, Py_ssize_t m, Py_ssize_t k, Py_ssize_t n,
+                       const int8_t *packed, const int32_t *wsum, const int32_t *col_offset,
+                       int32_t *out, int n_threads)
+    void qc_requantize_rows(const int32_t *acc, Py_ssize_t m, Py_ssize_t n,
+                            const int32_t *multiplier, const int32_t *shift,
+                            int32_t zero_point, int32_t qmin, int32_t qmax, int8_t *out)
+
+#: Which microkernel this module runs ("avx2-vpmaddwd", "avx512vnni-vpdpbusd", "portable-c").
+GEMM_IMPL = qc_gemm_impl.decode("ascii")
+#: Name of the packed weight layout pack_weights writes and gemm_i8_i32 reads.
+GEMM_LAYOUT = qc_gemm_layout.decode("ascii")
+#: Largest K for which int32 accumulation of int8 [-128, 127] x [-127, 127] is exact.
+GEMM_MAX_K = QC_GEMM_MAX_K
+
+
+def packed_size(Py_ssize_t n, Py_ssize_t k):
+    """Bytes pack_weights needs for an (n, k) int8 weight matrix."""
+    return qc_gemm_packed_size(n, k)
+
+
+def pack_weights(const int8_t[:, ::1] w,  # IN (N, K) int8, row-major
+                 int8_t[::1] packed):      # OUT packed_size(N, K) bytes
+    """Pack (N, K) int8 weights into this module's GEMM_LAYOUT (zero padded)."""
+    cdef Py_ssize_t n = w.shape[0], k = w.shape[1]
+    if n == 0 or k == 0 or packed.shape[0] == 0:
+        return
+    with nogil:
+        qc_gemm_pack(&w[0, 0], n, k, &packed[0])
+
+
+def gemm_i8_i32(const int8_t[:, ::1] x,          # IN (M, K) int8
+                const int8_t[::1] packed,         # IN weights from pack_weights
+                Py_ssize_t n,                     # output columns N
+                const int32_t[::1] wsum,          # IN (N,) sum_k w[n, k]
+                const int32_t[::1] col_offset,    # IN (N,) added to every row, or None
+                int32_t[:, ::1] out,              # OUT (M, N) int32
+                int n_threads=1):
+    """out = x @ w.T + col_offset with int32 accumulation; returns 0, or -1 when scratch
+    memory could not be allocated (out is then incomplete)."""
+    cdef Py_ssize_t m = x.shape[0], k = x.shape[1]
+    cdef const int32_t *off = NULL
+    cdef const int8_t *xp = NULL
+    cdef const int8_t *bp = NULL
+    cdef int status
+    if m == 0 or n == 0:
+        return 0
+    if col_offset is not None:
+        off = &col_offset[0]
+    if k > 0:
+        xp = &x[0, 0]
+        bp = &packed[0]
+    with nogil:
+        status = qc_gemm_i8_i32(xp, m, k, n, bp, &wsum[0], off, &out[0, 0], n_threads)
+    return status
+
+
+cdef void _requantize_par(const int32_t *acc, Py_ssize_t m, Py_ssize_t n,
+                          const int32_t *mult, const int32_t *shift, int32_t zp,
+                          int32_t qmin, int32_t qmax, int8_t *out, int nt) noexcept nogil:
+    cdef Py_ssize_t c, lo, hi
+    for c in prange(nt, num_threads=nt, schedule="static"):
+        lo = m * c // nt
+        hi = m * (c + 1) // nt
+        if lo < hi:
+            qc_requantize_rows(acc + lo * n, hi - lo, n, mult, shift, zp, qmin, qmax,
+                               out + lo * n)
+
+
+def requantize_fixed_point(const int32_t[:, ::1] acc,      # IN (M, N) int32
+                           const int32_t[::1] multiplier,  # IN (N,) Q31 multipliers
+                           const int32_t[::1] shift,       # IN (N,) exponents (TFLite)
+                           int32_t zero_point, int32_t qmin, int32_t qmax,
+                           int8_t[:, ::1] out,             # OUT (M, N) int8
+                           int n_threads=1):
+    """out = clamp(zero_point + MultiplyByQuantizedMultiplier(acc, multiplier, shift),
+    qmin, qmax) per column (gemmlowp/TFLite integer arithmetic, no float)."""
+    cdef Py_ssize_t m = acc.shape[0], n = acc.shape[1]
+    cdef int nt
+    if m == 0 or n == 0:
+        return
+    nt = _threads_for(m * n, n_threads)
+    if nt > m:
+        nt = <int>m
+    with nogil:
+        if nt <= 1:
+            qc_requantize_rows(&acc[0, 0], m, n, &multiplier[0], &shift[0], zero_point,
+                               qmin, qmax, &out[0, 0])
+        else:
+            _requantize_par(&acc[0, 0], m, n, &multiplier[0], &shift[0], zero_point,
+                            qmin, qmax, &out[0, 0], nt)
