@@ -8,6 +8,7 @@ from ._backend import get_num_threads, set_num_threads
 from .config import FakeQuantConfig, ObserverMethod
 from .dynamic import DynamicQuantizer
 from .fake_quantize import FakeQuantize, Module
+from .linear import QuantizedLinear
 from .mixed_precision import MixedPrecision
 from .observer import QuantObserver
 
@@ -21,6 +22,7 @@ __all__ = [
     "Module",
     "ObserverMethod",
     "QuantObserver",
+    "QuantizedLinear",
     "get_num_threads",
     "set_num_threads",
     "__version__",

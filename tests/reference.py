@@ -177,3 +177,77 @@ def lsq_backward_ref(x, grad, scale, zero_point, qmin, qmax, identity=False):
     d_scale = float(np.sum(g * d))
     d_zp = float(-float(s) * np.sum(g[~inside]))
     return grad_in, d_scale, d_zp
+
+# ---------------------------------------------------------------- QuantizedLinear oracles
+# Integer formulas in plain Python integers (exact, no overflow), written from the
+# gemmlowp / TFLite sources, for the bit-exactness of the integer-only path.
+
+INT32_MIN, INT32_MAX = -(1 << 31), (1 << 31) - 1
+
+
+def gemm_ref(x_q, weights_q, col_offset=None):
+    """Σ_k x[m, k]·w[n, k] (+ col_offset[n]) in int64; the Rust loop's result whenever it
+    fits int32."""
+    acc = np.asarray(x_q, dtype=np.int64) @ np.asarray(weights_q, dtype=np.int64).T
+    if col_offset is not None:
+        acc = acc + np.asarray(col_offset, dtype=np.int64)
+    return acc
+
+
+def quantize_multiplier_ref(real):
+    """TFLite QuantizeMultiplier(double) -> (Q31 multiplier, shift), one value."""
+    import math
+
+    real = float(real)
+    if real == 0.0:
+        return 0, 0
+    q, shift = math.frexp(real)                   # real = q · 2^shift, q in [0.5, 1)
+    scaled = q * (1 << 31)                        # exact (power-of-two scaling)
+    q_fixed = int(scaled)
+    if scaled - q_fixed >= 0.5:                   # TfLiteRound: half away from zero
+        q_fixed += 1
+    if q_fixed == 1 << 31:
+        q_fixed //= 2
+        shift += 1
+    if shift < -31:
+        return 0, 0
+    if shift > 30:
+        return INT32_MAX, 30
+    return q_fixed, shift
+
+
+def saturating_rounding_doubling_high_mul_ref(a, b):
+    """gemmlowp SaturatingRoundingDoublingHighMul for int32 a, b."""
+    if a == b == INT32_MIN:
+        return INT32_MAX
+    ab = a * b
+    nudge = (1 << 30) if ab >= 0 else 1 - (1 << 30)
+    num = ab + nudge
+    q = abs(num) >> 31                            # C++ division truncates toward zero
+    return q if num >= 0 else -q
+
+
+def rounding_divide_by_pot_ref(x, exponent):
+    """gemmlowp RoundingDivideByPOT: x / 2^exponent rounded half away from zero."""
+    mask = (1 << exponent) - 1
+    remainder = x & mask
+    threshold = (mask >> 1) + (1 if x < 0 else 0)
+    return (x >> exponent) + (1 if remainder > threshold else 0)
+
+
+def multiply_by_quantized_multiplier_ref(x, multiplier, shift):
+    """TFLite MultiplyByQuantizedMultiplier; the left shift saturates to int32."""
+    left = shift if shift > 0 else 0
+    right = -shift if shift < 0 else 0
+    v = min(max(x << left, INT32_MIN), INT32_MAX)
+    return rounding_divide_by_pot_ref(saturating_rounding_doubling_high_mul_ref(v, multiplier), right)
+
+
+def requantize_ref(acc, multiplier, shift, zero_point, qmin=-128, qmax=127):
+    """int32 accumulators (M, N) -> int8 codes, per-column multiplier/shift."""
+    acc = np.asarray(acc, dtype=np.int64)
+    out = np.empty(acc.shape, dtype=np.int8)
+    for (i, j), a in np.ndenumerate(acc):
+        v = multiply_by_quantized_multiplier_ref(int(a), int(multiplier[j]), int(shift[j]))
+        out[i, j] = min(max(v + int(zero_point), qmin), qmax)
+    return out

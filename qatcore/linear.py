@@ -1,0 +1,676 @@
+"""``QuantizedLinear``: int8 weights, int32 bias, int8 x int8 -> int32 GEMM (Rust
+``QuantizedLinear``), plus per-channel scales, float and integer-only inference, QAT
+conversion and serialization."""
+
+from __future__ import annotations
+
+import math
+from typing import Optional, Tuple
+
+import numpy as np
+
+from . import _backend
+from ._checks import as_float32, check_scale
+from .config import FakeQuantConfig
+
+__all__ = ["QuantizedLinear", "quantize_multiplier"]
+
+_F32 = np.float32
+_I32_MAX = (1 << 31) - 1
+#: Largest in_features for which int32 accumulation of int8 inputs in [-128, 127] times
+#: weights in [-127, 127] cannot overflow: floor((2^31 - 1) / (128 * 127)).
+MAX_IN_FEATURES = 132104
+_STATE_VERSION = 1
+#: Zero points (int8 code space) are limited to |zp| <= 2^24 (exact in float32).
+_ZP_MAX = 1 << 24
+
+
+def _round_half_away(v):
+    """Rust f32::round on float32 arrays (bit-exact form, see PERF-NOTES.md)."""
+    return np.trunc(v + np.copysign(_F32(0.49999997), v)).astype(np.float32)
+
+
+def quantize_multiplier(real_multiplier) -> Tuple[np.ndarray, np.ndarray]:
+    """TFLite ``QuantizeMultiplier`` on an array of positive float64 multipliers.
+
+    Returns ``(multiplier, shift)`` int32 arrays with ``real ≈ multiplier · 2^(shift-31)``,
+    ``multiplier`` in [2^30, 2^31) (Q31), rounding half away from zero; multipliers below
+    2^-32 flush to 0 and shifts above 30 saturate, as in TFLite.
+
+    Examples
+    --------
+    >>> quantize_multiplier([0.5, 0.75, 3.0])
+    (array([1073741824, 1610612736, 1610612736], dtype=int32), array([0, 0, 2], dtype=int32))
+    """
+    real = np.atleast_1d(np.asarray(real_multiplier, dtype=np.float64))
+    q, shift = np.frexp(real)
+    q_fixed = np.floor(q * 2.0 ** 31 + 0.5)          # exact: q * 2^31 < 2^31, + 0.5 exact
+    top = q_fixed == 2.0 ** 31
+    q_fixed[top] /= 2
+    shift = shift.astype(np.int64) + top
+    tiny = (shift < -31) | (real == 0)
+    q_fixed[tiny] = 0
+    shift[tiny] = 0
+    big = shift > 30
+    q_fixed[big] = _I32_MAX
+    shift[big] = 30
+    return q_fixed.astype(np.int32), shift.astype(np.int32)
+
+
+def _check_int8_codes(x, in_features: int, name: str) -> np.ndarray:
+    """int8 codes as a C-contiguous (batch, in_features) array (flat input allowed)."""
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy int8 array, got {type(x).__name__}")
+    if x.dtype != np.int8:
+        raise TypeError(f"{name} must have dtype int8, got {x.dtype.name} (no silent casting)")
+    if x.ndim == 1:
+        if x.size % in_features:
+            raise ValueError(f"{name} has {x.size} elements, not a multiple of in_features="
+                             f"{in_features}")
+        x = x.reshape(-1, in_features)
+    elif x.ndim == 2:
+        if x.shape[1] != in_features:
+            raise ValueError(f"{name} has shape {x.shape}; expected (batch, {in_features})")
+    else:
+        raise ValueError(f"{name} must be 1-D (batch*in_features) or 2-D (batch, in_features), "
+                         f"got {x.ndim}-D")
+    return np.ascontiguousarray(x)
+
+
+def _check_features(value, name: str) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if value < 1:
+        raise ValueError(f"{name} must be at least 1, got {value}")
+    return value
+
+
+def _check_int(value, name: str, lo: int, hi: int) -> int:
+    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
+    value = int(value)
+    if not lo <= value <= hi:
+        raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
+    return value
+
+
+def _finite_f32(x, name: str, shape=None) -> np.ndarray:
+    arr, in_shape = as_float32(x, name)
+    if shape is not None and len(in_shape) > 1 and tuple(in_shape) != tuple(shape):
+        raise ValueError(f"{name} has shape {tuple(in_shape)}; expected {tuple(shape)} "
+                         f"(or flat)")
+    if shape is not None and arr.size != int(np.prod(shape)):
+        raise ValueError(f"{name} has {arr.size} elements (shape {in_shape}); expected "
+                         f"{int(np.prod(shape))} for shape {tuple(shape)}")
+    bad = np.flatnonzero(~np.isfinite(arr))
+    if bad.size:
+        raise ValueError(f"{name} contains a non-finite value ({float(arr[bad[0]])!r}) at flat "
+                         f"index {int(bad[0])}")
+    arr = arr.copy()
+    return arr if shape is None else arr.reshape(shape)
+
+
+def _qparams_of(fq, name: str, bits_max: int = 8):
+    """(scale, int8 zero point, (qmin, qmax) in int8 code space) of a FakeQuantize.
+
+    Symmetric codes are int8 as they are; asymmetric [0, 2^bits - 1] codes are shifted
+    by -128 into int8 and the (float) zero point is rounded half away from zero."""
+    from .fake_quantize import FakeQuantize
+
+    if not isinstance(fq, FakeQuantize):
+        raise TypeError(f"{name} must be a FakeQuantize, got {type(fq).__name__}")
+    config = fq.config
+    if config.bits > bits_max:
+        raise ValueError(f"{name}: integer inference needs bits <= {bits_max}, got {config.bits}")
+    scale = check_scale(fq.scale, f"{name}.scale")
+    qmin, qmax = (int(v) for v in config.quant_range())
+    if config.symmetric:
+        return scale, 0, (qmin, qmax), None
+    zp = float(fq.zero_point)
+    if not math.isfinite(zp):
+        raise ValueError(f"{name}.zero_point must be finite, got {zp!r}")
+    if abs(zp) > _ZP_MAX:
+        raise ValueError(f"{name}.zero_point {zp!r} is out of range (|zp| <= {_ZP_MAX})")
+    zp_int = int(_round_half_away(np.float32(zp))) - 128
+    return scale, zp_int, (qmin - 128, qmax - 128), float(np.float32(zp))
+
+
+class QuantizedLinear:
+    """Quantized linear layer for int8 inference (Rust ``QuantizedLinear``).
+
+    ``y = x @ W.T + b`` with int8 weight codes ``weights_q`` (symmetric, in
+    ``[-qmax, qmax]``, ``qmax = 2^(bits-1) - 1``), int32 bias codes ``bias_q`` at scale
+    ``output_scale = weight_scale · input_scale``, and int8 activation codes. The weights
+    are packed once into the layout the CPU's GEMM microkernel reads.
+
+    Build one with :meth:`from_float` (Rust-compatible), :meth:`from_qat` or
+    :meth:`from_state_dict`; the constructor is private.
+
+    Attributes
+    ----------
+    weights_q : ndarray of int8, shape (out_features, in_features), read-only
+        Rust indexes the same data flat as ``weights_q[o * in_features + i]``.
+    bias_q : ndarray of int32, shape (out_features,), or None
+        ``round_half_away(bias / (input_scale · weight_scale))`` in float32; re-quantized
+        by :meth:`set_input_scale` (Rust quantizes at ``weight_scale`` only, once).
+    weight_scale : float, or float32 ndarray of shape (out_features,) when per-channel
+    input_scale : float
+    input_zero_point : int
+        Zero point of the int8 input codes (0 for Rust-compatible layers).
+    in_features, out_features : int
+
+    Notes
+    -----
+    Accumulation is int32 and exact: ``in_features`` is limited to ``MAX_IN_FEATURES``
+    (132 104, so ``128 · 127 · K < 2^31``) and a bias whose codes could overflow the
+    accumulator is refused.
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qatcore import QuantizedLinear, FakeQuantConfig
+    >>> w = np.array([[0.5, -1.0], [0.25, 0.75]], dtype=np.float32)
+    >>> layer = QuantizedLinear.from_float(w, [0.1, -0.2], 2, 2, FakeQuantConfig.int8())
+    >>> layer.weights_q
+    array([[  64, -127],
+           [  32,   95]], dtype=int8)
+    >>> layer.forward_quantized(np.array([[10, -3]], dtype=np.int8))
+    array([[1034,   10]], dtype=int32)
+    >>> layer.set_input_scale(0.05)
+    >>> layer.forward(np.array([[0.5, -0.15]], dtype=np.float32))
+    array([[ 0.5019685 , -0.18622048]], dtype=float32)
+    """
+
+    MAX_IN_FEATURES = MAX_IN_FEATURES
+
+    def __init__(self, *args, **kwargs):
+        raise TypeError("use QuantizedLinear.from_float, from_qat or from_state_dict")
+
+    # ------------------------------------------------------------------ construction
+    @classmethod
+    def _build(cls, weights_q, weight_scale, bits, per_channel, bias, bias_q, input_scale,
+               input_zero_point, input_qrange, output_q, n_threads, input_zp_float=None):
+        """Validate the derived state and return a new, fully built layer."""
+        self = object.__new__(cls)
+        out_features, in_features = weights_q.shape
+        if in_features > MAX_IN_FEATURES:
+            raise ValueError(f"in_features={in_features} exceeds the exact int32 accumulation "
+                             f"bound MAX_IN_FEATURES={MAX_IN_FEATURES}")
+        self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
+        weights_q = np.ascontiguousarray(weights_q, dtype=np.int8)
+        weights_q.flags.writeable = False
+        self.weights_q = weights_q
+        self.in_features = int(in_features)
+        self.out_features = int(out_features)
+        self.bits = int(bits)
+        self.per_channel = bool(per_channel)
+        self.weight_scale = weight_scale
+        wide = weights_q.astype(np.int64)
+        self._wsum = wide.sum(axis=1).astype(np.int32)                 # |.| <= 127 K < 2^31
+        self._l1 = np.abs(wide).sum(axis=1)
+        self._bias = bias
+        self._input_qrange = input_qrange
+        self._output_q = output_q
+        self._input_zp_float = input_zp_float
+        self.input_scale = 1.0
+        self.input_zero_point = 0
+        self.bias_q = None
+        self._apply_input(input_scale, input_zero_point, bias_q, "input_scale")
+        self._packed = {}
+        self._packed_for(_backend.kernels)
+        return self
+
+    def _bias_codes(self, input_scale: float, name: str):
+        """bias_q at output scale input_scale · weight_scale (float32), int32 checked."""
+        if self._bias is None:
+            return None
+        denom = np.float32(input_scale) * np.asarray(self.weight_scale, dtype=np.float32)
+        with np.errstate(over="ignore", divide="ignore", invalid="ignore"):
+            codes = _round_half_away(self._bias / denom)
+        bad = np.flatnonzero(~(np.abs(codes) < 2.0 ** 31))
+        if bad.size:
+            raise ValueError(f"{name}: bias[{int(bad[0])}] = {float(self._bias[bad[0]])!r} "
+                             f"quantizes outside int32 at scale {float(np.ravel(denom)[0])!r}")
+        return codes.astype(np.int64)
+
+    def _apply_input(self, input_scale: float, zero_point: int, bias_q, name: str) -> None:
+        """Set input scale/zero point and the derived bias codes and column offsets, after
+        checking that no int8 input can overflow the int32 accumulators."""
+        if bias_q is None:
+            bias_q = self._bias_codes(input_scale, name)
+        offset = -np.int64(zero_point) * self._wsum.astype(np.int64)
+        if bias_q is not None:
+            offset = offset + bias_q
+        worst = 128 * self._l1 + np.abs(offset)
+        bad = np.flatnonzero(worst > _I32_MAX)
+        if bad.size:
+            raise ValueError(f"{name}: output channel {int(bad[0])} could overflow the int32 "
+                             f"accumulator (bias code / zero point correction too large)")
+        self.input_scale = float(np.float32(input_scale))
+        self.input_zero_point = int(zero_point)
+        self.bias_q = None if bias_q is None else bias_q.astype(np.int32)
+        self._col_offset = offset.astype(np.int32)
+        self._zp_offset = (-np.int64(zero_point) * self._wsum.astype(np.int64)).astype(np.int32)
+        self._requant_cache = None
+
+    @classmethod
+    def from_float(cls, weights, bias, in_features, out_features, config=None, *,
+                   per_channel: bool = False, n_threads=None) -> "QuantizedLinear":
+        """Quantize a float layer (Rust ``QuantizedLinear::from_float``).
+
+        Parameters
+        ----------
+        weights : array_like of float
+            ``(out_features, in_features)`` or flat ``out_features * in_features``
+            (row-major, Rust's layout). Must be finite.
+        bias : array_like of float, shape (out_features,), or None
+        in_features, out_features : int
+        config : FakeQuantConfig, optional
+            Only ``bits`` (<= 8) is used: weights are always symmetric with
+            ``qmax = 2^(bits-1) - 1`` (Rust takes qmax from the config even when asymmetric).
+        per_channel : bool, default False
+            One scale per output channel (``max|w[o]| / qmax``) instead of one per tensor.
+        n_threads : int, optional
+            Threads for the GEMM (default: ``qatcore.get_num_threads()`` at call time).
+
+        Raises
+        ------
+        ValueError
+            Size mismatches, non-finite weights or bias, bits > 8, in_features above
+            ``MAX_IN_FEATURES``, bias codes that could overflow int32.
+        TypeError
+            Wrong argument types.
+        """
+        if config is None:
+            config = FakeQuantConfig()
+        if not isinstance(config, FakeQuantConfig):
+            raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
+        if config.bits > 8:
+            raise ValueError(f"config.bits must be <= 8 for QuantizedLinear, got {config.bits}")
+        in_features = _check_features(in_features, "in_features")
+        out_features = _check_features(out_features, "out_features")
+        if not isinstance(per_channel, (bool, np.bool_)):
+            raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
+        if in_features > MAX_IN_FEATURES:
+            raise ValueError(f"in_features={in_features} exceeds the exact int32 accumulation "
+                             f"bound MAX_IN_FEATURES={MAX_IN_FEATURES}")
+        w = _finite_f32(weights, "weights", (out_features, in_features))
+        if bias is not None:
+            bias = _finite_f32(bias, "bias", (out_features,))
+        qmax = _F32((1 << (config.bits - 1)) - 1)
+        if per_channel:
+            max_abs = np.abs(w).max(axis=1, initial=_F32(0))
+            scale = np.where(max_abs > 0, max_abs / qmax, _F32(1)).astype(np.float32)
+            codes = _round_half_away(w / scale[:, None])
+            weight_scale = scale
+        else:
+            max_abs = np.abs(w).max(initial=_F32(0))
+            weight_scale = float(max_abs / qmax) if max_abs > 0 else 1.0
+            codes = _round_half_away(w / _F32(weight_scale))
+        weights_q = np.clip(codes, -qmax, qmax).astype(np.int8)
+        return cls._build(weights_q, weight_scale, config.bits, per_channel, bias, None, 1.0, 0,
+                          (-128, 127), None, n_threads)
+
+    @classmethod
+    def from_qat(cls, weight, bias, weight_fake_quant, input_fake_quant, output_fake_quant=None,
+                 *, n_threads=None) -> "QuantizedLinear":
+        """Convert a layer trained with :class:`~qatcore.FakeQuantize` quantizers.
+
+        The weights are quantized with the (frozen) scale of `weight_fake_quant` exactly as
+        its forward pass did in training; `input_fake_quant` gives the input scale and zero
+        point; `output_fake_quant`, when given, the default output quantization of
+        :meth:`forward_int8`. Asymmetric quantizers (codes ``[0, 2^bits - 1]``) map to int8
+        codes by subtracting 128, with their float zero point rounded half away from zero.
+
+        Parameters
+        ----------
+        weight : array_like of float, shape (out_features, in_features)
+        bias : array_like of float, shape (out_features,), or None
+        weight_fake_quant : FakeQuantize
+            Symmetric, bits <= 8.
+        input_fake_quant : FakeQuantize
+            bits <= 8.
+        output_fake_quant : FakeQuantize, optional
+            bits <= 8.
+
+        Raises
+        ------
+        TypeError, ValueError
+            As for :meth:`from_float`; also an asymmetric weight quantizer, bits > 8, or a
+            non-finite / non-positive scale.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from qatcore import FakeQuantize, QuantizedLinear
+        >>> w = np.array([[0.5, -1.0]], dtype=np.float32)
+        >>> wq, xq = FakeQuantize(), FakeQuantize()
+        >>> _ = wq.fake_quantize(w); wq.disable_calibration()
+        >>> _ = xq.fake_quantize(np.array([2.0, -1.0], dtype=np.float32)); xq.disable_calibration()
+        >>> layer = QuantizedLinear.from_qat(w, None, wq, xq)
+        >>> layer.weights_q, round(layer.input_scale * 127, 5)
+        (array([[  64, -127]], dtype=int8), 2.0)
+        """
+        from .fake_quantize import FakeQuantize
+
+        if not isinstance(weight_fake_quant, FakeQuantize):
+            raise TypeError(f"weight_fake_quant must be a FakeQuantize, got "
+                            f"{type(weight_fake_quant).__name__}")
+        wconf = weight_fake_quant.config
+        if not wconf.symmetric:
+            raise ValueError("weight_fake_quant must be symmetric (integer GEMM assumes weight "
+                             "zero point 0)")
+        if wconf.bits > 8:
+            raise ValueError(f"weight_fake_quant: bits must be <= 8, got {wconf.bits}")
+        w_scale = check_scale(weight_fake_quant.scale, "weight_fake_quant.scale")
+        x_scale, x_zp, x_range, x_zpf = _qparams_of(input_fake_quant, "input_fake_quant")
+        output_q = None
+        if output_fake_quant is not None:
+            output_q = _qparams_of(output_fake_quant, "output_fake_quant")[:3]
+        arr = np.asarray(weight) if not isinstance(weight, np.ndarray) else weight
+        if arr.ndim != 2:
+            raise ValueError(f"weight must be 2-D (out_features, in_features), got shape "
+                             f"{arr.shape}")
+        out_features, in_features = arr.shape
+        in_features = _check_features(in_features, "in_features")
+        out_features = _check_features(out_features, "out_features")
+        if in_features > MAX_IN_FEATURES:
+            raise ValueError(f"in_features={in_features} exceeds the exact int32 accumulation "
+                             f"bound MAX_IN_FEATURES={MAX_IN_FEATURES}")
+        w = _finite_f32(weight, "weight", (out_features, in_features))
+        if bias is not None:
+            bias = _finite_f32(bias, "bias", (out_features,))
+        qmax = _F32((1 << (wconf.bits - 1)) - 1)
+        # Same float32 arithmetic as FakeQuantize's forward: round(w / scale + 0).
+        weights_q = np.clip(_round_half_away(w / _F32(w_scale)), -qmax, qmax).astype(np.int8)
+        return cls._build(weights_q, w_scale, wconf.bits, False, bias, None, x_scale, x_zp,
+                          x_range, output_q, n_threads, x_zpf)
+
+    # ------------------------------------------------------------------ Rust surface
+    @property
+    def output_scale(self):
+        """``weight_scale · input_scale`` in float32 (an array when per-channel)."""
+        s = np.asarray(self.weight_scale, dtype=np.float32) * np.float32(self.input_scale)
+        return float(s) if s.ndim == 0 else s
+
+    @property
+    def n_threads(self) -> int:
+        """Threads for the GEMM (the library default when not set)."""
+        return _backend.get_num_threads() if self._n_threads is None else self._n_threads
+
+    @n_threads.setter
+    def n_threads(self, value) -> None:
+        self._n_threads = None if value is None else _backend.check_threads(value)
+
+    def set_input_scale(self, scale, zero_point=None) -> None:
+        """Set the input scale (Rust ``set_input_scale``) and, optionally, the int8 input
+        zero point; re-quantizes the bias at the new output scale.
+
+        Raises ValueError (non-finite or non-positive scale, zero point outside
+        [-128, 127], bias codes that would overflow int32) with the layer unchanged.
+        """
+        scale = check_scale(scale, "scale")
+        zp = self.input_zero_point if zero_point is None else _check_int(
+            zero_point, "zero_point", -_ZP_MAX, _ZP_MAX)
+        self._apply_input(scale, zp, None, "scale")
+        if zero_point is not None:
+            self._input_zp_float = None
+
+    def _packed_for(self, kernels):
+        layout = kernels.GEMM_LAYOUT
+        packed = self._packed.get(layout)
+        if packed is None:
+            packed = np.empty(kernels.packed_size(self.out_features, self.in_features), np.int8)
+            kernels.pack_weights(self.weights_q, packed)
+            self._packed[layout] = packed
+        return packed
+
+    def _gemm(self, x2d: np.ndarray, col_offset: np.ndarray) -> np.ndarray:
+        kernels = _backend.kernels
+        packed = self._packed_for(kernels)
+        out = np.empty((x2d.shape[0], self.out_features), dtype=np.int32)
+        if kernels.gemm_i8_i32(x2d, packed, self.out_features, self._wsum, col_offset, out,
+                               self.n_threads) != 0:
+            raise MemoryError("QuantizedLinear: could not allocate GEMM scratch memory")
+        return out
+
+    def forward_quantized(self, x_q) -> np.ndarray:
+        """Raw int32 accumulators ``Σ_i weights_q[o, i] · (x_q[b, i] - input_zero_point)
+        + bias_q[o]`` as ``(batch, out_features)`` (Rust ``forward_quantized``; bit-exact
+        with the Rust loop when ``input_zero_point`` is 0, as in Rust).
+
+        `x_q` must be an int8 array, flat ``batch · in_features`` or
+        ``(batch, in_features)``; anything else raises TypeError/ValueError (Rust silently
+        truncates the batch).
+        """
+        x2d = _check_int8_codes(x_q, self.in_features, "x_q")
+        return self._gemm(x2d, self._col_offset)
+
+    def forward(self, x) -> np.ndarray:
+        """Float in, float out: quantize `x` with the input scale and zero point, int8
+        GEMM, then ``acc · output_scale + bias`` in float32; ``(batch, out_features)``.
+
+        `x` is flat ``batch · in_features`` or ``(batch, in_features)``; NaN raises
+        ValueError, ±Inf saturates to the code range.
+        """
+        flat, shape = as_float32(x, "x")
+        if len(shape) == 2:
+            if shape[1] != self.in_features:
+                raise ValueError(f"x has shape {shape}; expected (batch, {self.in_features})")
+        elif len(shape) == 1:
+            if flat.size % self.in_features:
+                raise ValueError(f"x has {flat.size} elements, not a multiple of in_features="
+                                 f"{self.in_features}")
+        else:
+            raise ValueError(f"x must be 1-D or 2-D, got {len(shape)}-D")
+        if np.isnan(flat).any():
+            index = int(np.flatnonzero(np.isnan(flat))[0])
+            raise ValueError(f"forward: x contains NaN at flat index {index}")
+        kernels = _backend.kernels
+        qmin, qmax = self._input_qrange
+        zpf = self._input_zp_float
+        if zpf is None:
+            codes = np.empty(flat.size, dtype=np.int8)
+            if flat.size:
+                kernels.quantize(flat, codes, self.input_scale, float(self.input_zero_point),
+                                 float(qmin), float(qmax), self.n_threads)
+            acc = self._gemm(codes.reshape(-1, self.in_features), self._zp_offset)
+            y = acc.astype(np.float32)
+        else:
+            # Asymmetric input quantizer with a float zero point (Rust keeps it unrounded):
+            # the same uint8 codes as its FakeQuantize, shifted to int8 for the GEMM, and
+            # the exact (128 - zp) * Σw correction in float.
+            codes_u8 = np.empty(flat.size, dtype=np.uint8)
+            if flat.size:
+                kernels.quantize(flat, codes_u8, self.input_scale, zpf, float(qmin + 128),
+                                 float(qmax + 128), self.n_threads)
+            codes = (codes_u8 ^ np.uint8(0x80)).view(np.int8)
+            acc = self._gemm(codes.reshape(-1, self.in_features), None)
+            y = acc.astype(np.float32)
+            y += ((128.0 - zpf) * self._wsum.astype(np.float64)).astype(np.float32)
+        y *= np.asarray(self.output_scale, dtype=np.float32)
+        if self._bias is not None:
+            y += self._bias
+        return y
+
+    __call__ = forward
+
+    # ------------------------------------------------------------------ integer-only
+    def _requant_params(self, output_scale: float):
+        key = (output_scale, self.input_scale)
+        if self._requant_cache is None or self._requant_cache[0] != key:
+            real = (np.asarray(self.weight_scale, dtype=np.float64) * float(self.input_scale)
+                    / float(output_scale))
+            mult, shift = quantize_multiplier(np.broadcast_to(real, (self.out_features,)))
+            self._requant_cache = (key, mult, shift)
+        return self._requant_cache[1], self._requant_cache[2]
+
+    def forward_int8(self, x_q, output_scale=None, output_zero_point=None) -> np.ndarray:
+        """Integer-only inference: int8 in, int8 out, no float in the loop.
+
+        The int32 accumulators (zero point and bias included, as in
+        :meth:`forward_quantized`) are requantized per output channel with the fixed-point
+        multiplier and shift of ``weight_scale · input_scale / output_scale`` (TFLite
+        ``QuantizeMultiplier`` on float64 of the float32 scales), gemmlowp
+        ``SaturatingRoundingDoublingHighMul`` + ``RoundingDivideByPOT`` (Jacob et al. 2018),
+        plus ``output_zero_point``, clamped to the output code range ([-128, 127], or the
+        output quantizer's range given to :meth:`from_qat`).
+
+        Parameters
+        ----------
+        x_q : ndarray of int8, flat or (batch, in_features)
+        output_scale : float, optional
+            Default: the scale of the `output_fake_quant` given to :meth:`from_qat`.
+        output_zero_point : int, optional
+            Default: the from_qat output zero point, else 0. The result is clamped to the
+            code range whatever the zero point.
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from qatcore import QuantizedLinear
+        >>> layer = QuantizedLinear.from_float([[1.0, -0.5]], None, 2, 1)
+        >>> layer.set_input_scale(0.1)
+        >>> layer.forward_int8(np.array([[20, 10]], dtype=np.int8), 0.05, 0)
+        array([[30]], dtype=int8)
+        """
+        x2d = _check_int8_codes(x_q, self.in_features, "x_q")
+        qmin, qmax = -128, 127
+        if output_scale is None:
+            if self._output_q is None:
+                raise ValueError("output_scale is required (no output quantizer was given to "
+                                 "from_qat)")
+            output_scale, default_zp, (qmin, qmax) = self._output_q
+        else:
+            default_zp = 0 if self._output_q is None else self._output_q[1]
+            output_scale = check_scale(output_scale, "output_scale")
+        if output_zero_point is None:
+            output_zero_point = default_zp
+        output_zero_point = _check_int(output_zero_point, "output_zero_point", -_ZP_MAX, _ZP_MAX)
+        mult, shift = self._requant_params(float(output_scale))
+        acc = self._gemm(x2d, self._col_offset)
+        out = np.empty(acc.shape, dtype=np.int8)
+        _backend.kernels.requantize_fixed_point(acc, mult, shift, output_zero_point, qmin, qmax,
+                                                out, self.n_threads)
+        return out
+
+    # ------------------------------------------------------------------ serialization
+    def state_dict(self) -> dict:
+        """Plain numpy arrays and scalars that :meth:`from_state_dict` rebuilds from."""
+        state = {
+            "version": np.int32(_STATE_VERSION),
+            "weights_q": np.array(self.weights_q),
+            "weight_scale": np.array(self.weight_scale, dtype=np.float32),
+            "bits": np.int32(self.bits),
+            "per_channel": np.bool_(self.per_channel),
+            "input_scale": np.float32(self.input_scale),
+            "input_zero_point": np.int32(self.input_zero_point),
+            "input_qrange": np.array(self._input_qrange, dtype=np.int32),
+        }
+        if self._input_zp_float is not None:
+            state["input_zero_point_float"] = np.float32(self._input_zp_float)
+        if self._bias is not None:
+            state["bias"] = self._bias.copy()
+        if self.bias_q is not None:
+            state["bias_q"] = self.bias_q.copy()
+        if self._output_q is not None:
+            scale, zp, qrange = self._output_q
+            state["output_quant_scale"] = np.float32(scale)
+            state["output_quant_zero_point"] = np.int32(zp)
+            state["output_quant_qrange"] = np.array(qrange, dtype=np.int32)
+        return state
+
+    @classmethod
+    def from_state_dict(cls, state, *, n_threads=None) -> "QuantizedLinear":
+        """Rebuild a layer from :meth:`state_dict` output (or a loaded ``.npz``).
+
+        Everything is validated (dtypes, shapes, code ranges, finite positive scales) before
+        anything is built; errors are ValueError/TypeError naming the key.
+        """
+        if not hasattr(state, "keys"):
+            raise TypeError(f"state must be a mapping, got {type(state).__name__}")
+        for key in ("weights_q", "weight_scale", "bits", "per_channel", "input_scale",
+                    "input_zero_point", "input_qrange"):
+            if key not in state:
+                raise ValueError(f"state_dict: missing key {key!r}")
+        if "version" in state and int(np.asarray(state["version"])) != _STATE_VERSION:
+            raise ValueError(f"state_dict: unsupported version {state['version']!r}")
+        wq = np.asarray(state["weights_q"])
+        if wq.dtype != np.int8 or wq.ndim != 2 or wq.shape[0] < 1 or wq.shape[1] < 1:
+            raise ValueError(f"state_dict['weights_q'] must be a non-empty 2-D int8 array, got "
+                             f"{wq.dtype} {wq.shape}")
+        out_features, in_features = wq.shape
+        bits = _check_int(int(np.asarray(state["bits"])), "state_dict['bits']", 2, 8)
+        qmax = (1 << (bits - 1)) - 1
+        if wq.size and int(np.abs(wq.astype(np.int16)).max()) > qmax:
+            raise ValueError(f"state_dict['weights_q'] has codes outside [-{qmax}, {qmax}]")
+        per_channel = bool(np.asarray(state["per_channel"]))
+        ws = np.asarray(state["weight_scale"], dtype=np.float32)
+        if per_channel:
+            if ws.shape != (out_features,):
+                raise ValueError(f"state_dict['weight_scale'] must have shape ({out_features},)")
+            if not (np.isfinite(ws).all() and (ws > 0).all()):
+                raise ValueError("state_dict['weight_scale'] must be finite and positive")
+            weight_scale = ws.copy()
+        else:
+            if ws.size != 1:
+                raise ValueError("state_dict['weight_scale'] must be a scalar")
+            weight_scale = check_scale(float(ws.reshape(())), "state_dict['weight_scale']")
+        input_scale = check_scale(float(np.asarray(state["input_scale"])),
+                                  "state_dict['input_scale']")
+        zp = _check_int(int(np.asarray(state["input_zero_point"])),
+                        "state_dict['input_zero_point']", -_ZP_MAX, _ZP_MAX)
+        zpf = None
+        if "input_zero_point_float" in state:
+            zpf = float(np.float32(np.asarray(state["input_zero_point_float"])))
+            if not abs(zpf) <= _ZP_MAX:
+                raise ValueError("state_dict['input_zero_point_float'] must be finite and "
+                                 f"|zp| <= {_ZP_MAX}")
+        qrange = tuple(int(v) for v in np.asarray(state["input_qrange"]).ravel())
+        if len(qrange) != 2 or not -128 <= qrange[0] <= qrange[1] <= 127:
+            raise ValueError("state_dict['input_qrange'] must be (qmin, qmax) within int8")
+        bias = None
+        if "bias" in state and state["bias"] is not None:
+            bias = _finite_f32(state["bias"], "state_dict['bias']", (out_features,))
+        bias_q = None
+        if "bias_q" in state and state["bias_q"] is not None:
+            bq = np.asarray(state["bias_q"])
+            if bq.dtype != np.int32 or bq.shape != (out_features,):
+                raise ValueError(f"state_dict['bias_q'] must be int32 of shape ({out_features},)")
+            bias_q = bq.astype(np.int64)
+            if bias is None:
+                # Only codes were shipped: keep them, and their float value for re-quantizing.
+                bias = (bq.astype(np.float32) * (np.asarray(weight_scale, dtype=np.float32)
+                                                 * np.float32(input_scale))).astype(np.float32)
+        output_q = None
+        if "output_quant_scale" in state:
+            oscale = check_scale(float(np.asarray(state["output_quant_scale"])),
+                                 "state_dict['output_quant_scale']")
+            ozp = _check_int(int(np.asarray(state.get("output_quant_zero_point", 0))),
+                             "state_dict['output_quant_zero_point']", -_ZP_MAX, _ZP_MAX)
+            orange = tuple(int(v) for v in np.asarray(
+                state.get("output_quant_qrange", (-128, 127))).ravel())
+            if len(orange) != 2 or not -128 <= orange[0] <= orange[1] <= 127:
+                raise ValueError("state_dict['output_quant_qrange'] must be (qmin, qmax) in int8")
+            output_q = (oscale, ozp, orange)
+        layer = cls._build(wq, weight_scale, bits, per_channel, bias, bias_q, input_scale, zp,
+                           qrange, output_q, n_threads, zpf)
+        return layer
+
+    def save(self, path) -> None:
+        """Write :meth:`state_dict` to a ``.npz`` file (``numpy.savez``)."""
+        np.savez(path, **self.state_dict())
+
+    @classmethod
+    def load(cls, path, *, n_threads=None) -> "QuantizedLinear":
+        """Read a layer written by :meth:`save` (no pickles)."""
+        with np.load(path, allow_pickle=False) as data:
+            state = {key: data[key] for key in data.files}
+        return cls.from_state_dict(state, n_threads=n_threads)
+
+    def __repr__(self) -> str:
+        kind = "per-channel" if self.per_channel else "per-tensor"
+        return (f"QuantizedLinear(in_features={self.in_features}, "
+                f"out_features={self.out_features}, bits={self.bits}, {kind}, "
+                f"bias={'yes' if self.bias_q is not None else 'no'})")
