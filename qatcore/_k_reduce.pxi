@@ -2,6 +2,9 @@
 
 from libc.math cimport sqrt, INFINITY
 
+cdef extern from "qc_moments.h" nogil:
+    void qc_dev_sums_f32(const float *x, Py_ssize_t n, float c, double *s1, double *s2)
+
 cdef enum:
     LANES = 32          # explicit accumulator lanes: gcc vectorizes these, not a scalar fold
     RBLOCK = 2048       # elements per block between non-finite checks (8 KiB, L1-resident)
@@ -155,49 +158,12 @@ cdef Py_ssize_t _moments_block_f64(const float *x, Py_ssize_t nb,
     return -1
 
 
-cdef inline void _dev_sums_f32(const float *x, Py_ssize_t nb, float c,
-                               double *s1_out, double *s2_out) noexcept nogil:
-    """Sum of (x - c) and of (x - c)^2 over one block in float32 lanes (at most
-    MBLOCK / LANES terms each), reduced in float64."""
-    cdef float s1[LANES]
-    cdef float s2[LANES]
-    cdef Py_ssize_t i, j
-    cdef float d
-    cdef double a1 = 0, a2 = 0
-    for j in range(LANES):
-        s1[j] = 0
-        s2[j] = 0
-    i = 0
-    while i + LANES <= nb:
-        for j in range(LANES):
-            d = x[i + j] - c
-            s1[j] = s1[j] + d
-            s2[j] = s2[j] + d * d
-        i += LANES
-    while i < nb:
-        d = x[i] - c
-        s1[0] = s1[0] + d
-        s2[0] = s2[0] + d * d
-        i += 1
-    for j in range(LANES // 2):
-        s1[j] = s1[j] + s1[j + LANES // 2]
-        s2[j] = s2[j] + s2[j + LANES // 2]
-    for j in range(LANES // 4):
-        s1[j] = s1[j] + s1[j + LANES // 4]
-        s2[j] = s2[j] + s2[j + LANES // 4]
-    for j in range(LANES // 4):
-        a1 = a1 + <double>s1[j]
-        a2 = a2 + <double>s2[j]
-    s1_out[0] = a1
-    s2_out[0] = a2
-
-
 cdef Py_ssize_t _moments_serial(const float *x, Py_ssize_t n,
                                 double *mean_out, double *m2_out) noexcept nogil:
     """Mean and sum of squared deviations of x[0:n], float64 accuracy, one pass.
 
     Each MBLOCK block sums d = x - c and d^2 in float32 lanes (32 terms per lane), c
-    being the running mean so far: d is then of the order of the spread, so these short
+    being the previous block's mean: d is then of the order of the spread, so these short
     float32 sums lose at most ~31 ulp relative, and the block's sums go into float64
     totals shifted by K, the first block's mean (Chan, Golub & LeVeque 1979: the shift
     keeps T2 - T1^2/n free of cancellation, since |mean - K| <= sqrt(n / MBLOCK) std).
@@ -205,10 +171,9 @@ cdef Py_ssize_t _moments_serial(const float *x, Py_ssize_t n,
     own mean; a block the float32 sums cannot represent (overflow, squares that
     underflow) takes the exact float64 path.  Returns the first non-finite index or -1."""
     cdef Py_ssize_t start = 0, nb, bad, tries
-    cdef double s1, s2, delta, e, bmean, bm2
+    cdef double s1, s2, delta, e, bmean = 0, bm2, inv_nb = 1.0 / MBLOCK
     cdef double t1 = 0, t2 = 0, k = 0
     cdef double c = x[0]
-    cdef Py_ssize_t count = 0
     cdef bint have_k = False
     cdef bint fast
     while start < n:
@@ -218,10 +183,11 @@ cdef Py_ssize_t _moments_serial(const float *x, Py_ssize_t n,
         fast = False
         tries = 0
         while tries < 3:
-            _dev_sums_f32(x + start, nb, <float>c, &s1, &s2)
+            qc_dev_sums_f32(x + start, nb, <float>c, &s1, &s2)
             if not (s2 - s2 == 0 and s1 - s1 == 0) or not s2 >= 8.271806125530277e-25:
                 break           # non-finite, overflow or underflow (< 2^-80): exact path
-            delta = s1 / nb
+            inv_nb = 1.0 / nb if nb != MBLOCK else 1.0 / MBLOCK
+            delta = s1 * inv_nb
             if delta * delta * (32.0 * nb) <= s2:
                 fast = True
                 break
@@ -245,8 +211,7 @@ cdef Py_ssize_t _moments_serial(const float *x, Py_ssize_t n,
             e = bmean - k
             t1 = t1 + nb * e
             t2 = t2 + (bm2 + nb * e * e)
-        count += nb
-        c = k + t1 / count
+        c = c + delta if fast else bmean      # this block's mean: the next shift
         start += nb
     mean_out[0] = k + t1 / n
     m2_out[0] = t2 - t1 * t1 / n
