@@ -253,6 +253,7 @@ class _Progress:
         self.stream = stream or sys.stderr
         self.t0 = time.perf_counter()
         self._stop = threading.Event()
+        self._lock = threading.Lock()
         self._thread = None
         if enabled:
             self._thread = threading.Thread(target=self._run, name="qatcore-progress", daemon=True)
@@ -277,11 +278,22 @@ class _Progress:
         label = self.label if len(self.label) <= 28 else "…" + self.label[-27:]
         line = (f"\r{label:28s} [{bar}] {frac * 100:3.0f}% {_human_bytes(self.done)}/"
                 f"{_human_bytes(self.total)} {rate / 1e9:.2f} GB/s ETA {eta_s}\x1b[K")
-        try:
-            self.stream.write(line)
-            self.stream.flush()
-        except (OSError, ValueError):
-            pass
+        with self._lock:
+            try:
+                self.stream.write(line)
+                self.stream.flush()
+            except (OSError, ValueError):
+                pass
+
+    def error(self, msg: str) -> None:
+        """Print an error line above the bar (the bar is redrawn on the next tick)."""
+        with self._lock:
+            if self._thread is not None:
+                try:
+                    self.stream.write("\r\x1b[K")
+                except (OSError, ValueError):
+                    pass
+            _error(msg)
 
     def close(self):
         if self._thread is not None:
@@ -533,14 +545,8 @@ def _cmd_calibrate(args) -> int:
             progress.label = os.path.basename(ref.name)
             try:
                 obs, batches = _calibrate_one(ref, config, args.batch_axis, n_threads, progress)
-            except _Fail as exc:
-                _error(str(exc))
-                errors.append(str(exc))
-                if not args.keep_going:
-                    return EXIT_USAGE
-                continue
-            except _io_error() as exc:
-                _error(str(exc))
+            except (_Fail, _io_error()) as exc:
+                progress.error(str(exc))
                 errors.append(str(exc))
                 if not args.keep_going:
                     return EXIT_USAGE
