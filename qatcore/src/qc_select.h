@@ -34,7 +34,9 @@
 #include <immintrin.h>
 #define QC_W 8
 typedef __m256 qc_vf;
+typedef __m256 qc_vm;
 typedef __m256i qc_vi;
+#define QC_MZERO() _mm256_setzero_ps()
 #define QC_LOAD(p) _mm256_loadu_ps(p)
 #define QC_SET1(f) _mm256_set1_ps(f)
 #define QC_LT(a, b) _mm256_cmp_ps((a), (b), _CMP_LT_OQ)
@@ -42,6 +44,9 @@ typedef __m256i qc_vi;
 #define QC_GT(a, b) _mm256_cmp_ps((a), (b), _CMP_GT_OQ)
 #define QC_GE(a, b) _mm256_cmp_ps((a), (b), _CMP_GE_OQ)
 #define QC_EQ(a, b) _mm256_cmp_ps((a), (b), _CMP_EQ_OQ)
+#define QC_LE_NAN(a, b) _mm256_cmp_ps((a), (b), _CMP_NGT_UQ) /* a <= b or unordered */
+#define QC_GE_NAN(a, b) _mm256_cmp_ps((a), (b), _CMP_NLT_UQ) /* a >= b or unordered */
+#define QC_NONFINITE(v) _mm256_cmp_ps(_mm256_and_ps((v), _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))), _mm256_set1_ps(3.40282347e38f), _CMP_NLE_UQ)
 #define QC_OR(a, b) _mm256_or_ps((a), (b))
 #define QC_ANDNOT(a, b) _mm256_andnot_ps((a), (b)) /* ~a & b */
 #define QC_MASK(m) _mm256_movemask_ps(m)
@@ -60,7 +65,9 @@ static inline int qc_anynan(qc_vf v) { return _mm256_movemask_ps(_mm256_cmp_ps(v
 #include <emmintrin.h>
 #define QC_W 4
 typedef __m128 qc_vf;
+typedef __m128 qc_vm;
 typedef __m128i qc_vi;
+#define QC_MZERO() _mm_setzero_ps()
 #define QC_LOAD(p) _mm_loadu_ps(p)
 #define QC_SET1(f) _mm_set1_ps(f)
 #define QC_LT(a, b) _mm_cmplt_ps((a), (b))
@@ -68,6 +75,9 @@ typedef __m128i qc_vi;
 #define QC_GT(a, b) _mm_cmpgt_ps((a), (b))
 #define QC_GE(a, b) _mm_cmpge_ps((a), (b))
 #define QC_EQ(a, b) _mm_cmpeq_ps((a), (b))
+#define QC_LE_NAN(a, b) _mm_cmpngt_ps((a), (b))
+#define QC_GE_NAN(a, b) _mm_cmpnlt_ps((a), (b))
+#define QC_NONFINITE(v) _mm_cmpnle_ps(_mm_and_ps((v), _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff))), _mm_set1_ps(3.40282347e38f))
 #define QC_OR(a, b) _mm_or_ps((a), (b))
 #define QC_ANDNOT(a, b) _mm_andnot_ps((a), (b))
 #define QC_MASK(m) _mm_movemask_ps(m)
@@ -86,8 +96,9 @@ static inline int qc_anynan(qc_vf v) { return _mm_movemask_ps(_mm_cmpunord_ps(v,
 /* Scalar emulation: a "mask" is an int, 0 or -1. */
 #define QC_W 1
 typedef float qc_vf;
+typedef int qc_vm;
 typedef int64_t qc_vi;
-typedef int qc_vm_;
+#define QC_MZERO() 0
 #define QC_LOAD(p) (*(p))
 #define QC_SET1(f) (f)
 #define QC_LT(a, b) (-(int)((a) < (b)))
@@ -95,6 +106,9 @@ typedef int qc_vm_;
 #define QC_GT(a, b) (-(int)((a) > (b)))
 #define QC_GE(a, b) (-(int)((a) >= (b)))
 #define QC_EQ(a, b) (-(int)((a) == (b)))
+#define QC_LE_NAN(a, b) (-(int)!((a) > (b)))
+#define QC_GE_NAN(a, b) (-(int)!((a) < (b)))
+#define QC_NONFINITE(v) (-(int)!(fabsf(v) <= 3.40282347e38f))
 #define QC_OR(a, b) ((a) | (b))
 #define QC_ANDNOT(a, b) (~(a) & (b))
 #define QC_MASK(m) ((m) & 1)
@@ -118,6 +132,9 @@ static inline int QC_CTZ(unsigned b) { int i = 0; while (!(b & 1u)) { b >>= 1; i
 /* Elements per block between non-finite checks; also bounds the int32 lane counters. */
 #define QC_BLK 4096
 #define QC_TOPT 64
+#ifndef QC_SAMPLE_SHIFT
+#define QC_SAMPLE_SHIFT 8 /* sample one element in 2^8 (at least 2048, at most 32768) */
+#endif
 
 /* ---------------------------------------------------------------- keys and checks */
 
@@ -224,9 +241,11 @@ static void qc_heapsort(float *a, ptrdiff_t n) {
 }
 
 /* Reorder a[0:n] so that a[r] holds the rank-r value, a[<r] <= a[r] <= a[>r]
- * (comparisons by float <, so -0.0 == +0.0).  Three-way partitions around a
- * median-of-three pivot with a pseudo-random member; after too many rounds the rest is
- * heap-sorted, so the cost is O(n log n) at worst and it always terminates (NaN too). */
+ * (comparisons by float <, so -0.0 == +0.0).  Branch-free Lomuto partitions around a
+ * median-of-three pivot with pseudo-random members; a pivot that is the minimum of its
+ * range splits off its equals instead (all-equal data is one pass).  After too many
+ * rounds the rest is heap-sorted: O(n log n) at worst, and it always terminates (NaN
+ * too). */
 static void qc_nth(float *a, ptrdiff_t n, ptrdiff_t r) {
     ptrdiff_t lo = 0, hi = n;
     uint64_t rng = 0x9E3779B97F4A7C15ull ^ (uint64_t)n ^ ((uint64_t)r << 32);
@@ -241,20 +260,33 @@ static void qc_nth(float *a, ptrdiff_t n, ptrdiff_t r) {
         rng ^= rng << 13; rng ^= rng >> 7; rng ^= rng << 17;
         ptrdiff_t len = hi - lo;
         float p0 = a[lo + (ptrdiff_t)(rng % (uint64_t)len)];
-        float p1 = a[lo + len / 2], p2 = a[hi - 1 - (ptrdiff_t)((rng >> 32) % (uint64_t)(len / 4 + 1))];
+        float p1 = a[lo + (ptrdiff_t)((rng >> 21) % (uint64_t)len)];
+        float p2 = a[lo + (ptrdiff_t)((rng >> 42) % (uint64_t)len)];
         float p; /* median of three */
         if (p0 < p1) p = p1 < p2 ? p1 : (p0 < p2 ? p2 : p0);
         else p = p0 < p2 ? p0 : (p1 < p2 ? p2 : p1);
-        ptrdiff_t lt = lo, i = lo, gt = hi;
-        while (i < gt) {
+        ptrdiff_t j = lo;
+        for (ptrdiff_t i = lo; i < hi; i++) { /* [lo, j) < p <= [j, i) */
             float v = a[i];
-            if (v < p) { a[i] = a[lt]; a[lt] = v; lt++; i++; }
-            else if (v > p) { gt--; a[i] = a[gt]; a[gt] = v; }
-            else i++;
+            a[i] = a[j];
+            a[j] = v;
+            j += v < p;
         }
-        if (r < lt) hi = lt;
-        else if (r >= gt) lo = gt;
-        else return;
+        if (r < j) { hi = j; continue; }
+        if (j > lo) { lo = j; continue; }
+        /* p is the minimum of [lo, hi): move its equals to the front */
+        for (ptrdiff_t i = lo; i < hi; i++) {
+            float v = a[i];
+            a[i] = a[j];
+            a[j] = v;
+            j += v <= p;
+        }
+        if (j == lo) { /* unordered pivot (NaN): give up on partitioning */
+            qc_heapsort(a + lo, hi - lo);
+            return;
+        }
+        if (r < j) return;
+        lo = j;
     }
     for (ptrdiff_t i = lo + 1; i < hi; i++) { /* insertion sort of the short rest */
         float v = a[i];
@@ -478,20 +510,28 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     memset(p, 0, sizeof(*p));
     if (n < 16384)
         return -1;
-    ptrdiff_t s = n >> 7;
+    ptrdiff_t s = n >> QC_SAMPLE_SHIFT;
     s = s < 2048 ? 2048 : (s > 32768 ? 32768 : s);
     float *sm = (float *)malloc(sizeof(float) * (size_t)s);
     if (!sm)
         return -1;
+    /* One element from each of s equal segments at a pseudo-random offset (jitter
+     * defeats data periodic with the stride); offset = (32 random bits * seg) >> 32. */
     uint64_t rng = 0x2545F4914F6CDD1Dull ^ (uint64_t)n;
-    ptrdiff_t seg = n / s; /* >= 2 */
+    ptrdiff_t seg = n / s; /* >= 8, < 2^32 in practice; clamp the product anyway */
+    uint64_t seg32 = (uint64_t)seg > 0xFFFFFFFFull ? 0xFFFFFFFFull : (uint64_t)seg;
     for (ptrdiff_t i = 0; i < s; i++)
-        sm[i] = x[i * seg + (ptrdiff_t)(qc_xorshift(&rng) % (uint64_t)seg)];
+        sm[i] = x[i * seg + (ptrdiff_t)(((qc_xorshift(&rng) >> 32) * seg32) >> 32)];
 
     ptrdiff_t rl1, ru1, rl2, ru2;
     qc_sample_ranks(n, s, klo, &rl1, &ru1);
     qc_sample_ranks(n, s, khi, &rl2, &ru2);
-    int lo_tail = rl1 < 0, hi_tail = ru2 >= s, merged = ru1 >= rl2;
+    /* A bracket near an end becomes a tail (no lower/upper bound, no count) when that
+     * at most doubles its candidates: the tail test is cheaper per element, and the
+     * sample then needs only a top-t pass. */
+    int lo_tail = rl1 < 0 || rl1 <= ru1 - rl1;
+    int hi_tail = ru2 >= s || (s - 1 - ru2) <= ru2 - rl2;
+    int merged = ru1 >= rl2;
     if (ru1 > s - 1) ru1 = s - 1;
     if (rl2 < 0) rl2 = 0;
     if (lo_tail && hi_tail && merged) { /* the bracket would cover everything */
@@ -505,17 +545,28 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     if (!lo_tail) want[nw++] = rl1;
     if (!merged) { want[nw++] = ru1; want[nw++] = rl2; }
     if (!hi_tail) want[nw++] = ru2;
-    ptrdiff_t lim = s;
-    for (int w = nw - 1; w >= 0; w--) {
-        if (want[w] < lim) {
-            qc_nth(sm, lim, want[w]);
-            lim = want[w];
+    float a1, b1, a2, b2;
+    if (lo_tail && hi_tail && ru1 < QC_TOPT && s - rl2 <= QC_TOPT) {
+        /* the usual percentile case: both sample ranks near the ends, one pass */
+        if (qc_topt_select(sm, s, ru1, rl2, &b1, &a2) >= 0) {
+            free(sm); /* a non-finite value in the sample: the radix path reports it */
+            return -1;
         }
+        a1 = -INFINITY;
+        b2 = INFINITY;
+    } else {
+        ptrdiff_t lim = s;
+        for (int w = nw - 1; w >= 0; w--) {
+            if (want[w] < lim) {
+                qc_nth(sm, lim, want[w]);
+                lim = want[w];
+            }
+        }
+        a1 = lo_tail ? -INFINITY : sm[rl1];
+        b2 = hi_tail ? INFINITY : sm[ru2];
+        b1 = merged ? b2 : sm[ru1];
+        a2 = merged ? a1 : sm[rl2];
     }
-    float a1 = lo_tail ? -INFINITY : sm[rl1];
-    float b2 = hi_tail ? INFINITY : sm[ru2];
-    float b1 = merged ? b2 : sm[ru1];
-    float a2 = merged ? a1 : sm[rl2];
     free(sm);
     if (!merged && !(b1 < a2))
         merged = 1;
@@ -559,12 +610,65 @@ static void qc_plan_free(qc_plan *p) {
     p->buf = NULL;
 }
 
-/* The filtering pass over one chunk, specialized on the two modes (constants). */
+/* One vector of the filtering pass: update the counters, return the gather mask (the
+ * candidates plus every non-finite value, so the scalar gather sees the first bad
+ * element in order).  With two tails the bracket tests already catch +-Inf and (by the
+ * unordered compare) NaN; otherwise an explicit |v| > FLT_MAX test is or'ed in. */
+QC_INLINE qc_vm qc_fmask(qc_vf v, qc_vf A1, qc_vf B1, qc_vf A2, qc_vf B2, qc_vi *clt1,
+                         qc_vi *cle1, qc_vi *cgt2, qc_vi *cge2, const int M1, const int M2) {
+    const int cover = M1 == QC_TAIL && M2 == QC_TAIL;
+    qc_vm m = QC_MZERO();
+    if (M1 == QC_TAIL) {
+        m = cover ? QC_LE_NAN(v, B1) : QC_LE(v, B1);
+    } else if (M1 == QC_RANGE) {
+        qc_vm mlt = QC_LT(v, A1);
+        QC_CNT(*clt1, mlt);
+        m = QC_ANDNOT(mlt, QC_LE(v, B1));
+    } else if (M1 == QC_POINT) {
+        QC_CNT(*clt1, QC_LT(v, A1));
+        QC_CNT(*cle1, QC_LE(v, B1));
+    }
+    if (M2 == QC_TAIL) {
+        m = QC_OR(m, QC_GE(v, A2));
+    } else if (M2 == QC_RANGE) {
+        qc_vm mgt = QC_GT(v, B2);
+        QC_CNT(*cgt2, mgt);
+        m = QC_OR(m, QC_ANDNOT(mgt, QC_GE(v, A2)));
+    } else if (M2 == QC_POINT) {
+        QC_CNT(*cgt2, QC_GT(v, B2));
+        QC_CNT(*cge2, QC_GE(v, A2));
+    }
+    if (!cover)
+        m = QC_OR(m, QC_NONFINITE(v));
+    return m;
+}
+
+/* Gather the flagged lanes of x[base : base + QC_W]; 1 = stop (bad value or full). */
+#define QC_GATHER(bits_, base_)                                              \
+    do {                                                                     \
+        unsigned bb_ = (bits_);                                              \
+        while (bb_) {                                                        \
+            ptrdiff_t at_ = (base_) + QC_CTZ(bb_);                           \
+            float w_ = x[at_];                                               \
+            bb_ &= bb_ - 1;                                                  \
+            if (!(w_ - w_ == 0.0f)) { r->bad = at_; return; }                \
+            if (g1 && (!g2 || w_ <= b1)) {                                   \
+                if (n1 >= cap1) goto overflow;                               \
+                buf1[n1++] = w_;                                             \
+            } else {                                                         \
+                if (n2 >= cap2) goto overflow;                               \
+                buf2[n2++] = w_;                                             \
+            }                                                                \
+        }                                                                    \
+    } while (0)
+
+/* The filtering pass over one chunk, specialized on the two modes (constants); four
+ * vectors per step share one test-and-branch. */
 QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, float *buf1,
                               float *buf2, qc_fres *r, const int M1, const int M2) {
     const qc_vf A1 = QC_SET1(p->a1), B1 = QC_SET1(p->b1);
     const qc_vf A2 = QC_SET1(p->a2), B2 = QC_SET1(p->b2);
-    const float b1 = p->b1;
+    const float a1 = p->a1, b1 = p->b1, a2 = p->a2, b2 = p->b2;
     const ptrdiff_t cap1 = p->cap1, cap2 = p->cap2;
     const int g1 = M1 == QC_TAIL || M1 == QC_RANGE, g2 = M2 == QC_TAIL || M2 == QC_RANGE;
     ptrdiff_t lt1 = 0, le1 = 0, gt2 = 0, ge2 = 0, n1 = 0, n2 = 0;
@@ -574,57 +678,33 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
     while (start < n) {
         ptrdiff_t stop = start + QC_BLK < n ? start + QC_BLK : n;
         ptrdiff_t i = start;
-        qc_vf acc = QC_FZERO();
         qc_vi clt1 = QC_IZERO(), cle1 = QC_IZERO(), cgt2 = QC_IZERO(), cge2 = QC_IZERO();
-        for (; i + QC_W <= stop; i += QC_W) {
-            qc_vf v = QC_LOAD(x + i);
-            acc = QC_ADD(acc, QC_SUB(v, v));
-            unsigned bits = 0;
-            if (M1 == QC_TAIL) {
-                bits = (unsigned)QC_MASK(QC_LE(v, B1));
-            } else if (M1 == QC_RANGE) {
-                __typeof__(QC_LT(v, A1)) mlt = QC_LT(v, A1);
-                QC_CNT(clt1, mlt);
-                bits = (unsigned)QC_MASK(QC_ANDNOT(mlt, QC_LE(v, B1)));
-            } else if (M1 == QC_POINT) {
-                QC_CNT(clt1, QC_LT(v, A1));
-                QC_CNT(cle1, QC_LE(v, B1));
-            }
-            if (M2 == QC_TAIL) {
-                bits |= (unsigned)QC_MASK(QC_GE(v, A2));
-            } else if (M2 == QC_RANGE) {
-                __typeof__(QC_GT(v, B2)) mgt = QC_GT(v, B2);
-                QC_CNT(cgt2, mgt);
-                bits |= (unsigned)QC_MASK(QC_ANDNOT(mgt, QC_GE(v, A2)));
-            } else if (M2 == QC_POINT) {
-                QC_CNT(cgt2, QC_GT(v, B2));
-                QC_CNT(cge2, QC_GE(v, A2));
-            }
-            if ((g1 || g2) && bits) {
-                do {
-                    float w = x[i + QC_CTZ(bits)];
-                    bits &= bits - 1;
-                    if (g1 && (!g2 || w <= b1)) {
-                        if (n1 >= cap1) goto overflow;
-                        buf1[n1++] = w;
-                    } else {
-                        if (n2 >= cap2) goto overflow;
-                        buf2[n2++] = w;
-                    }
-                } while (bits);
+        for (; i + 4 * QC_W <= stop; i += 4 * QC_W) {
+            qc_vm m0 = qc_fmask(QC_LOAD(x + i), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
+            qc_vm m1 = qc_fmask(QC_LOAD(x + i + QC_W), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
+            qc_vm m2 = qc_fmask(QC_LOAD(x + i + 2 * QC_W), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
+            qc_vm m3 = qc_fmask(QC_LOAD(x + i + 3 * QC_W), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
+            if (QC_MASK(QC_OR(QC_OR(m0, m1), QC_OR(m2, m3)))) {
+                QC_GATHER((unsigned)QC_MASK(m0), i);
+                QC_GATHER((unsigned)QC_MASK(m1), i + QC_W);
+                QC_GATHER((unsigned)QC_MASK(m2), i + 2 * QC_W);
+                QC_GATHER((unsigned)QC_MASK(m3), i + 3 * QC_W);
             }
         }
-        float tail = 0.0f;
+        for (; i + QC_W <= stop; i += QC_W) {
+            qc_vm m0 = qc_fmask(QC_LOAD(x + i), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
+            QC_GATHER((unsigned)QC_MASK(m0), i);
+        }
         for (; i < stop; i++) { /* scalar remainder of the last block */
             float w = x[i];
-            tail += w - w;
+            if (!(w - w == 0.0f)) { r->bad = i; return; }
             int c1 = 0, c2 = 0;
-            if (M1 == QC_TAIL) c1 = w <= p->b1;
-            else if (M1 == QC_RANGE) { lt1 += w < p->a1; c1 = w >= p->a1 && w <= p->b1; }
-            else if (M1 == QC_POINT) { lt1 += w < p->a1; le1 += w <= p->b1; }
-            if (M2 == QC_TAIL) c2 = w >= p->a2;
-            else if (M2 == QC_RANGE) { gt2 += w > p->b2; c2 = w >= p->a2 && w <= p->b2; }
-            else if (M2 == QC_POINT) { gt2 += w > p->b2; ge2 += w >= p->a2; }
+            if (M1 == QC_TAIL) c1 = w <= b1;
+            else if (M1 == QC_RANGE) { lt1 += w < a1; c1 = w >= a1 && w <= b1; }
+            else if (M1 == QC_POINT) { lt1 += w < a1; le1 += w <= b1; }
+            if (M2 == QC_TAIL) c2 = w >= a2;
+            else if (M2 == QC_RANGE) { gt2 += w > b2; c2 = w >= a2 && w <= b2; }
+            else if (M2 == QC_POINT) { gt2 += w > b2; ge2 += w >= a2; }
             if (c1) {
                 if (n1 >= cap1) goto overflow;
                 buf1[n1++] = w;
@@ -632,10 +712,6 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
                 if (n2 >= cap2) goto overflow;
                 buf2[n2++] = w;
             }
-        }
-        if (qc_anynan(acc) || tail != tail) {
-            r->bad = start + qc_first_bad_scalar(x + start, stop - start);
-            return;
         }
         lt1 += qc_isum(clt1);
         le1 += qc_isum(cle1);
@@ -649,6 +725,7 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
 overflow:
     r->overflow = 1;
 }
+#undef QC_GATHER
 
 /* Filter chunk c of the plan (x is the whole batch). */
 static void qc_filter_chunk(const float *x, ptrdiff_t n, const qc_plan *p, int c, qc_fres *r) {
@@ -676,7 +753,7 @@ static void qc_filter_chunk(const float *x, ptrdiff_t n, const qc_plan *p, int c
 }
 
 /* Merge the per-chunk results and pick the two order statistics.  Returns 0 and sets
- * *lo/*hi, or sets *bad (the first non-finite index) and returns 0, or returns -1 when
+ * lo/hi, or sets *bad (the first non-finite index) and returns 0, or returns -1 when
  * a bracket missed or a buffer overflowed (the caller falls back to radix select). */
 static int qc_resolve(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t khi, qc_plan *p,
                       qc_fres *res, float *lo, float *hi, ptrdiff_t *bad) {
