@@ -13,16 +13,25 @@ cdef extern from "qc_select.h" nogil:
     Py_ssize_t qc_radix_select(const float *x, Py_ssize_t n, Py_ssize_t klo, Py_ssize_t khi,
                                float *lo, float *hi)
     int qc_plan_make(const float *x, Py_ssize_t n, Py_ssize_t klo, Py_ssize_t khi, int nt,
-                     qc_plan *p)
+                     int tiny_buffers, qc_plan *p)
     void qc_plan_free(qc_plan *p)
     void qc_filter_chunk(const float *x, Py_ssize_t n, const qc_plan *p, int c, qc_fres *r)
     int qc_resolve(const float *x, Py_ssize_t n, Py_ssize_t klo, Py_ssize_t khi, qc_plan *p,
                    qc_fres *res, float *lo, float *hi, Py_ssize_t *bad)
 
+# Which path answered (select_order_stats_path, for tests and benchmarks).
+cdef enum:
+    SEL_AUTO = 0
+    SEL_TOPT = 1
+    SEL_SAMPLE = 2
+    SEL_RADIX = 3
+    SEL_SAMPLE_TINY = 4     # sample path with one-element candidate buffers
+
 
 cdef Py_ssize_t _select_core(const float *x, Py_ssize_t n, Py_ssize_t k_low,
                              Py_ssize_t k_high, int nt,
-                             float *lo, float *hi) noexcept nogil:
+                             float *lo, float *hi, int force=SEL_AUTO,
+                             int *used=NULL) noexcept nogil:
     """Values at ranks k_low <= k_high of contiguous float32 x[0:n] (stable order, -0.0 ==
     +0.0); returns the first non-finite index or -1.  Scratch: < 1 MiB of malloc'ed
     candidates and sample (never more than ~8 % of the batch) plus < 40 KiB of stack; a
@@ -30,12 +39,17 @@ cdef Py_ssize_t _select_core(const float *x, Py_ssize_t n, Py_ssize_t k_low,
     cdef qc_plan plan
     cdef qc_fres[64] res
     cdef Py_ssize_t bad = -1
-    cdef int c, status
-    if k_low < QC_TOPT and n - k_high <= QC_TOPT:
+    cdef int c, status, made
+    if force == SEL_TOPT or (force == SEL_AUTO and k_low < QC_TOPT and n - k_high <= QC_TOPT):
+        if used != NULL:
+            used[0] = SEL_TOPT
         return qc_topt_select(x, n, k_low, k_high, lo, hi)
     if nt > 64:
         nt = 64
-    if qc_plan_make(x, n, k_low, k_high, nt, &plan) == 0:
+    made = -1
+    if force == SEL_AUTO or force == SEL_SAMPLE or force == SEL_SAMPLE_TINY:
+        made = qc_plan_make(x, n, k_low, k_high, nt, force == SEL_SAMPLE_TINY, &plan)
+    if made == 0:
         if plan.nt == 1:
             qc_filter_chunk(x, n, &plan, 0, &res[0])
         else:
@@ -44,8 +58,12 @@ cdef Py_ssize_t _select_core(const float *x, Py_ssize_t n, Py_ssize_t k_low,
         status = qc_resolve(x, n, k_low, k_high, &plan, &res[0], lo, hi, &bad)
         qc_plan_free(&plan)
         if status == 0:
+            if used != NULL:
+                used[0] = SEL_SAMPLE
             return bad
     # bracket missed, a candidate buffer overflowed, or n too small for sampling
+    if used != NULL:
+        used[0] = SEL_RADIX
     return qc_radix_select(x, n, k_low, k_high, lo, hi)
 
 
@@ -64,3 +82,28 @@ def select_order_stats(const float[::1] x,  # IN, n >= 1
     with nogil:
         bad = _select_core(&x[0], n, k_low, k_high, nt, &lo, &hi)
     return lo, hi, bad
+
+
+_PATHS = {"auto": SEL_AUTO, "topt": SEL_TOPT, "sample": SEL_SAMPLE, "radix": SEL_RADIX,
+          "sample_tiny": SEL_SAMPLE_TINY}
+_PATH_NAMES = {v: k for k, v in _PATHS.items()}
+
+
+def select_order_stats_path(const float[::1] x,  # IN, n >= 1
+                            Py_ssize_t k_low, Py_ssize_t k_high, str path="auto",
+                            int n_threads=1):
+    """Testing aid: select_order_stats forcing one path ("auto", "topt" [needs
+    k_low < 64 and n - k_high <= 64], "sample", "radix", "sample_tiny" = sample path
+    with one-element candidate buffers, i.e. the overflow fallback).  Returns
+    (low, high, first_bad, path that answered)."""
+    cdef Py_ssize_t n = x.shape[0]
+    cdef float lo = 0, hi = 0
+    cdef Py_ssize_t bad
+    cdef int nt = _threads_for(n, n_threads)
+    cdef int force = _PATHS[path]
+    cdef int used = SEL_AUTO
+    if force == SEL_TOPT and not (k_low < QC_TOPT and n - k_high <= QC_TOPT):
+        raise ValueError("the top-t path needs k_low < 64 and n - k_high <= 64")
+    with nogil:
+        bad = _select_core(&x[0], n, k_low, k_high, nt, &lo, &hi, force, &used)
+    return lo, hi, bad, _PATH_NAMES[used]

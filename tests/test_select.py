@@ -264,3 +264,66 @@ def test_hypothesis_sampled_path_with_duplicates(target, n, seed, levels, q):
     assert bad == -1
     assert_bits(lo, want_lo)
     assert_bits(hi, want_hi)
+
+
+def _path_kernel(target):
+    return _backend.load(target).select_order_stats_path
+
+
+PATH_SIZES = [1, 3, 999, 5000, 65537, 2**18 + 1]
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("path", ["radix", "topt", "sample", "sample_tiny"])
+@pytest.mark.parametrize("n", PATH_SIZES, ids=lambda n: f"n{n}")
+def test_each_path_matches_stable_sort(n, path, target):
+    # Force each path (the radix fallback, top-t, the sample bracket, and the sample path
+    # with one-element candidate buffers = the overflow fallback) on every distribution.
+    f = _path_kernel(target)
+    failures = []
+    for dist in DISTS:
+        x = make(n, dist)
+        for pair in (LARGE_PAIRS if n > 100_000 else PAIRS):
+            k_low, k_high = PAIRS[pair](n)
+            if path == "topt" and not (k_low < 64 and n - k_high <= 64):
+                continue
+            for nt in (1, 2):
+                lo, hi, bad, used = f(x, k_low, k_high, path, nt)
+                want = np.float32(oracle(n, dist, k_low, k_high)).view(np.uint32)
+                got = np.float32([lo, hi]).view(np.uint32)
+                if bad != -1 or got.tolist() != want.tolist():
+                    failures.append((dist, pair, nt, used, got.view(np.float32),
+                                     want.view(np.float32)))
+                if path in ("radix", "topt"):
+                    assert used == path
+                if path == "sample_tiny" and used == "sample":
+                    # only a plan without gathering (single-value brackets) can succeed
+                    assert dist in ("all_equal", "signed_zeros", "relu", "duplicates",
+                                    "huge", "zeros60", "denormals"), (dist, pair)
+    assert not failures, failures
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_paths_taken_for_percentiles(target):
+    # Not a timing test: the fast paths must actually answer the usual cases.
+    f = _path_kernel(target)
+    x = make(1000, "normal")
+    assert f(x, *percentile_indices_ref(1000))[3] == "topt"
+    for dist in ("normal", "uniform", "outliers", "relu", "zeros60", "all_equal",
+                 "sorted", "reversed"):
+        x = make(2**20 + 3, dist)
+        for nt in (1, 2):
+            assert f(x, *percentile_indices_ref(x.size), "auto", nt)[3] == "sample", dist
+
+
+@pytest.mark.parametrize("target", TARGETS)
+@pytest.mark.parametrize("path", ["radix", "sample", "sample_tiny", "topt"])
+def test_first_bad_on_each_path(path, target):
+    f = _path_kernel(target)
+    n = 65537
+    k = (3, n - 5) if path == "topt" else percentile_indices_ref(n)
+    for pos in (0, 1, n // 2, n - 2, n - 1):
+        for value in (np.nan, np.inf, -np.inf):
+            x = make(n, "normal").copy()
+            x[pos] = value
+            assert f(x, *k, path)[2] == pos

@@ -46,6 +46,7 @@ typedef __m256i qc_vi;
 #define QC_EQ(a, b) _mm256_cmp_ps((a), (b), _CMP_EQ_OQ)
 #define QC_LE_NAN(a, b) _mm256_cmp_ps((a), (b), _CMP_NGT_UQ) /* a <= b or unordered */
 #define QC_GE_NAN(a, b) _mm256_cmp_ps((a), (b), _CMP_NLT_UQ) /* a >= b or unordered */
+#define QC_LT_NAN(a, b) _mm256_cmp_ps((a), (b), _CMP_NGE_UQ) /* a < b or unordered */
 #define QC_NONFINITE(v) _mm256_cmp_ps(_mm256_and_ps((v), _mm256_castsi256_ps(_mm256_set1_epi32(0x7fffffff))), _mm256_set1_ps(3.40282347e38f), _CMP_NLE_UQ)
 #define QC_OR(a, b) _mm256_or_ps((a), (b))
 #define QC_ANDNOT(a, b) _mm256_andnot_ps((a), (b)) /* ~a & b */
@@ -77,6 +78,7 @@ typedef __m128i qc_vi;
 #define QC_EQ(a, b) _mm_cmpeq_ps((a), (b))
 #define QC_LE_NAN(a, b) _mm_cmpngt_ps((a), (b))
 #define QC_GE_NAN(a, b) _mm_cmpnlt_ps((a), (b))
+#define QC_LT_NAN(a, b) _mm_cmpnge_ps((a), (b))
 #define QC_NONFINITE(v) _mm_cmpnle_ps(_mm_and_ps((v), _mm_castsi128_ps(_mm_set1_epi32(0x7fffffff))), _mm_set1_ps(3.40282347e38f))
 #define QC_OR(a, b) _mm_or_ps((a), (b))
 #define QC_ANDNOT(a, b) _mm_andnot_ps((a), (b))
@@ -108,6 +110,7 @@ typedef int64_t qc_vi;
 #define QC_EQ(a, b) (-(int)((a) == (b)))
 #define QC_LE_NAN(a, b) (-(int)!((a) > (b)))
 #define QC_GE_NAN(a, b) (-(int)!((a) < (b)))
+#define QC_LT_NAN(a, b) (-(int)!((a) >= (b)))
 #define QC_NONFINITE(v) (-(int)!(fabsf(v) <= 3.40282347e38f))
 #define QC_OR(a, b) ((a) | (b))
 #define QC_ANDNOT(a, b) (~(a) & (b))
@@ -384,7 +387,7 @@ static ptrdiff_t qc_radix_select(const float *x, ptrdiff_t n, ptrdiff_t klo, ptr
  * Returns the first non-finite index or -1. */
 static ptrdiff_t qc_topt_select(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t khi,
                                 float *lo_out, float *hi_out) {
-    float small[QC_TOPT], big[QC_TOPT];
+    float small[QC_TOPT] = {0}, big[QC_TOPT] = {0}; /* zeroed: silences -Wmaybe-uninitialized */
     int tl = (int)(klo + 1), th = (int)(n - khi);
     ptrdiff_t i0 = tl > th ? tl : th;
     ptrdiff_t bad = qc_first_bad_scalar(x, i0);
@@ -464,11 +467,13 @@ static ptrdiff_t qc_topt_select(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrd
 /* ---------------------------------------------------------------- sample bracket */
 
 /* How one side's bracket [a, b] is used in the filtering pass. */
-enum { QC_NONE = 0, QC_TAIL = 1, QC_RANGE = 2, QC_POINT = 3 };
+enum { QC_NONE = 0, QC_TAIL = 1, QC_RANGE = 2, QC_POINT = 3, QC_TAILX = 4 };
 /* low side   TAIL: gather v <= b1.   RANGE: count v < a1, gather a1 <= v <= b1.
  *            POINT (a1 == b1): count v < a1 and v <= b1, no gather.
+ *            TAILX (b1 heavily tied): gather v < b1, count v <= b1.
  * high side  TAIL: gather v >= a2.   RANGE: count v > b2, gather a2 <= v <= b2.
- *            POINT: count v > b2 and v >= a2.   NONE: merged into the low side. */
+ *            POINT: count v > b2 and v >= a2.   TAILX: gather v > a2, count v >= a2.
+ *            NONE: merged into the low side (one interval [a1, b1] for both ranks). */
 
 typedef struct {
     float a1, b1, a2, b2;
@@ -506,7 +511,7 @@ static void qc_sample_ranks(ptrdiff_t n, ptrdiff_t s, ptrdiff_t k, ptrdiff_t *rl
  * allocated), -1 when the caller should take the radix path (n too small, brackets too
  * wide for the memory budget, or malloc failed). */
 static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t khi, int nt,
-                        qc_plan *p) {
+                        int tiny_buffers, qc_plan *p) {
     memset(p, 0, sizeof(*p));
     if (n < 16384)
         return -1;
@@ -567,28 +572,68 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
         b1 = merged ? b2 : sm[ru1];
         a2 = merged ? a1 : sm[rl2];
     }
-    free(sm);
-    if (!merged && !(b1 < a2))
+    if (!merged && !(b1 < a2)) {
+        /* b1 == a2 == z: the sample is tied at z from rank ru1 to rl2.  When the
+         * brackets are z at both outer ends too, count z (a point); a tied run that
+         * stops inside a tail would gather everything: take the radix path. */
+        float smin = sm[0], smax = sm[0];
+        for (ptrdiff_t i = 1; i < s; i++) {
+            smin = sm[i] < smin ? sm[i] : smin;
+            smax = sm[i] > smax ? sm[i] : smax;
+        }
+        float z = b1;
+        if ((lo_tail ? smin == z : a1 == z) && (hi_tail ? smax == z : b2 == z)) {
+            a1 = b2 = z;
+        } else if (lo_tail && hi_tail) {
+            free(sm);
+            return -1;
+        }
         merged = 1;
-
-    double per = (double)n / (double)s;
-    double e1, e2;
-    if (merged) { /* one interval [a1, b2] for both ranks */
-        p->a1 = a1; p->b1 = b2;
-        p->a2 = INFINITY; p->b2 = INFINITY;
-        p->m2 = QC_NONE;
-        p->m1 = a1 == b2 ? QC_POINT : (lo_tail ? QC_TAIL : QC_RANGE);
-        e1 = ((double)((hi_tail ? s : ru2) - (lo_tail ? 0 : rl1)) + 1.0) * per;
-        e2 = 0;
-    } else {
-        p->a1 = a1; p->b1 = b1; p->a2 = a2; p->b2 = b2;
-        p->m1 = a1 == b1 ? QC_POINT : (lo_tail ? QC_TAIL : QC_RANGE);
-        p->m2 = a2 == b2 ? QC_POINT : (hi_tail ? QC_TAIL : QC_RANGE);
-        e1 = ((double)(ru1 - (lo_tail ? 0 : rl1)) + 1.0) * per;
-        e2 = ((double)((hi_tail ? s : ru2) - rl2) + 1.0) * per;
     }
-    if (p->m1 == QC_POINT) e1 = 0;
-    if (p->m2 == QC_POINT || p->m2 == QC_NONE) e2 = 0;
+    if (merged) { /* one interval [a1, b2] for both ranks, described as the low side */
+        b1 = b2;
+        a2 = b2 = INFINITY;
+    }
+    int m1 = a1 == b1 ? QC_POINT : (lo_tail ? QC_TAIL : QC_RANGE);
+    int m2 = merged ? QC_NONE : (a2 == b2 ? QC_POINT : (hi_tail ? QC_TAIL : QC_RANGE));
+    /* Expected candidates = sample elements in the bracket * n / s.  A tail whose bound
+     * is heavily tied in the sample (ReLU zeros at the low percentile) gathers only the
+     * values strictly beyond the bound and counts the ties instead. */
+    ptrdiff_t c_le1 = 0, c_lt1 = 0, c_ge_a1 = 0, c_ge2 = 0, c_gt2 = 0, c_le_b2 = 0;
+    for (ptrdiff_t i = 0; i < s; i++) {
+        float v = sm[i];
+        c_le1 += v <= b1;
+        c_lt1 += v < b1;
+        c_ge_a1 += v >= a1;
+        c_ge2 += v >= a2;
+        c_gt2 += v > a2;
+        c_le_b2 += v <= b2;
+    }
+    free(sm);
+    double per = (double)n / (double)s;
+    double e1 = 0, e2 = 0;
+    if (m1 == QC_TAIL) {
+        e1 = (double)c_le1;
+        if (c_le1 > 2 * (ru1 + 1) + 8) {
+            m1 = QC_TAILX;
+            e1 = (double)c_lt1;
+        }
+    } else if (m1 == QC_RANGE) {
+        e1 = (double)(c_le1 - (s - c_ge_a1)); /* a1 <= v <= b1 */
+    }
+    if (m2 == QC_TAIL) {
+        e2 = (double)c_ge2;
+        if (c_ge2 > 2 * (s - rl2) + 8) {
+            m2 = QC_TAILX;
+            e2 = (double)c_gt2;
+        }
+    } else if (m2 == QC_RANGE) {
+        e2 = (double)(c_le_b2 - (s - c_ge2)); /* a2 <= v <= b2 */
+    }
+    e1 = m1 == QC_POINT ? 0 : (e1 + 1.0) * per;
+    e2 = (m2 == QC_POINT || m2 == QC_NONE) ? 0 : (e2 + 1.0) * per;
+    p->a1 = a1; p->b1 = b1; p->a2 = a2; p->b2 = b2;
+    p->m1 = m1; p->m2 = m2;
     if (nt < 1) nt = 1;
     p->nt = nt;
     p->chunk = ((n + nt - 1) / nt + 63) & ~(ptrdiff_t)63;
@@ -597,6 +642,10 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     p->cap2 = e2 > 0 ? (ptrdiff_t)(1.5 * e2 / nt) + 1024 : 0;
     if ((p->cap1 + p->cap2) * nt > n / 12) /* keep scratch below ~8 % of the batch */
         return -1;
+    if (tiny_buffers) { /* tests: force the overflow fallback */
+        if (p->cap1) p->cap1 = 1;
+        if (p->cap2) p->cap2 = 1;
+    }
     if (p->cap1 + p->cap2 > 0) {
         p->buf = (float *)malloc(sizeof(float) * (size_t)((p->cap1 + p->cap2) * nt));
         if (!p->buf)
@@ -616,10 +665,13 @@ static void qc_plan_free(qc_plan *p) {
  * unordered compare) NaN; otherwise an explicit |v| > FLT_MAX test is or'ed in. */
 QC_INLINE qc_vm qc_fmask(qc_vf v, qc_vf A1, qc_vf B1, qc_vf A2, qc_vf B2, qc_vi *clt1,
                          qc_vi *cle1, qc_vi *cgt2, qc_vi *cge2, const int M1, const int M2) {
-    const int cover = M1 == QC_TAIL && M2 == QC_TAIL;
+    const int cover = (M1 == QC_TAIL || M1 == QC_TAILX) && (M2 == QC_TAIL || M2 == QC_TAILX);
     qc_vm m = QC_MZERO();
     if (M1 == QC_TAIL) {
         m = cover ? QC_LE_NAN(v, B1) : QC_LE(v, B1);
+    } else if (M1 == QC_TAILX) {
+        m = cover ? QC_LT_NAN(v, B1) : QC_LT(v, B1);
+        QC_CNT(*cle1, QC_LE(v, B1));
     } else if (M1 == QC_RANGE) {
         qc_vm mlt = QC_LT(v, A1);
         QC_CNT(*clt1, mlt);
@@ -630,6 +682,9 @@ QC_INLINE qc_vm qc_fmask(qc_vf v, qc_vf A1, qc_vf B1, qc_vf A2, qc_vf B2, qc_vi 
     }
     if (M2 == QC_TAIL) {
         m = QC_OR(m, QC_GE(v, A2));
+    } else if (M2 == QC_TAILX) {
+        m = QC_OR(m, QC_GT(v, A2));
+        QC_CNT(*cge2, QC_GE(v, A2));
     } else if (M2 == QC_RANGE) {
         qc_vm mgt = QC_GT(v, B2);
         QC_CNT(*cgt2, mgt);
@@ -670,7 +725,8 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
     const qc_vf A2 = QC_SET1(p->a2), B2 = QC_SET1(p->b2);
     const float a1 = p->a1, b1 = p->b1, a2 = p->a2, b2 = p->b2;
     const ptrdiff_t cap1 = p->cap1, cap2 = p->cap2;
-    const int g1 = M1 == QC_TAIL || M1 == QC_RANGE, g2 = M2 == QC_TAIL || M2 == QC_RANGE;
+    const int g1 = M1 == QC_TAIL || M1 == QC_TAILX || M1 == QC_RANGE;
+    const int g2 = M2 == QC_TAIL || M2 == QC_TAILX || M2 == QC_RANGE;
     ptrdiff_t lt1 = 0, le1 = 0, gt2 = 0, ge2 = 0, n1 = 0, n2 = 0;
     ptrdiff_t start = 0;
     r->bad = -1;
@@ -700,9 +756,11 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
             if (!(w - w == 0.0f)) { r->bad = i; return; }
             int c1 = 0, c2 = 0;
             if (M1 == QC_TAIL) c1 = w <= b1;
+            else if (M1 == QC_TAILX) { c1 = w < b1; le1 += w <= b1; }
             else if (M1 == QC_RANGE) { lt1 += w < a1; c1 = w >= a1 && w <= b1; }
             else if (M1 == QC_POINT) { lt1 += w < a1; le1 += w <= b1; }
             if (M2 == QC_TAIL) c2 = w >= a2;
+            else if (M2 == QC_TAILX) { c2 = w > a2; ge2 += w >= a2; }
             else if (M2 == QC_RANGE) { gt2 += w > b2; c2 = w >= a2 && w <= b2; }
             else if (M2 == QC_POINT) { gt2 += w > b2; ge2 += w >= a2; }
             if (c1) {
@@ -740,16 +798,78 @@ static void qc_filter_chunk(const float *x, ptrdiff_t n, const qc_plan *p, int c
     float *buf2 = p->buf ? p->buf + (ptrdiff_t)p->nt * p->cap1 + (ptrdiff_t)c * p->cap2 : NULL;
     const float *xc = x + b;
 #define QC_CASE(A, B) \
-    case (A) * 4 + (B): qc_filter_impl(xc, len, p, buf1, buf2, r, (A), (B)); break;
-    switch (p->m1 * 4 + p->m2) {
-        QC_CASE(QC_TAIL, QC_NONE) QC_CASE(QC_TAIL, QC_TAIL) QC_CASE(QC_TAIL, QC_RANGE) QC_CASE(QC_TAIL, QC_POINT)
-        QC_CASE(QC_RANGE, QC_NONE) QC_CASE(QC_RANGE, QC_TAIL) QC_CASE(QC_RANGE, QC_RANGE) QC_CASE(QC_RANGE, QC_POINT)
-        QC_CASE(QC_POINT, QC_NONE) QC_CASE(QC_POINT, QC_TAIL) QC_CASE(QC_POINT, QC_RANGE) QC_CASE(QC_POINT, QC_POINT)
+    case (A) * 5 + (B): qc_filter_impl(xc, len, p, buf1, buf2, r, (A), (B)); break;
+#define QC_CASES(A) QC_CASE(A, QC_NONE) QC_CASE(A, QC_TAIL) QC_CASE(A, QC_RANGE) \
+    QC_CASE(A, QC_POINT) QC_CASE(A, QC_TAILX)
+    switch (p->m1 * 5 + p->m2) {
+        QC_CASES(QC_TAIL) QC_CASES(QC_RANGE) QC_CASES(QC_POINT) QC_CASES(QC_TAILX)
         default: r->overflow = 1; break;
     }
+#undef QC_CASES
 #undef QC_CASE
     if (r->bad >= 0)
         r->bad += b;
+}
+
+/* Ranks ka <= kb on a low-side bracket (mode m, candidates c[0:nc] in any order, counts
+ * lt = #(v < a), le = #(v <= b) as the mode defines them).  Sets va, vb and *negs =
+ * #(x < 0) (meaningful when a result is zero); returns 1 when a rank is outside. */
+static int qc_side_low(float *c, ptrdiff_t nc, int m, float a, float b, ptrdiff_t lt,
+                       ptrdiff_t le, ptrdiff_t ka, ptrdiff_t kb, float *va, float *vb,
+                       ptrdiff_t *negs) {
+    if (m == QC_POINT) { /* [lt, le) all equal a */
+        if (ka < lt || kb >= le) return 1;
+        *va = *vb = a;
+        *negs = lt;
+        return 0;
+    }
+    ptrdiff_t base = m == QC_RANGE ? lt : 0;
+    /* candidates hold ranks [base, base + nc); TAILX: then ties with b up to le */
+    ptrdiff_t top = m == QC_TAILX ? le : base + nc;
+    if (ka < base || kb >= top) return 1;
+    ptrdiff_t lim = nc;
+    if (kb < base + nc) {
+        qc_nth(c, nc, kb - base);
+        *vb = c[kb - base];
+        lim = kb - base + 1;
+    } else {
+        *vb = b;
+    }
+    if (ka < base + nc) {
+        qc_nth(c, lim, ka - base);
+        *va = c[ka - base];
+    } else {
+        *va = b;
+    }
+    /* Every negative value lies below a zero result, so in the candidates or below a. */
+    *negs = base + qc_count_lt(c, nc, 0.0f);
+    (void)b;
+    return 0;
+}
+
+/* Rank t counted from the top (0 = the maximum) on a high-side bracket (mode m,
+ * candidates c[0:nc], gt = #(v > b), ge = #(v >= a)).  Sets *v and *pos = #(x > 0). */
+static int qc_side_high(float *c, ptrdiff_t nc, int m, float a, float b, ptrdiff_t gt,
+                        ptrdiff_t ge, ptrdiff_t t, float *v, ptrdiff_t *pos) {
+    if (m == QC_POINT) {
+        if (t < gt || t >= ge) return 1;
+        *v = a;
+        *pos = gt;
+        return 0;
+    }
+    ptrdiff_t base = m == QC_RANGE ? gt : 0;
+    ptrdiff_t top = m == QC_TAILX ? ge : base + nc;
+    if (t < base || t >= top) return 1;
+    if (t < base + nc) {
+        ptrdiff_t r = nc - 1 - (t - base);
+        qc_nth(c, nc, r);
+        *v = c[r];
+    } else {
+        *v = a;
+    }
+    *pos = base + qc_count_gt(c, nc, 0.0f);
+    (void)b;
+    return 0;
 }
 
 /* Merge the per-chunk results and pick the two order statistics.  Returns 0 and sets
@@ -782,59 +902,24 @@ static int qc_resolve(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t khi,
             n2 += res[c].n2;
         }
     }
+    ptrdiff_t tpos = n - 1 - khi; /* khi's rank counted from the top */
     float vlo, vhi;
-    ptrdiff_t negs_lo = -1, tpos = n - 1 - khi; /* khi's rank counted from the top */
-    if (p->m2 == QC_NONE) { /* one interval for both ranks */
-        ptrdiff_t base = p->m1 == QC_TAIL ? 0 : lt1;
-        if (p->m1 == QC_POINT) {
-            if (klo < lt1 || khi >= le1) return -1;
-            vlo = vhi = p->a1;
-            negs_lo = lt1;
-        } else {
-            if (klo < base || khi >= base + n1) return -1;
-            qc_nth(c1, n1, khi - base);
-            vhi = c1[khi - base];
-            qc_nth(c1, khi - base + 1, klo - base);
-            vlo = c1[klo - base];
-            if (vlo == 0.0f || vhi == 0.0f)
-                negs_lo = base + qc_count_lt(c1, n1, 0.0f);
-        }
-        if (vlo == 0.0f) vlo = qc_zero_at(x, n, klo - negs_lo, 0);
-        if (vhi == 0.0f) vhi = qc_zero_at(x, n, khi - negs_lo, 0);
-        *lo = vlo;
-        *hi = vhi;
-        return 0;
-    }
-    /* low side */
-    if (p->m1 == QC_POINT) {
-        if (klo < lt1 || klo >= le1) return -1;
-        vlo = p->a1;
-        negs_lo = lt1;
+    ptrdiff_t negs = 0, pos = 0;  /* #(x < 0), #(x > 0): needed only for a zero result */
+    if (p->m2 == QC_NONE) { /* one interval for both ranks: klo and khi on the low side */
+        if (qc_side_low(c1, n1, p->m1, p->a1, p->b1, lt1, le1, klo, khi, &vlo, &vhi, &negs))
+            return -1;
+        if (vlo == 0.0f) vlo = qc_zero_at(x, n, klo - negs, 0);
+        if (vhi == 0.0f) vhi = qc_zero_at(x, n, khi - negs, 0);
     } else {
-        ptrdiff_t base = p->m1 == QC_TAIL ? 0 : lt1;
-        if (klo < base || klo >= base + n1) return -1;
-        qc_nth(c1, n1, klo - base);
-        vlo = c1[klo - base];
-        if (vlo == 0.0f)
-            negs_lo = base + qc_count_lt(c1, n1, 0.0f);
+        float unused;
+        if (qc_side_low(c1, n1, p->m1, p->a1, p->b1, lt1, le1, klo, klo, &vlo, &unused, &negs))
+            return -1;
+        /* the high side counts ranks from the top */
+        if (qc_side_high(c2, n2, p->m2, p->a2, p->b2, gt2, ge2, tpos, &vhi, &pos))
+            return -1;
+        if (vlo == 0.0f) vlo = qc_zero_at(x, n, klo - negs, 0);
+        if (vhi == 0.0f) vhi = qc_zero_at(x, n, tpos - pos, 1);
     }
-    /* high side, ranks counted from the top */
-    ptrdiff_t pos_hi = 0; /* #(x > 0) when vhi is zero */
-    if (p->m2 == QC_POINT) {
-        if (tpos < gt2 || tpos >= ge2) return -1;
-        vhi = p->a2;
-        pos_hi = gt2;
-    } else {
-        ptrdiff_t base = p->m2 == QC_TAIL ? 0 : gt2;
-        if (tpos < base || tpos >= base + n2) return -1;
-        ptrdiff_t r = n2 - 1 - (tpos - base);
-        qc_nth(c2, n2, r);
-        vhi = c2[r];
-        if (vhi == 0.0f)
-            pos_hi = base + qc_count_gt(c2, n2, 0.0f);
-    }
-    if (vlo == 0.0f) vlo = qc_zero_at(x, n, klo - negs_lo, 0);
-    if (vhi == 0.0f) vhi = qc_zero_at(x, n, tpos - pos_hi, 1);
     *lo = vlo;
     *hi = vhi;
     return 0;
