@@ -380,6 +380,7 @@ static int qc_gemm_i8_i32(const int8_t *x, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n
     ptrdiff_t np = qc_round_up(n, QC_GEMM_NR) / QC_GEMM_NR;
     int32_t *off;
     int status = 0;
+    size_t a_bytes;
     ptrdiff_t j;
     if (m <= 0 || n <= 0)
         return 0;
@@ -402,8 +403,15 @@ static int qc_gemm_i8_i32(const int8_t *x, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n
     }
     if ((int64_t)m * n * k < QC_GEMM_PAR_MIN || !qc_openmp_enabled())
         n_threads = 1;
+    {
+        /* Scratch for one packed row block, no bigger than the problem needs (a small
+           call must not pay for mapping and faulting a 200 KB buffer). */
+        ptrdiff_t rows = m < QC_GEMM_MC ? qc_round_up(m, QC_GEMM_MR) : QC_GEMM_MC;
+        ptrdiff_t cols = (k < QC_GEMM_KC ? qc_round_up(k, QC_GEMM_KG) : QC_GEMM_KC) + QC_A_PAD;
+        a_bytes = sizeof(qc_a_t) * (size_t)(rows * cols);
+    }
     if (n_threads <= 1) {
-        qc_a_t *a_buf = (qc_a_t *)malloc(sizeof(qc_a_t) * QC_GEMM_MC * (QC_GEMM_KC + QC_A_PAD));
+        qc_a_t *a_buf = (qc_a_t *)malloc(a_bytes);
         if (a_buf == NULL) {
             status = -1;
         } else {
@@ -418,7 +426,7 @@ static int qc_gemm_i8_i32(const int8_t *x, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n
 #endif
         {
             int t = qc_omp_thread_num(), nt = qc_omp_num_threads();
-            qc_a_t *a_buf = (qc_a_t *)malloc(sizeof(qc_a_t) * QC_GEMM_MC * (QC_GEMM_KC + QC_A_PAD));
+            qc_a_t *a_buf = (qc_a_t *)malloc(a_bytes);
             if (a_buf == NULL) {
 #ifdef _OPENMP
 #pragma omp atomic write

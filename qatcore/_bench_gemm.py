@@ -1,0 +1,229 @@
+"""int8 x int8 -> int32 linear layer benchmark: qatcore vs numpy, torch._int_mm,
+onnxruntime MatMulInteger and the Rust reference loop (``bench/rust``), same run.
+
+``run()`` returns one record per (shape, threads, implementation); ``bench/bench_gemm.py``
+prints them as a table, and ``qatcore bench`` includes them.  Peers appear only when they
+are importable (torch, onnxruntime + onnx) or buildable (cargo, for the Rust crate).
+Nothing here asserts a timing.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import subprocess
+import time
+from pathlib import Path
+from typing import Callable, Dict, List, Optional, Sequence, Union
+
+import numpy as np
+
+__all__ = ["run", "measure_peak", "SHAPES", "QUICK_SHAPES"]
+
+#: (M, K, N) of the issue's performance targets.
+SHAPES = [(1, 1024, 1024), (64, 1024, 1024), (256, 512, 512), (512, 512, 512),
+          (1024, 1024, 1024)]
+QUICK_SHAPES = [(1, 256, 256), (64, 256, 256)]
+
+_CRATE = Path(__file__).resolve().parent.parent / "bench" / "rust"
+
+
+def _time(fn: Callable[[], object], repeat: int, budget_s: float) -> Dict[str, float]:
+    """Median/min/max seconds of `fn` over up to `repeat` calls after one warm-up, stopping
+    early (after at least 3 calls) once `budget_s` is spent (numpy's integer matmul)."""
+    fn()
+    samples = []
+    start = time.perf_counter()
+    for _ in range(max(1, repeat)):
+        t0 = time.perf_counter()
+        fn()
+        samples.append(time.perf_counter() - t0)
+        if len(samples) >= 3 and time.perf_counter() - start > budget_s:
+            break
+    return {"median_s": statistics.median(samples), "min_s": min(samples),
+            "max_s": max(samples), "repeat": len(samples)}
+
+
+def _record(shape, threads, impl, timing, exact=None) -> dict:
+    m, k, n = shape
+    rec = {"op": "linear", "shape": f"({m},{k},{n})", "threads": threads, "impl": impl,
+           "median_s": timing["median_s"], "min_s": timing["min_s"], "max_s": timing["max_s"],
+           "repeat": timing["repeat"], "gops": 2.0 * m * k * n / timing["median_s"] / 1e9}
+    if exact is not None:
+        rec["exact"] = bool(exact)
+    return rec
+
+
+def _layer(w: np.ndarray, n_threads: int):
+    from .linear import QuantizedLinear
+
+    state = {"weights_q": w, "weight_scale": np.float32(1.0), "bits": np.int32(8),
+             "per_channel": np.bool_(False), "input_scale": np.float32(1.0),
+             "input_zero_point": np.int32(0), "input_qrange": np.array([-128, 127], np.int32)}
+    return QuantizedLinear.from_state_dict(state, n_threads=n_threads)
+
+
+def measure_peak(repeat: int = 30) -> dict:
+    """Best int8 GOPS of this machine's GEMM microkernel on cache-resident data
+    (M=96, K=256, N=64 through the kernel entry point, one thread): the practical peak
+    the table's fractions refer to."""
+    from . import _backend
+
+    kern = _backend.kernels
+    rng = np.random.default_rng(1)
+    m, k, n = 96, 256, 64
+    x = rng.integers(-128, 128, (m, k), dtype=np.int64).astype(np.int8)
+    w = rng.integers(-127, 128, (n, k), dtype=np.int64).astype(np.int8)
+    packed = np.empty(kern.packed_size(n, k), np.int8)
+    kern.pack_weights(w, packed)
+    wsum = w.astype(np.int64).sum(axis=1).astype(np.int32)
+    out = np.empty((m, n), np.int32)
+    inner = 20
+    best = float("inf")
+    for _ in range(repeat):
+        t0 = time.perf_counter()
+        for _ in range(inner):
+            kern.gemm_i8_i32(x, packed, n, wsum, None, out, 1)
+        best = min(best, (time.perf_counter() - t0) / inner)
+    return {"impl": kern.GEMM_IMPL, "target": kern.TARGET, "gops": 2.0 * m * k * n / best / 1e9,
+            "shape": f"({m},{k},{n})"}
+
+
+# ------------------------------------------------------------------------------ peers
+
+def _torch():
+    try:
+        import torch
+    except Exception:
+        return None
+    if not hasattr(torch, "_int_mm"):
+        return None
+    return torch
+
+
+def _ort_session(w: np.ndarray, threads: int):
+    """onnxruntime MatMulInteger(A uint8, B int8 initializer, a_zero_point 128): the u8 x s8
+    path ONNX exporters emit; exact only when its u8 x s8 pair sums do not saturate."""
+    try:
+        import onnx
+        import onnxruntime as ort
+        from onnx import TensorProto, helper, numpy_helper
+    except Exception:
+        return None
+    k, n = w.shape[1], w.shape[0]
+    b = numpy_helper.from_array(np.ascontiguousarray(w.T), name="B")
+    azp = numpy_helper.from_array(np.array(128, np.uint8), name="a_zp")
+    node = helper.make_node("MatMulInteger", ["A", "B", "a_zp"], ["Y"])
+    graph = helper.make_graph([node], "linear",
+                              [helper.make_tensor_value_info("A", TensorProto.UINT8, [None, k])],
+                              [helper.make_tensor_value_info("Y", TensorProto.INT32, [None, n])],
+                              initializer=[b, azp])
+    model = helper.make_model(graph, opset_imports=[helper.make_opsetid("", 13)])
+    model.ir_version = min(model.ir_version, 9)
+    opts = ort.SessionOptions()
+    opts.intra_op_num_threads = threads
+    opts.inter_op_num_threads = 1
+    opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    return ort.InferenceSession(model.SerializeToString(), opts,
+                                providers=["CPUExecutionProvider"])
+
+
+class _Rust:
+    """``qatcore-ref bench --op linear`` built with ``-C target-cpu=native`` (cached)."""
+
+    def __init__(self, crate: Path = _CRATE):
+        self.binary: Optional[Path] = None
+        self.error: Optional[str] = None
+        if not (crate / "Cargo.toml").exists():
+            self.error = "bench/rust not found"
+            return
+        if shutil.which("cargo") is None:
+            self.error = "cargo not on PATH"
+            return
+        target = crate / "target" / "native"
+        env = dict(os.environ, RUSTFLAGS="-C target-cpu=native", CARGO_TARGET_DIR=str(target))
+        proc = subprocess.run(["cargo", "build", "--release", "--offline", "--quiet"],
+                              cwd=crate, env=env, capture_output=True, text=True)
+        if proc.returncode != 0:
+            self.error = f"cargo build failed: {proc.stderr.strip()[-300:]}"
+            return
+        self.binary = target / "release" / "qatcore-ref"
+
+    def bench(self, shape, repeat: int) -> Optional[dict]:
+        m, k, n = shape
+        proc = subprocess.run([str(self.binary), "bench", "--op", "linear", "--m", str(m),
+                               "--k", str(k), "--n", str(n), "--repeat", str(repeat)],
+                              capture_output=True, text=True)
+        if proc.returncode != 0:
+            return None
+        line = [ln for ln in proc.stdout.splitlines() if ln.startswith("{")][-1]
+        data = json.loads(line)
+        return {"median_s": data["median_s"], "min_s": data["min_s"], "max_s": data["max_s"],
+                "repeat": repeat}
+
+
+# ------------------------------------------------------------------------------- run
+
+def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: int = 20,
+        *, shapes=None, peers: bool = True) -> List[dict]:
+    """Benchmark the int8 linear layer; one dict per (shape, threads, implementation).
+
+    Keys: ``op`` ("linear"), ``shape`` "(M,K,N)", ``threads``, ``impl`` ("qatcore",
+    "numpy", "torch._int_mm", "onnxruntime", "rust"), ``median_s``, ``min_s``, ``max_s``,
+    ``repeat``, ``gops`` (2·M·K·N / median), and ``exact`` for peers whose result was
+    compared with qatcore's. numpy stops after ~1 s per shape; Rust runs single-threaded
+    (records only for threads == 1) with at most 5 repeats on large shapes.
+    """
+    if isinstance(threads, (int, np.integer)):
+        threads = (int(threads),)
+    shapes = list(shapes) if shapes is not None else (QUICK_SHAPES if quick else SHAPES)
+    budget = 0.3 if quick else 1.5
+    torch = _torch() if peers else None
+    rust = _Rust() if peers else None
+    rng = np.random.default_rng(0)
+    records: List[dict] = []
+    for shape in shapes:
+        m, k, n = shape
+        x = rng.integers(-128, 128, (m, k), dtype=np.int64).astype(np.int8)
+        w = rng.integers(-127, 128, (n, k), dtype=np.int64).astype(np.int8)
+        want = None
+        for nt in threads:
+            layer = _layer(w, nt)
+            got = layer.forward_quantized(x)
+            if want is None:
+                want = got
+            records.append(_record(shape, nt, "qatcore",
+                                   _time(lambda: layer.forward_quantized(x), repeat, budget)))
+            if not peers:
+                continue
+            wt = np.ascontiguousarray(w.T)
+            records.append(_record(shape, nt, "numpy", _time(
+                lambda: x.astype(np.int32) @ wt.astype(np.int32), repeat, budget * 0.7)))
+            if torch is not None:
+                prev = torch.get_num_threads()
+                torch.set_num_threads(nt)
+                try:
+                    a, b = torch.from_numpy(x), torch.from_numpy(wt)
+                    out = torch._int_mm(a, b).numpy()
+                    records.append(_record(shape, nt, "torch._int_mm", _time(
+                        lambda: torch._int_mm(a, b), repeat, budget),
+                        exact=np.array_equal(out, want)))
+                except Exception:       # e.g. shapes the op refuses
+                    pass
+                finally:
+                    torch.set_num_threads(prev)
+            sess = _ort_session(w, nt)
+            if sess is not None:
+                xu = (x.view(np.uint8) ^ np.uint8(0x80))        # x + 128 as uint8
+                out = sess.run(None, {"A": xu})[0]
+                records.append(_record(shape, nt, "onnxruntime", _time(
+                    lambda: sess.run(None, {"A": xu}), repeat, budget),
+                    exact=np.array_equal(out, want)))
+            if nt == 1 and rust is not None and rust.binary is not None:
+                reps = repeat if m * k * n <= (1 << 26) else min(repeat, 5)
+                timing = rust.bench(shape, max(1, reps))
+                if timing is not None:
+                    records.append(_record(shape, 1, "rust", timing))
+    return records
