@@ -129,17 +129,26 @@ _i32 = st.integers(INT32_MIN, INT32_MAX)
 
 
 @pytest.mark.parametrize("tname", _backend.available_targets())
-@settings(max_examples=300, deadline=None)
-@given(st.lists(_i32, min_size=1, max_size=24), _i32, st.integers(-31, 30),
-       st.integers(-128, 127))
-def test_requantize_kernel_matches_gemmlowp(tname, accs, mult, shift, zp):
-    acc = np.array(accs + [INT32_MIN, INT32_MAX, 0, -1, 1], dtype=np.int32).reshape(-1, 1)
-    acc = np.repeat(acc, 3, axis=1)
-    mults = np.array([mult, INT32_MIN, 1 << 30], np.int32)
-    shifts = np.array([shift, shift, -shift if -31 <= -shift <= 30 else 0], np.int32)
+@settings(max_examples=200, deadline=None)
+@given(st.lists(_i32, min_size=1, max_size=12),
+       st.lists(st.tuples(_i32, st.integers(-31, 30)), min_size=1, max_size=21),
+       st.integers(-300, 300))
+def test_requantize_kernel_matches_gemmlowp(tname, accs, params, zp):
+    """Scalar tail and 8-wide SIMD body against the plain-Python gemmlowp formulas, with
+    the extreme accumulators and multipliers in every call."""
+    params = params + [(INT32_MIN, 0), (INT32_MIN, -31), (INT32_MAX, 30), (1 << 30, -1),
+                       (0, 0), (1, 30), (-1, 5)]
+    mults = np.array([p[0] for p in params], np.int32)
+    shifts = np.array([p[1] for p in params], np.int32)
+    col = np.array(accs + [INT32_MIN, INT32_MAX, 0, -1, 1, 3, -3], dtype=np.int32)
+    acc = np.resize(col, (len(col), len(params)))
+    acc = np.ascontiguousarray(np.roll(acc, 1, axis=0))
     out = np.empty(acc.shape, np.int8)
     _backend.load(tname).requantize_fixed_point(acc, mults, shifts, zp, -128, 127, out, 1)
     np.testing.assert_array_equal(out, requantize_ref(acc, mults, shifts, zp))
+    out7 = np.empty(acc.shape, np.int8)                       # a narrower output range
+    _backend.load(tname).requantize_fixed_point(acc, mults, shifts, zp, -7, 100, out7, 1)
+    np.testing.assert_array_equal(out7, requantize_ref(acc, mults, shifts, zp, -7, 100))
 
 
 def test_requantize_known_values():

@@ -483,15 +483,72 @@ static inline int32_t qc_mbqm(int32_t x, int32_t multiplier, int32_t shift) {
     return qc_rdbpot(qc_srdhm((int32_t)v, multiplier), right);
 }
 
+#if defined(__AVX2__)
+/* 8 columns at once.  SaturatingRoundingDoublingHighMul(a, b) equals
+   floor((a*b + 2^30) / 2^31) for every input but a == b == INT32_MIN (the negative nudge
+   1 - 2^30 plus C's truncation toward zero add up to the same +2^30), and only the low
+   32 bits of that 64-bit shift are needed, so a logical 64-bit shift does. */
+QC_INLINE __m256i qc_mbqm8(__m256i x, __m256i mult, __m256i shift) {
+    const __m256i zero = _mm256_setzero_si256(), one = _mm256_set1_epi32(1);
+    const __m256i imin = _mm256_set1_epi32(INT32_MIN), imax = _mm256_set1_epi32(INT32_MAX);
+    __m256i left = _mm256_max_epi32(shift, zero);
+    __m256i right = _mm256_max_epi32(_mm256_sub_epi32(zero, shift), zero);
+    /* saturating x << left: it fits iff shifting back gives x */
+    __m256i xs = _mm256_sllv_epi32(x, left);
+    __m256i fits = _mm256_cmpeq_epi32(_mm256_srav_epi32(xs, left), x);
+    __m256i sat = _mm256_blendv_epi8(imax, imin, _mm256_cmpgt_epi32(zero, x));
+    xs = _mm256_blendv_epi8(sat, xs, fits);
+    /* high mul, even and odd lanes */
+    const __m256i nudge = _mm256_set1_epi64x((int64_t)1 << 30);
+    __m256i pe = _mm256_add_epi64(_mm256_mul_epi32(xs, mult), nudge);
+    __m256i po = _mm256_add_epi64(_mm256_mul_epi32(_mm256_srli_epi64(xs, 32),
+                                                   _mm256_srli_epi64(mult, 32)), nudge);
+    pe = _mm256_srli_epi64(pe, 31);                              /* low 32 bits: result */
+    po = _mm256_slli_epi64(_mm256_srli_epi64(po, 31), 32);
+    __m256i hm = _mm256_blend_epi32(pe, po, 0xAA);
+    __m256i both_min = _mm256_and_si256(_mm256_cmpeq_epi32(xs, imin), _mm256_cmpeq_epi32(mult, imin));
+    hm = _mm256_blendv_epi8(hm, imax, both_min);
+    /* RoundingDivideByPOT(hm, right) */
+    __m256i mask = _mm256_sub_epi32(_mm256_sllv_epi32(one, right), one);
+    __m256i rem = _mm256_and_si256(hm, mask);
+    __m256i thr = _mm256_sub_epi32(_mm256_srai_epi32(mask, 1), _mm256_cmpgt_epi32(zero, hm));
+    return _mm256_sub_epi32(_mm256_srav_epi32(hm, right), _mm256_cmpgt_epi32(rem, thr));
+}
+#endif
+
 /* out[i, n] = requantized acc[i, n] for rows [0, m) of contiguous (m, n) arrays. */
 static void qc_requantize_rows(const int32_t *acc, ptrdiff_t m, ptrdiff_t n,
                                const int32_t *multiplier, const int32_t *shift,
                                int32_t zero_point, int32_t qmin, int32_t qmax, int8_t *out) {
     ptrdiff_t i, j;
+    /* clamp(v + zp, qmin, qmax) == clamp(v, qmin - zp, qmax - zp) + zp, without overflow */
+    int64_t lo64 = (int64_t)qmin - zero_point, hi64 = (int64_t)qmax - zero_point;
+    int32_t lo = lo64 < INT32_MIN ? INT32_MIN : (lo64 > INT32_MAX ? INT32_MAX : (int32_t)lo64);
+    int32_t hi = hi64 < INT32_MIN ? INT32_MIN : (hi64 > INT32_MAX ? INT32_MAX : (int32_t)hi64);
     for (i = 0; i < m; i++) {
         const int32_t *a = acc + i * n;
         int8_t *o = out + i * n;
-        for (j = 0; j < n; j++) {
+        j = 0;
+#if defined(__AVX2__)
+        if (lo <= hi) {
+            const __m256i vlo = _mm256_set1_epi32(lo), vhi = _mm256_set1_epi32(hi);
+            const __m256i vzp = _mm256_set1_epi32(zero_point);
+            for (; j + 8 <= n; j += 8) {
+                __m256i v = qc_mbqm8(_mm256_loadu_si256((const __m256i *)(a + j)),
+                                     _mm256_loadu_si256((const __m256i *)(multiplier + j)),
+                                     _mm256_loadu_si256((const __m256i *)(shift + j)));
+                v = _mm256_add_epi32(_mm256_min_epi32(_mm256_max_epi32(v, vlo), vhi), vzp);
+                /* values now fit int8: pack 8 x int32 -> 8 x int8 */
+                __m256i p = _mm256_packs_epi32(v, v);
+                p = _mm256_packs_epi16(p, p);
+                int32_t w0 = _mm_cvtsi128_si32(_mm256_castsi256_si128(p));
+                int32_t w1 = _mm_cvtsi128_si32(_mm256_extracti128_si256(p, 1));
+                memcpy(o + j, &w0, 4);
+                memcpy(o + j + 4, &w1, 4);
+            }
+        }
+#endif
+        for (; j < n; j++) {
             int64_t v = (int64_t)qc_mbqm(a[j], multiplier[j], shift[j]) + zero_point;
             v = v < qmin ? qmin : v;
             v = v > qmax ? qmax : v;
