@@ -199,6 +199,7 @@ class Suite:
         self.skipped: List[dict] = []
         self.limits: List[dict] = []
         self.gemm: List[dict] = []
+        self.gemm_peak: Optional[dict] = None
         self._rust_cache: Dict[tuple, Optional[dict]] = {}
         self._np_cache: Dict[tuple, Dict[str, dict]] = {}
 
@@ -297,14 +298,9 @@ class Suite:
                     except Exception as exc:    # e.g. a kernel not built yet
                         self.skip(f"observe {name}", n, nt, exc)
                         continue
-                    if method is qc.ObserverMethod.MOVING_AVERAGE:
-                        obs.observe(x)      # the steady state: the averaging update path
-                        q = measure(lambda: obs.observe(x), rep)
-                    else:
-                        def fresh():
-                            obs.reset()
-                            obs.observe(x)
-                        q = measure(fresh, rep)
+                    # the state does not change the work: every call scans the batch
+                    # (MOVING_AVERAGE: the steady-state averaging update after the first)
+                    q = measure(lambda: obs.observe(x), rep)
                     peers = {}
                     peers.update(self._numpy_observer(name, x, rep))
                     if torch is not None:
@@ -441,6 +437,14 @@ class Suite:
         except ImportError:
             self.log("  (qatcore._bench_gemm not available: skipped)")
             return
+        if hasattr(_bench_gemm, "measure_peak"):
+            try:
+                peak = _bench_gemm.measure_peak(5 if self.quick else 30)
+                self.gemm_peak = dict(peak)
+                self.log(f"  int8 peak (GEMM microkernel, cache-resident, 1 thread): "
+                         f"{peak['gops']:.1f} GOPS ({peak.get('impl', '?')})")
+            except Exception as exc:
+                self.log(f"  gemm peak: {type(exc).__name__}: {exc}")
         for nt in self.threads:
             try:
                 recs = _bench_gemm.run(self.quick, nt, self.repeat_override or (5 if self.quick else 15))
@@ -541,6 +545,20 @@ def format_table(rows: List[dict]) -> str:
     return "\n".join(lines)
 
 
+def format_gemm_table(recs: List[dict]) -> str:
+    hdr = ["shape (M,K,N)", "thr", "impl", "median µs", "spread µs", "GOPS"]
+    table = [[str(r.get("shape")), str(r.get("threads")), str(r.get("impl")),
+              _us(r["median_s"]), f"{_us(r['min_s'])}–{_us(r['max_s'])}",
+              f"{float(r.get('gops', float('nan'))):.1f}"] for r in recs]
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(hdr)]
+    lines = ["  ".join(h.ljust(w) if i < 3 else h.rjust(w) for i, (h, w) in enumerate(zip(hdr, widths))),
+             "  ".join("-" * w for w in widths)]
+    for t in table:
+        lines.append("  ".join(c.ljust(w) if i < 3 else c.rjust(w)
+                               for i, (c, w) in enumerate(zip(t, widths))))
+    return "\n".join(lines)
+
+
 def plot(path: str, result: dict) -> None:
     """Bars of throughput (GB/s of float32 input) per op, machine limits as lines."""
     try:
@@ -555,7 +573,12 @@ def plot(path: str, result: dict) -> None:
     impls = ["qatcore"] + sorted({p for r in rows for p in r["peers"]},
                                  key=lambda p: PEER_ORDER.index(p) if p in PEER_ORDER else 99)
     labels = [f"{r['op']}\n{_size_label(r['size'])} {r['threads']}t" for r in rows]
-    fig, ax = plt.subplots(figsize=(max(8, 1.1 * len(rows)), 6))
+    gemm = result.get("gemm") or []
+    if gemm:
+        fig, (ax, gx) = plt.subplots(2, 1, figsize=(max(9, 1.1 * len(rows)), 11),
+                                     gridspec_kw={"height_ratios": [3, 2]})
+    else:
+        fig, ax = plt.subplots(figsize=(max(9, 1.1 * len(rows)), 6))
     width = 0.8 / len(impls)
     for j, impl in enumerate(impls):
         vals = []
@@ -577,6 +600,30 @@ def plot(path: str, result: dict) -> None:
     ax.set_title(f"qatcore bench — {result['machine']['cpu']} — kernels: "
                  f"{result['machine']['kernel_target']}")
     ax.legend(fontsize=7, ncol=2)
+    if gemm:
+        keys = []
+        for r in gemm:
+            key = (str(r.get("shape")), r.get("threads"))
+            if key not in keys:
+                keys.append(key)
+        gimpls = sorted({str(r.get("impl")) for r in gemm}, key=lambda p: (p != "qatcore", p))
+        gw = 0.8 / len(gimpls)
+        for j, impl in enumerate(gimpls):
+            vals = []
+            for key in keys:
+                hit = [r for r in gemm if (str(r.get("shape")), r.get("threads")) == key
+                       and str(r.get("impl")) == impl]
+                vals.append(float(hit[0].get("gops", 0)) if hit else 0)
+            gx.bar([i + (j - len(gimpls) / 2 + 0.5) * gw for i in range(len(keys))], vals, gw,
+                   label=impl)
+        peak = result.get("gemm_peak")
+        if peak:
+            gx.axhline(peak["gops"], color="k", lw=0.8, ls="--",
+                       label=f"int8 peak, 1 thread ({peak['gops']:.0f} GOPS)")
+        gx.set_xticks(range(len(keys)))
+        gx.set_xticklabels([f"{k[0]} {k[1]}t" for k in keys], rotation=30, ha="right", fontsize=7)
+        gx.set_ylabel("int8 GOPS (higher is better)")
+        gx.legend(fontsize=7, ncol=3)
     fig.tight_layout()
     fig.savefig(path, dpi=110)
     plt.close(fig)
@@ -665,7 +712,8 @@ def run(quick: bool = False, threads: Optional[List[int]] = None, repeat: Option
         log("int8 GEMM:")
         suite.bench_gemm()
     return {"machine": m, "quick": quick, "threads": threads, "limits": suite.limits,
-            "rows": suite.rows, "skipped": suite.skipped, "gemm": suite.gemm, "elapsed_s": time.perf_counter() - t0}
+            "rows": suite.rows, "skipped": suite.skipped, "gemm": suite.gemm,
+            "gemm_peak": suite.gemm_peak, "elapsed_s": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:
@@ -703,6 +751,10 @@ def main(argv=None) -> int:
     print(f"summary (kernels: {result['machine']['kernel_target']}; median µs, "
           f"spread min–max; × = peer time / qatcore time):")
     print(format_table(result["rows"]))
+    if result["gemm"]:
+        print()
+        print("int8 GEMM (median µs, spread, GOPS = 2·M·K·N / median):")
+        print(format_gemm_table(result["gemm"]))
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:
