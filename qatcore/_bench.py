@@ -762,7 +762,11 @@ def main(argv=None) -> int:
         os.replace(tmp, args.json)
         print(f"wrote {args.json}")
     if args.plot:
-        plot(args.plot, result)
+        try:
+            plot(args.plot, result)
+        except RuntimeError as exc:
+            print(f"qatcore bench: {exc}", file=sys.stderr)
+            return 2
         print(f"wrote {args.plot}")
     return 0
 

@@ -127,3 +127,10 @@ def test_run_py_help():
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0
     assert "OPENBLAS_CORETYPE" in proc.stdout and "--rust" in proc.stdout
+
+
+def test_plot_writes_a_png(result, tmp_path):
+    pytest.importorskip("matplotlib")
+    path = tmp_path / "bench.png"
+    _bench.plot(str(path), result)
+    assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
