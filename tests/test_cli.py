@@ -20,7 +20,8 @@ import pytest
 import qatcore
 from qatcore import FakeQuantConfig, ObserverMethod, QuantObserver, _backend
 
-ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# The directory holding the qatcore that this test imported (site-packages in CI).
+ROOT = os.path.dirname(os.path.dirname(os.path.abspath(qatcore.__file__)))
 OBSERVERS = ["min_max", "percentile", "moving_average", "mean_std"]
 HAVE_SELECT = hasattr(_backend.kernels, "select_order_stats")
 
