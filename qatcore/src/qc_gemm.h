@@ -30,8 +30,13 @@
 
 #include "qc_common.h"
 
-#if defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__) && !defined(QC_GEMM_FORCE_PORTABLE)
-#  include <immintrin.h>
+/* QC_GEMM_EMULATE_VNNI (tests only): take the VNNI path on intrinsics the includer
+   emulates in C, to check its layout and +128 correction on CPUs without VNNI. */
+#if ((defined(__AVX512VNNI__) && defined(__AVX512BW__) && defined(__AVX512F__)) || \
+     defined(QC_GEMM_EMULATE_VNNI)) && !defined(QC_GEMM_FORCE_PORTABLE)
+#  ifndef QC_GEMM_EMULATE_VNNI
+#    include <immintrin.h>
+#  endif
 #  define QC_GEMM_USE_VNNI 1
 #  define QC_GEMM_NR 32
 #  define QC_GEMM_KG 4
