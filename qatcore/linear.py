@@ -12,6 +12,7 @@ import numpy as np
 from . import _backend
 from ._checks import as_float32, check_scale
 from .config import FakeQuantConfig
+from .fake_quantize import Module
 
 __all__ = ["QuantizedLinear", "quantize_multiplier"]
 
@@ -136,7 +137,11 @@ def _qparams_of(fq, name: str, bits_max: int = 8):
     return scale, zp_int, (qmin - 128, qmax - 128), float(np.float32(zp))
 
 
-class QuantizedLinear:
+_READ_ONLY = frozenset({"weights_q", "bias_q", "weight_scale", "input_scale", "input_zero_point",
+                        "in_features", "out_features", "bits", "per_channel"})
+
+
+class QuantizedLinear(Module):
     """Quantized linear layer for int8 inference (Rust ``QuantizedLinear``).
 
     ``y = x @ W.T + b`` with int8 weight codes ``weights_q`` (symmetric, in
@@ -187,6 +192,18 @@ class QuantizedLinear:
     def __init__(self, *args, **kwargs):
         raise TypeError("use QuantizedLinear.from_float, from_qat or from_state_dict")
 
+    def _set(self, name, value):
+        if isinstance(value, np.ndarray):
+            value.flags.writeable = False
+        object.__setattr__(self, name, value)
+
+    def __setattr__(self, name, value):
+        if name in _READ_ONLY:
+            raise AttributeError(f"QuantizedLinear.{name} is read-only (the packed weights and "
+                                 f"offsets derive from it): use set_input_scale or build a new "
+                                 f"layer")
+        object.__setattr__(self, name, value)
+
     # ------------------------------------------------------------------ construction
     @classmethod
     def _build(cls, weights_q, weight_scale, bits, per_channel, bias, bias_q, input_scale,
@@ -200,12 +217,12 @@ class QuantizedLinear:
         self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
         weights_q = np.ascontiguousarray(weights_q, dtype=np.int8)
         weights_q.flags.writeable = False
-        self.weights_q = weights_q
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
-        self.bits = int(bits)
-        self.per_channel = bool(per_channel)
-        self.weight_scale = weight_scale
+        self._set("weights_q", weights_q)
+        self._set("in_features", int(in_features))
+        self._set("out_features", int(out_features))
+        self._set("bits", int(bits))
+        self._set("per_channel", bool(per_channel))
+        self._set("weight_scale", weight_scale)
         wide = weights_q.astype(np.int64)
         self._wsum = wide.sum(axis=1).astype(np.int32)                 # |.| <= 127 K < 2^31
         self._l1 = np.abs(wide).sum(axis=1)
@@ -213,9 +230,9 @@ class QuantizedLinear:
         self._input_qrange = input_qrange
         self._output_q = output_q
         self._input_zp_float = input_zp_float
-        self.input_scale = 1.0
-        self.input_zero_point = 0
-        self.bias_q = None
+        self._set("input_scale", 1.0)
+        self._set("input_zero_point", 0)
+        self._set("bias_q", None)
         self._apply_input(input_scale, input_zero_point, bias_q, "input_scale")
         self._packed = {}
         self._packed_for(_backend.kernels)
@@ -247,9 +264,9 @@ class QuantizedLinear:
         if bad.size:
             raise ValueError(f"{name}: output channel {int(bad[0])} could overflow the int32 "
                              f"accumulator (bias code / zero point correction too large)")
-        self.input_scale = float(np.float32(input_scale))
-        self.input_zero_point = int(zero_point)
-        self.bias_q = None if bias_q is None else bias_q.astype(np.int32)
+        self._set("input_scale", float(np.float32(input_scale)))
+        self._set("input_zero_point", int(zero_point))
+        self._set("bias_q", None if bias_q is None else bias_q.astype(np.int32))
         self._col_offset = offset.astype(np.int32)
         self._zp_offset = (-np.int64(zero_point) * self._wsum.astype(np.int64)).astype(np.int32)
         self._requant_cache = None

@@ -593,3 +593,15 @@ def test_from_state_dict_bad(rng, mutate, exc, match):
 
 def test_public_name():
     assert "QuantizedLinear" in qatcore.__all__ and qatcore.QuantizedLinear is QuantizedLinear
+
+
+def test_fields_read_only(rng):
+    layer = _layer(rng)
+    for name in ("weights_q", "bias_q", "weight_scale", "input_scale", "in_features"):
+        with pytest.raises(AttributeError, match="read-only"):
+            setattr(layer, name, getattr(layer, name))
+    with pytest.raises(ValueError):
+        layer.weights_q[0, 0] = 1
+    with pytest.raises(ValueError):
+        layer.bias_q[0] = 1
+    assert isinstance(layer, qatcore.Module) and layer.parameters() == []
