@@ -6,6 +6,7 @@ cdef extern from "qc_select.h" nogil:
         QC_TOPT
     ctypedef struct qc_plan:
         int nt
+        int nc
     ctypedef struct qc_fres:
         Py_ssize_t bad
     Py_ssize_t qc_topt_select(const float *x, Py_ssize_t n, Py_ssize_t klo, Py_ssize_t khi,
@@ -15,6 +16,8 @@ cdef extern from "qc_select.h" nogil:
     int qc_plan_make(const float *x, Py_ssize_t n, Py_ssize_t klo, Py_ssize_t khi, int nt,
                      int tiny_buffers, qc_plan *p)
     void qc_plan_free(qc_plan *p)
+    void qc_plan_serial(qc_plan *p, Py_ssize_t n)
+    int qc_any_overflow(const qc_fres *res, int nc)
     void qc_filter_chunk(const float *x, Py_ssize_t n, const qc_plan *p, int c, qc_fres *r)
     int qc_resolve(const float *x, Py_ssize_t n, Py_ssize_t klo, Py_ssize_t khi, qc_plan *p,
                    qc_fres *res, float *lo, float *hi, Py_ssize_t *bad)
@@ -50,11 +53,17 @@ cdef Py_ssize_t _select_core(const float *x, Py_ssize_t n, Py_ssize_t k_low,
     if force == SEL_AUTO or force == SEL_SAMPLE or force == SEL_SAMPLE_TINY:
         made = qc_plan_make(x, n, k_low, k_high, nt, force == SEL_SAMPLE_TINY, &plan)
     if made == 0:
-        if plan.nt == 1:
+        if plan.nc == 1:
             qc_filter_chunk(x, n, &plan, 0, &res[0])
         else:
-            for c in prange(plan.nt, num_threads=plan.nt, schedule="static"):
+            # per-chunk counters and candidate slices, merged in chunk order by qc_resolve
+            for c in prange(plan.nc, num_threads=plan.nt, schedule="dynamic"):
                 qc_filter_chunk(x, n, &plan, c, &res[c])
+            if qc_any_overflow(&res[0], plan.nc):
+                # skewed data (sorted input) overfilled one chunk's slice: redo the pass
+                # serially with the whole buffer before giving up on the sample
+                qc_plan_serial(&plan, n)
+                qc_filter_chunk(x, n, &plan, 0, &res[0])
         status = qc_resolve(x, n, k_low, k_high, &plan, &res[0], lo, hi, &bad)
         qc_plan_free(&plan)
         if status == 0:

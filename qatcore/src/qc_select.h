@@ -480,8 +480,9 @@ typedef struct {
     int m1, m2;
     ptrdiff_t cap1, cap2; /* candidate capacity per thread chunk */
     ptrdiff_t chunk;      /* elements per thread chunk (multiple of 64) */
-    int nt;
-    float *buf;           /* nt * (cap1 + cap2) floats, or NULL */
+    int nt;               /* threads */
+    int nc;               /* chunks: 1 serial, else 4 per thread (dynamic schedule) */
+    float *buf;           /* nc * (cap1 + cap2) floats, or NULL */
 } qc_plan;
 
 typedef struct {
@@ -635,22 +636,44 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     p->a1 = a1; p->b1 = b1; p->a2 = a2; p->b2 = b2;
     p->m1 = m1; p->m2 = m2;
     if (nt < 1) nt = 1;
+    /* Several chunks per thread, handed out dynamically: on a busy machine a preempted
+     * worker then delays the call by at most one small chunk, not half the batch. */
+    int nc = nt == 1 ? 1 : (4 * nt > 64 ? 64 : 4 * nt);
     p->nt = nt;
-    p->chunk = ((n + nt - 1) / nt + 63) & ~(ptrdiff_t)63;
+    p->nc = nc;
+    p->chunk = ((n + nc - 1) / nc + 63) & ~(ptrdiff_t)63;
     /* 1.5x the expected count per chunk plus slack. */
-    p->cap1 = e1 > 0 ? (ptrdiff_t)(1.5 * e1 / nt) + 1024 : 0;
-    p->cap2 = e2 > 0 ? (ptrdiff_t)(1.5 * e2 / nt) + 1024 : 0;
-    if ((p->cap1 + p->cap2) * nt > n / 12) /* keep scratch below ~8 % of the batch */
+    p->cap1 = e1 > 0 ? (ptrdiff_t)(1.5 * e1 / nc) + 1024 : 0;
+    p->cap2 = e2 > 0 ? (ptrdiff_t)(1.5 * e2 / nc) + 1024 : 0;
+    if ((p->cap1 + p->cap2) * nc > n / 12) /* keep scratch below ~8 % of the batch */
         return -1;
     if (tiny_buffers) { /* tests: force the overflow fallback */
         if (p->cap1) p->cap1 = 1;
         if (p->cap2) p->cap2 = 1;
     }
     if (p->cap1 + p->cap2 > 0) {
-        p->buf = (float *)malloc(sizeof(float) * (size_t)((p->cap1 + p->cap2) * nt));
+        p->buf = (float *)malloc(sizeof(float) * (size_t)((p->cap1 + p->cap2) * nc));
         if (!p->buf)
             return -1;
     }
+    return 0;
+}
+
+/* Turn a chunked plan into one serial chunk owning the whole candidate buffer (the retry
+ * after a chunk overflowed its slice: skewed data such as sorted input puts all the
+ * candidates in one chunk). */
+static void qc_plan_serial(qc_plan *p, ptrdiff_t n) {
+    p->cap1 *= p->nc;
+    p->cap2 *= p->nc;
+    p->nc = 1;
+    p->nt = 1;
+    p->chunk = n;
+}
+
+static int qc_any_overflow(const qc_fres *res, int nc) {
+    for (int c = 0; c < nc; c++)
+        if (res[c].overflow)
+            return 1;
     return 0;
 }
 
@@ -793,9 +816,9 @@ static void qc_filter_chunk(const float *x, ptrdiff_t n, const qc_plan *p, int c
     if (b >= n)
         return;
     ptrdiff_t len = n - b < p->chunk ? n - b : p->chunk;
-    /* layout: nt slices of cap1 floats, then nt slices of cap2 floats */
+    /* layout: nc slices of cap1 floats, then nc slices of cap2 floats */
     float *buf1 = p->buf ? p->buf + (ptrdiff_t)c * p->cap1 : NULL;
-    float *buf2 = p->buf ? p->buf + (ptrdiff_t)p->nt * p->cap1 + (ptrdiff_t)c * p->cap2 : NULL;
+    float *buf2 = p->buf ? p->buf + (ptrdiff_t)p->nc * p->cap1 + (ptrdiff_t)c * p->cap2 : NULL;
     const float *xc = x + b;
 #define QC_CASE(A, B) \
     case (A) * 5 + (B): qc_filter_impl(xc, len, p, buf1, buf2, r, (A), (B)); break;
@@ -877,17 +900,18 @@ static int qc_side_high(float *c, ptrdiff_t nc, int m, float a, float b, ptrdiff
  * a bracket missed or a buffer overflowed (the caller falls back to radix select). */
 static int qc_resolve(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t khi, qc_plan *p,
                       qc_fres *res, float *lo, float *hi, ptrdiff_t *bad) {
-    int nt = p->nt;
+    int nt = p->nc; /* chunks */
     *bad = -1;
-    for (int c = 0; c < nt; c++)
+    for (int c = 0; c < nt; c++) {
+        if (res[c].overflow) /* stopped early: an earlier bad value may be unseen */
+            return -1;
         if (res[c].bad >= 0) { /* chunks are in order: the first one holds the first bad */
             *bad = res[c].bad;
             return 0;
         }
+    }
     ptrdiff_t lt1 = 0, le1 = 0, gt2 = 0, ge2 = 0, n1 = 0, n2 = 0;
     for (int c = 0; c < nt; c++) {
-        if (res[c].overflow)
-            return -1;
         lt1 += res[c].lt1; le1 += res[c].le1; gt2 += res[c].gt2; ge2 += res[c].ge2;
     }
     /* Compact each region's per-chunk slices to its front (writes never pass reads). */
