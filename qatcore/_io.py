@@ -524,10 +524,11 @@ def _materialize(ref: TensorRef, max_elems: int, progress) -> np.ndarray:
             os.ftruncate(out.fileno(), n * 4)
         mm = mmap.mmap(out.fileno(), n * 4)
     dst = np.frombuffer(mm, dtype=np.float32, count=n)
-    if ref.random_access:
-        blocks = c_order_blocks(ref.array(), max_elems)
-    elif not ref.fortran_order:
+    if not ref.fortran_order:
+        # Memory order is C order: one mapped (or streamed) window at a time.
         blocks = (chunk for _, chunk in ref.memory_chunks(max_elems))
+    elif ref.random_access:
+        blocks = c_order_blocks(ref.array(), max_elems)
     else:
         # A Fortran-order deflated member: spill the raw bytes, then reorder.
         with _temp_file() as raw:
