@@ -82,51 +82,78 @@ def ste_backward(const float[::1] grad,         # IN
     return bad
 
 
+cdef enum:
+    _LSQ_BLOCK = 256
+
+
 cdef Py_ssize_t _lsq_backward_core(const float *x, const float *g, float *gin, Py_ssize_t n,
                                    float scale, float zero_point, float qmin, float qmax,
                                    bint identity, double *sums) noexcept nogil:
     """gin = dL/dx (clipped, or identity, STE); sums[0] = sum g*(r - v) over the inside
     elements, sums[1] = sum g below qmin, sums[2] = sum g above qmax (float64).
-    Returns the first index of a non-finite g, or -1."""
-    cdef Py_ssize_t i, j, k, nb = n - n % _BW_LANES
+    Returns the first index of a non-finite g, or -1.
+
+    Per block of _LSQ_BLOCK elements: a float32 pass (division, rounding, selects: it
+    vectorizes) writes gin and the per-element terms to small stack buffers, then
+    float64 passes sum them over _BW_LANES lanes (they vectorize too; one loop mixing
+    both widths does not)."""
+    cdef float g_buf[_LSQ_BLOCK]
+    cdef float d_buf[_LSQ_BLOCK]
+    cdef float lo_buf[_LSQ_BLOCK]
+    cdef float hi_buf[_LSQ_BLOCK]
     cdef double s_in[_BW_LANES]
     cdef double s_lo[_BW_LANES]
     cdef double s_hi[_BW_LANES]
     cdef float bad[_BW_LANES]
-    cdef float v, r, gi, d
-    cdef bint lo, hi
-    cdef float acc = 0
+    cdef Py_ssize_t start, m, b, k, j, nk
+    cdef float v, r, gi, acc = 0
+    cdef int lo, hi, out, keep
+    cdef int ident = 1 if identity else 0
     for j in range(_BW_LANES):
         s_in[j] = 0
         s_lo[j] = 0
         s_hi[j] = 0
         bad[j] = 0
-    for k in range(nb // _BW_LANES):
-        i = k * _BW_LANES
-        for j in range(_BW_LANES):
-            v = x[i + j] / scale + zero_point
+    start = 0
+    while start < n:
+        m = n - start
+        if m > _LSQ_BLOCK:
+            m = _LSQ_BLOCK
+        for b in range(m):
+            v = x[start + b] / scale + zero_point
             r = _round_half_away(v)
-            gi = g[i + j]
+            gi = g[start + b]
             lo = r < qmin
             hi = r > qmax
-            d = 0.0 if (lo or hi) else r - v
-            gin[i + j] = gi if (identity or not (lo or hi)) else 0.0
-            s_in[j] += <double>gi * <double>d
-            s_lo[j] += <double>(gi if lo else 0.0)
-            s_hi[j] += <double>(gi if hi else 0.0)
-            bad[j] += gi - gi
-    for i in range(nb, n):
-        v = x[i] / scale + zero_point
-        r = _round_half_away(v)
-        gi = g[i]
-        lo = r < qmin
-        hi = r > qmax
-        d = 0.0 if (lo or hi) else r - v
-        gin[i] = gi if (identity or not (lo or hi)) else 0.0
-        s_in[0] += <double>gi * <double>d
-        s_lo[0] += <double>(gi if lo else 0.0)
-        s_hi[0] += <double>(gi if hi else 0.0)
-        acc += gi - gi
+            out = lo | hi
+            keep = ident | (out ^ 1)
+            gin[start + b] = gi if keep else 0.0
+            g_buf[b] = gi
+            d_buf[b] = 0.0 if out else r - v
+            lo_buf[b] = gi if lo else 0.0
+            hi_buf[b] = gi if hi else 0.0
+        # pad the block to whole lanes with zeros
+        b = m
+        while b % _BW_LANES:
+            g_buf[b] = 0.0
+            d_buf[b] = 0.0
+            lo_buf[b] = 0.0
+            hi_buf[b] = 0.0
+            b += 1
+        nk = b // _BW_LANES
+        for k in range(nk):
+            for j in range(_BW_LANES):
+                s_in[j] += <double>g_buf[k * _BW_LANES + j] * <double>d_buf[k * _BW_LANES + j]
+        for k in range(nk):
+            for j in range(_BW_LANES):
+                s_lo[j] += <double>lo_buf[k * _BW_LANES + j]
+        for k in range(nk):
+            for j in range(_BW_LANES):
+                s_hi[j] += <double>hi_buf[k * _BW_LANES + j]
+        for k in range(nk):
+            for j in range(_BW_LANES):
+                bad[j] += g_buf[k * _BW_LANES + j] - g_buf[k * _BW_LANES + j]
+        start += m
     sums[0] = 0
     sums[1] = 0
     sums[2] = 0

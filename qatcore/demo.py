@@ -34,7 +34,7 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import nn
+from . import _backend, nn
 from .config import FakeQuantConfig
 
 __all__ = ["main", "load_digits", "split_dataset", "build_mlp", "train", "calibrate",
@@ -220,6 +220,45 @@ def _weight_quants(model: nn.Sequential):
             if isinstance(layer, nn.QATLinear)]
 
 
+class _LSQOptimizer:
+    """Adam for the weights and biases, plus one Adam per learned quantizer whose
+    learning rate is ``lsq_lr`` times that quantizer's initial scale: step sizes span
+    two orders of magnitude across layers (≈0.004 for int8 weights, ≈0.05 for hidden
+    activations), and Adam's steps have the size of its learning rate.  Setting ``lr``
+    (the cosine schedule) scales every group alike; every step ends by clamping the
+    scales (``FakeQuantize.clamp_parameters``)."""
+
+    def __init__(self, model, lr: float, lsq_lr: float):
+        quants = _activation_quants(model) + _weight_quants(model)
+        ids = {id(p) for fq in quants for p in fq.parameters()}
+        pairs = [(p, g) for p, g in zip(model.parameters(), model.grads()) if id(p) not in ids]
+        self.main = nn.Adam([p for p, _ in pairs], [g for _, g in pairs], lr=lr)
+        self.groups = [(nn.Adam(fq.parameters(), fq.grads(), lr=lsq_lr * fq.scale,
+                                after_step=fq.clamp_parameters), lsq_lr * fq.scale)
+                       for fq in quants if fq.parameters()]
+        self._base = lr
+
+    @property
+    def lr(self) -> float:
+        return self.main.lr
+
+    @lr.setter
+    def lr(self, value: float) -> None:
+        self.main.lr = value
+        for opt, base in self.groups:
+            opt.lr = base * value / self._base
+
+    def step(self) -> None:
+        self.main.step()
+        for opt, _ in self.groups:
+            opt.step()
+
+
+def lsq_optimizer(model, lr: float, lsq_lr: float = 1e-2) -> _LSQOptimizer:
+    """The optimizer the demo uses with ``--lsq`` (see :class:`_LSQOptimizer`)."""
+    return _LSQOptimizer(model, lr, lsq_lr)
+
+
 # --------------------------------------------------------------------------- integer inference
 
 def _round_half_away(v: np.ndarray) -> np.ndarray:
@@ -269,28 +308,44 @@ class IntegerMLP:
     shift (Jacob et al. 2018), ReLU as ``max(code, 0)`` (zero point 0).  The last
     layer's int32 accumulators are the logits up to a positive scale, so their argmax
     is the prediction.
+
+    ``layers`` are :class:`qatcore.QuantizedLinear` built by ``from_qat`` (run with
+    ``forward_int8`` / ``forward_quantized``) when the library has them, else the numpy
+    stand-in :class:`_NumpyIntLinear`; :attr:`backend` says which.
     """
 
-    backend = "numpy stand-in"
-
-    def __init__(self, layers, input_scales: Sequence[float]):
+    def __init__(self, layers, input_scales: Sequence[float], library: bool):
         self.layers = layers
+        self.library = library
+        self.backend = ("QuantizedLinear.forward_int8" if library else "numpy stand-in")
         self.input_scales = [np.float32(s) for s in input_scales]
         self.requant = []
-        for i, layer in enumerate(layers[:-1]):
-            m = float(layer.input_scale) * float(layer.weight_scale) / float(self.input_scales[i + 1])
-            self.requant.append(_fixed_point(m))
+        if not library:
+            for i, layer in enumerate(layers[:-1]):
+                m = (float(layer.input_scale) * float(layer.weight_scale)
+                     / float(self.input_scales[i + 1]))
+                self.requant.append(_fixed_point(m))
 
     def quantize_input(self, x: np.ndarray) -> np.ndarray:
-        s = self.input_scales[0]
-        return np.clip(_round_half_away(np.asarray(x, np.float32) / s), -127, 127).astype(np.int8)
+        """int8 codes of the float input, FakeQuantize's arithmetic (symmetric, ±127)."""
+        flat = np.ascontiguousarray(x, dtype=np.float32).reshape(-1)
+        codes = np.empty(flat.size, dtype=np.int8)
+        _backend.kernels.quantize(flat, codes, float(self.input_scales[0]), 0.0, -127.0, 127.0, 1)
+        return codes.reshape(np.shape(x))
 
     def forward_int(self, xq: np.ndarray) -> np.ndarray:
-        """int8 codes in, int32 logits accumulators out (no float arithmetic)."""
+        """int8 codes in, int32 logit accumulators out (no float arithmetic)."""
         q = xq
+        last = len(self.layers) - 1
         for i, layer in enumerate(self.layers):
+            if self.library:
+                if i == last:
+                    return layer.forward_quantized(q)
+                q = layer.forward_int8(q)
+                np.maximum(q, 0, out=q)                     # ReLU on codes (zero point 0)
+                continue
             acc = layer.accumulate(q)
-            if i == len(self.layers) - 1:
+            if i == last:
                 return acc.astype(np.int32)
             m0, rshift = self.requant[i]
             prod = acc * m0
@@ -304,11 +359,28 @@ class IntegerMLP:
         return self.forward_int(self.quantize_input(X)).argmax(axis=1)
 
 
-def convert(qat_model: nn.Sequential) -> IntegerMLP:
+def _library_linear():
+    """``qatcore.QuantizedLinear`` if it has ``from_qat`` and ``forward_int8``, else None."""
+    try:
+        from .linear import QuantizedLinear
+    except ImportError:
+        return None
+    if all(hasattr(QuantizedLinear, name) for name in ("from_qat", "forward_int8",
+                                                        "forward_quantized")):
+        return QuantizedLinear
+    return None
+
+
+def convert(qat_model: nn.Sequential, use_library: Optional[bool] = None) -> IntegerMLP:
     """Integer-only version of a QAT MLP (``ActivationFakeQuant`` before every
     ``QATLinear``): each layer's input scale is its activation quantizer's, its weight
-    scale its weight quantizer's (both frozen)."""
-    layers, input_scales = [], []
+    scale its weight quantizer's (both frozen); the next activation quantizer gives the
+    requantization target.  ``use_library=None``: QuantizedLinear when available."""
+    QL = _library_linear()
+    library = QL is not None if use_library is None else bool(use_library)
+    if library and QL is None:
+        raise RuntimeError("QuantizedLinear.from_qat/forward_int8 are not available")
+    pairs = []
     pending = None
     for layer in qat_model.layers:
         if isinstance(layer, nn.ActivationFakeQuant):
@@ -316,13 +388,19 @@ def convert(qat_model: nn.Sequential) -> IntegerMLP:
         elif isinstance(layer, nn.QATLinear):
             if pending is None:
                 raise ValueError("every QATLinear needs an ActivationFakeQuant in front")
-            wfq = layer.weight_fake_quant
-            qmax_w = int(wfq.config.quant_range()[1])
-            layers.append(_NumpyIntLinear(layer.weight, layer.bias, wfq.scale, pending.scale,
-                                          qmax_w))
-            input_scales.append(pending.scale)
+            pairs.append((layer, pending))
             pending = None
-    return IntegerMLP(layers, input_scales)
+    layers = []
+    for i, (layer, in_fq) in enumerate(pairs):
+        wfq = layer.weight_fake_quant
+        if library:
+            out_fq = pairs[i + 1][1] if i + 1 < len(pairs) else None
+            layers.append(QL.from_qat(layer.weight, layer.bias, wfq, in_fq, out_fq))
+        else:
+            qmax_w = int(wfq.config.quant_range()[1])
+            layers.append(_NumpyIntLinear(layer.weight, layer.bias, wfq.scale, in_fq.scale,
+                                          qmax_w))
+    return IntegerMLP(layers, [fq.scale for _, fq in pairs], library)
 
 
 # --------------------------------------------------------------------------- evaluation
@@ -392,7 +470,8 @@ class DemoResult:
 
 def run_demo(*, bits: int = 8, epochs: int = 20, qat_epochs: int = 5, seed: int = 0,
              lsq: bool = False, quiet: bool = True, data=None, batch_size: int = 32,
-             eval_batch: int = 64, measure_steps: bool = True) -> DemoResult:
+             eval_batch: int = 64, measure_steps: bool = True,
+             lsq_lr: float = 1e-2, qat_lr: float = 2e-4) -> DemoResult:
     """Run the whole pipeline and return its figures (see the module docstring)."""
     if data is None:
         X, y = load_digits()
@@ -413,6 +492,8 @@ def run_demo(*, bits: int = 8, epochs: int = 20, qat_epochs: int = 5, seed: int 
     #    see the training set, the weight observers the trained weights; freeze; convert.
     act_config = FakeQuantConfig(bits=8)
     weight_config = FakeQuantConfig(bits=bits)
+    if lsq:
+        act_config, weight_config = act_config.with_learnable(), weight_config.with_learnable()
     qat_model = build_qat_model(model, weight_config, act_config)
     calibrate(qat_model, Xtr)
     quants = _activation_quants(qat_model) + _weight_quants(qat_model)
@@ -427,10 +508,10 @@ def run_demo(*, bits: int = 8, epochs: int = 20, qat_epochs: int = 5, seed: int 
 
     # 3. QAT fine-tuning: quantizer ranges frozen at their calibrated values (clipped
     #    STE); --lsq: the step sizes are learned too (LSQ).
-    if lsq:
-        raise NotImplementedError("--lsq lands with the LSQ backward")
-    train(qat_model, Xtr, ytr, epochs=qat_epochs, lr=5e-4, batch_size=batch_size,
-          seed=seed + 2, label=f"QAT int{bits}", quiet=quiet)
+    optimizer = lsq_optimizer(qat_model, qat_lr, lsq_lr) if lsq else None
+    train(qat_model, Xtr, ytr, epochs=qat_epochs, lr=qat_lr, batch_size=batch_size,
+          seed=seed + 2, label=f"QAT int{bits}" + (" LSQ" if lsq else ""), quiet=quiet,
+          optimizer=optimizer)
     pred_sim = predict_float(qat_model, Xte, eval_batch)
     acc_sim = float((pred_sim == yte).mean())
     res.rows.append((f"QAT {wname}", "float-simulated (FakeQuantize)", acc_sim,

@@ -34,6 +34,7 @@ True
 
 from __future__ import annotations
 
+import math
 from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
@@ -596,6 +597,11 @@ class Adam(Optimizer):
         self._m = [np.zeros_like(p) for p in self.params]
         self._v = [np.zeros_like(p) for p in self.params]
         self._tmp = [np.empty_like(p) for p in self.params]
+        # One-element parameters (learned quantizer scales) take a scalar path: a numpy
+        # call costs ~1 µs whatever the size, a float operation ~30 ns.
+        self._scalar = [p.size == 1 for p in self.params]
+        self._ms = [0.0] * len(self.params)
+        self._vs = [0.0] * len(self.params)
 
     def step(self) -> None:
         """One update of every parameter, in place."""
@@ -603,7 +609,17 @@ class Adam(Optimizer):
         self.t += 1
         step_size = self.lr * np.sqrt(1.0 - b2 ** self.t) / (1.0 - b1 ** self.t)
         eps_hat = self.eps * np.sqrt(1.0 - b2 ** self.t)
-        for p, g, m, v, tmp in zip(self.params, self.grads, self._m, self._v, self._tmp):
+        for i, (p, g, m, v, tmp) in enumerate(zip(self.params, self.grads, self._m, self._v,
+                                                   self._tmp)):
+            if self._scalar[i]:
+                gs = float(g.flat[0])
+                ps = float(p.flat[0])
+                if self.weight_decay:
+                    gs += self.weight_decay * ps
+                ms = self._ms[i] = b1 * self._ms[i] + (1.0 - b1) * gs
+                vs = self._vs[i] = b2 * self._vs[i] + (1.0 - b2) * gs * gs
+                p.flat[0] = ps - step_size * ms / (math.sqrt(vs) + eps_hat)
+                continue
             if self.weight_decay:
                 g = g + self.weight_decay * p
             m *= b1
