@@ -470,10 +470,10 @@ class DemoResult:
         return self.qat_step / self.float_step
 
     def table(self) -> str:
-        head = f"{'model':<32} {'path':<34} {'accuracy':>9} {'ms/batch':>9}"
+        head = f"{'model':<28} {'path':<44} {'accuracy':>9} {'ms/batch':>9}"
         lines = [head, "-" * len(head)]
         for name, path, acc, t in self.rows:
-            lines.append(f"{name:<32} {path:<34} {100 * acc:8.2f}% {1e3 * t:9.3f}")
+            lines.append(f"{name:<28} {path:<44} {100 * acc:8.2f}% {1e3 * t:9.3f}")
         return "\n".join(lines)
 
 

@@ -318,8 +318,8 @@ class FakeQuantize(Module):
         if out is None:
             return np.empty(data.shape[0], dtype=np.float32)
         flat = check_out(out, shape, np.float32)
-        same = flat.ctypes.data == data.ctypes.data
-        if not same and np.may_share_memory(flat, data):
+        # may_share_memory first: `.ctypes.data` costs microseconds per access
+        if np.may_share_memory(flat, data) and flat.ctypes.data != data.ctypes.data:
             raise ValueError("out overlaps x without being x itself")
         return flat
 
@@ -331,14 +331,14 @@ class FakeQuantize(Module):
         if self.training:
             mask = np.empty(data.shape[0], dtype=np.uint8)
             if self._learnable:     # LSQ's backward needs x itself (copied if out is x)
-                self._x_saved = data.copy() if dst.ctypes.data == data.ctypes.data else data
+                self._x_saved = data.copy() if np.may_share_memory(dst, data) else data
         _backend.kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
                                        mask, self.n_threads)
         self._mask, self._mask_shape = mask, (shape if mask is not None else None)
         return out if out is not None else dst.reshape(shape)
 
     # --- backward (straight-through estimator, LSQ) -------------------------------
-    def backward(self, grad_out) -> np.ndarray:
+    def backward(self, grad_out, out=None) -> np.ndarray:
         """Gradient of the last training forward: straight-through for `x`, LSQ for the
         learned parameters.
 
@@ -356,6 +356,19 @@ class FakeQuantize(Module):
 
         summed in float64 by one fused kernel pass (which also writes ``grad_in``).
 
+        Parameters
+        ----------
+        grad_out : array_like
+            Gradient of the loss w.r.t. the forward's output, that output's shape.
+        out : numpy.ndarray, optional
+            Writable C-contiguous float32 array of that shape for ``grad_in`` (may be
+            `grad_out` itself); its content is unspecified if an error is raised.
+
+        Returns
+        -------
+        numpy.ndarray
+            ``grad_in``, float32, the forward input's shape (`out` when given).
+
         Raises
         ------
         ValueError
@@ -370,7 +383,12 @@ class FakeQuantize(Module):
             raise ValueError(f"grad_out has shape {tuple(shape)}, the last forward had "
                              f"{tuple(self._mask_shape)}")
         kernels = _backend.kernels
-        grad_in = np.empty(grad.shape[0], dtype=np.float32)
+        if out is None:
+            grad_in = np.empty(grad.shape[0], dtype=np.float32)
+        else:
+            grad_in = check_out(out, shape, np.float32)
+            if np.may_share_memory(grad_in, grad) and grad_in.ctypes.data != grad.ctypes.data:
+                raise ValueError("out overlaps grad_out without being grad_out itself")
         identity = self._ste == "identity"
         if self._learnable:
             scale, zp = self._scale, self._zero_point
@@ -391,7 +409,7 @@ class FakeQuantize(Module):
                                  "(NaN or Inf in the last forward's input)")
             self._scale_grad[0] = d_scale
             self._zp_grad[0] = d_zp
-        return grad_in.reshape(shape)
+        return out if out is not None else grad_in.reshape(shape)
 
     # --- Rust Clone, repr ----------------------------------------------------------
     def __copy__(self) -> "FakeQuantize":

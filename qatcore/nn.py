@@ -337,7 +337,8 @@ class ActivationFakeQuant(Layer):
         self.fake_quant = fake_quant
 
     def forward(self, x):
-        return self.fake_quant.fake_quantize(x)
+        fq = self.fake_quant
+        return fq.fake_quantize(x) if fq.calibrating else fq.forward(x)
 
     def backward(self, grad_out):
         return self.fake_quant.backward(grad_out)
@@ -388,8 +389,8 @@ class QATLinear(Linear):
         if isinstance(weight_fake_quant, FakeQuantConfig):
             weight_fake_quant = FakeQuantize(weight_fake_quant)
         self.weight_fake_quant = weight_fake_quant
-        self._wq = np.empty_like(self.weight)
-        self._wq_used = self._wq
+        self._wq_used = self.weight
+        self._grad_wq = np.empty_like(self.weight)
 
     @classmethod
     def from_linear(cls, linear: Linear, weight_fake_quant=None) -> "QATLinear":
@@ -403,7 +404,7 @@ class QATLinear(Linear):
         fq = self.weight_fake_quant
         if fq.calibrating and not fq.config.learnable:
             fq.observer.reset()
-        return fq.fake_quantize(self.weight, out=self._wq)
+        return fq.fake_quantize(self.weight)      # a fresh array is cheaper than out='s checks
 
     def forward(self, x) -> np.ndarray:
         x = self._as_input(x)
@@ -413,10 +414,10 @@ class QATLinear(Linear):
 
     def backward(self, grad_out, need_input_grad: bool = True) -> Optional[np.ndarray]:
         g = self._check_grad(grad_out)
-        grad_wq = g.T @ self._x
+        np.matmul(g.T, self._x, out=self._grad_wq)
         if self.bias is not None:
             np.sum(g, axis=0, out=self.grad_bias)
-        self.grad_weight[...] = self.weight_fake_quant.backward(grad_wq)
+        self.weight_fake_quant.backward(self._grad_wq, out=self.grad_weight)
         return g @ self._wq_used if need_input_grad else None
 
     def parameters(self) -> List[np.ndarray]:

@@ -381,3 +381,29 @@ def test_qat_mlp_with_lsq_exposes_and_trains_all_parameters(target, rng):
         opt.step()
     assert ce.forward(model.forward(x), labels) < first
     assert all(np.any(b != p) for b, p in zip(before, ps))
+
+
+@pytest.mark.parametrize("learnable", [False, True], ids=["ste", "lsq"])
+def test_backward_out_parameter(target, rng, learnable):
+    config = FakeQuantConfig(bits=4)
+    if learnable:
+        config = config.with_learnable()
+    x = rng.normal(size=(6, 5)).astype(np.float32)
+    g = rng.normal(size=(6, 5)).astype(np.float32)
+    fq = _calibrated(config, x[:2])
+    fq(x)
+    want = fq.backward(g)
+    out = np.full((6, 5), 7.0, np.float32)
+    assert fq.backward(g, out=out) is out
+    np.testing.assert_array_equal(out, want)
+    g2 = g.copy()
+    fq.backward(g2, out=g2)                      # in place
+    np.testing.assert_array_equal(g2, want)
+    with pytest.raises(ValueError, match="shape"):
+        fq.backward(g, out=np.empty((5, 6), np.float32))
+    with pytest.raises(TypeError):
+        fq.backward(g, out=np.empty((6, 5), np.float64))
+    with pytest.raises(ValueError, match="overlaps"):
+        buf = np.zeros(31, np.float32)
+        buf[:30] = g.reshape(-1)
+        fq.backward(buf[:30].reshape(6, 5), out=buf[1:].reshape(6, 5))
