@@ -406,8 +406,14 @@ def convert(qat_model: nn.Sequential, use_library: Optional[bool] = None) -> Int
 # --------------------------------------------------------------------------- evaluation
 
 def predict_float(model, X, batch_size: int = 64) -> np.ndarray:
-    return np.concatenate([model.forward(X[i:i + batch_size]).argmax(axis=1)
-                           for i in range(0, len(X), batch_size)])
+    """Predicted classes of a float or QAT model (run in eval mode, restored after)."""
+    was_training = model.training
+    model.eval()
+    try:
+        return np.concatenate([model.forward(X[i:i + batch_size]).argmax(axis=1)
+                               for i in range(0, len(X), batch_size)])
+    finally:
+        model.train(was_training)
 
 
 def time_per_batch(fn: Callable[[np.ndarray], object], X, batch_size: int = 64,
@@ -421,6 +427,15 @@ def time_per_batch(fn: Callable[[np.ndarray], object], X, batch_size: int = 64,
             fn(b)
         best = min(best, (time.perf_counter() - t0) / len(batches))
     return best
+
+
+def _eval_time(model, X, batch_size: int) -> float:
+    """time_per_batch of a float/QAT model's forward in eval mode."""
+    model.eval()
+    try:
+        return time_per_batch(model.forward, X, batch_size)
+    finally:
+        model.train()
 
 
 def step_times(models: Sequence, X, y, batch_size: int = 32, steps: int = 40,
@@ -506,7 +521,7 @@ def _run_demo(*, bits, epochs, qat_epochs, seed, lsq, quiet, data, batch_size, e
     pred_float = predict_float(model, Xte, eval_batch)
     acc_float = float((pred_float == yte).mean())
     res.rows.append(("float32", "numpy float", acc_float,
-                     time_per_batch(lambda b: model.forward(b), Xte, eval_batch)))
+                     _eval_time(model, Xte, eval_batch)))
 
     # 2. PTQ: FakeQuantize on every layer input and weight; the activation observers
     #    see the training set, the weight observers the trained weights; freeze; convert.
@@ -535,7 +550,7 @@ def _run_demo(*, bits, epochs, qat_epochs, seed, lsq, quiet, data, batch_size, e
     pred_sim = predict_float(qat_model, Xte, eval_batch)
     acc_sim = float((pred_sim == yte).mean())
     res.rows.append((f"QAT {wname}", "float-simulated (FakeQuantize)", acc_sim,
-                     time_per_batch(lambda b: qat_model.forward(b), Xte, eval_batch)))
+                     _eval_time(qat_model, Xte, eval_batch)))
 
     qint = convert(qat_model)
     pred_int = qint.predict(Xte)

@@ -39,6 +39,8 @@ from typing import Callable, Iterable, List, Optional, Sequence
 
 import numpy as np
 
+from .fake_quantize import Module
+
 __all__ = [
     "Layer",
     "Linear",
@@ -62,12 +64,24 @@ def _check_dtype(dtype) -> np.dtype:
     return dtype
 
 
-class Layer:
-    """Base of the trainable layers: ``forward``, ``backward``, ``parameters``, ``grads``.
+class Layer(Module):
+    """Base of the trainable layers: ``forward``, ``backward``, ``parameters``, ``grads``
+    on top of qatcore's :class:`~qatcore.fake_quantize.Module` (``__call__``,
+    ``train()``/``eval()``).
 
     Subclasses implement ``forward`` and ``backward``; layers without parameters keep
-    the empty defaults.
+    the empty defaults.  ``train(mode)`` reaches the quantizers a layer holds (in eval
+    mode they record nothing for ``backward``).
     """
+
+    def _children(self) -> list:
+        return []
+
+    def train(self, mode: bool = True):
+        self.training = bool(mode)
+        for child in self._children():
+            child.train(mode)
+        return self
 
     def forward(self, x):  # pragma: no cover - abstract
         raise NotImplementedError
@@ -297,6 +311,9 @@ class Sequential(Layer):
     def grads(self) -> List[np.ndarray]:
         return [g for layer in self.layers for g in _grads_of(layer)]
 
+    def _children(self) -> list:
+        return self.layers
+
     def __getitem__(self, i):
         return self.layers[i]
 
@@ -348,6 +365,9 @@ class ActivationFakeQuant(Layer):
 
     def grads(self) -> List[np.ndarray]:
         return _grads_of(self.fake_quant)
+
+    def _children(self) -> list:
+        return [self.fake_quant]
 
     def __repr__(self) -> str:
         return f"ActivationFakeQuant({self.fake_quant.config!r})"
@@ -425,6 +445,9 @@ class QATLinear(Linear):
 
     def grads(self) -> List[np.ndarray]:
         return super().grads() + _grads_of(self.weight_fake_quant)
+
+    def _children(self) -> list:
+        return [self.weight_fake_quant]
 
     def __repr__(self) -> str:
         return (f"QATLinear(in_features={self.in_features}, out_features={self.out_features}, "

@@ -407,3 +407,12 @@ def test_backward_out_parameter(target, rng, learnable):
         buf = np.zeros(31, np.float32)
         buf[:30] = g.reshape(-1)
         fq.backward(buf[:30].reshape(6, 5), out=buf[1:].reshape(6, 5))
+
+
+def test_eval_mode_reaches_the_quantizers(rng):
+    model = Sequential([ActivationFakeQuant(), QATLinear(3, 2, seed=0), ReLU()])
+    fqs = [model[0].fake_quant, model[1].weight_fake_quant]
+    model.eval()
+    assert not model.training and not any(fq.training for fq in fqs)
+    model.train()
+    assert model.training and all(fq.training for fq in fqs)
