@@ -338,15 +338,13 @@ def _check_output(path: str) -> None:
 def _write_json_atomic(path: str, obj) -> None:
     """Write `obj` as JSON to a temporary file beside `path`, fsync, rename over `path`:
     readers see the old file or the whole new one, never a partial one."""
-    import json
     import tempfile
 
     folder = os.path.dirname(os.path.abspath(path))
     fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
-            json.dump(obj, f, indent=2, allow_nan=False)
-            f.write("\n")
+            f.write(_dumps(obj) + "\n")
             f.flush()
             os.fsync(f.fileno())
         mask = os.umask(0)
@@ -359,6 +357,21 @@ def _write_json_atomic(path: str, obj) -> None:
         except OSError:
             pass
         raise
+
+
+def _dumps(obj, indent: int = 0) -> str:
+    """JSON with one key per line but lists of numbers on one line.  Floats are Python
+    floats holding float32 values: ``repr`` round-trips them exactly."""
+    import json
+
+    pad = " " * indent
+    if isinstance(obj, dict) and obj:
+        items = [f"{pad}  {json.dumps(str(k))}: {_dumps(v, indent + 2)}" for k, v in obj.items()]
+        return "{\n" + ",\n".join(items) + "\n" + pad + "}"
+    if isinstance(obj, list) and any(isinstance(v, (dict, list)) for v in obj):
+        items = [f"{pad}  {_dumps(v, indent + 2)}" for v in obj]
+        return "[\n" + ",\n".join(items) + "\n" + pad + "]"
+    return json.dumps(obj, allow_nan=False)
 
 
 def _first_nonfinite(data) -> int:
@@ -557,9 +570,7 @@ def _cmd_calibrate(args) -> int:
 
         doc = _json_doc(config, args.batch_axis, n_threads, results, errors)
         if json_path == "-":
-            import json
-
-            sys.stdout.write(json.dumps(doc, indent=2, allow_nan=False) + "\n")
+            sys.stdout.write(_dumps(doc) + "\n")
         elif not args.quiet:
             _print_table(results)
         if json_path not in (None, "-"):
@@ -765,8 +776,6 @@ def _histogram_lines(codes, qmax: int, bins: int):
 
 
 def _inspect_tensors(path: str, bins: int) -> None:
-    import numpy as np
-
     from ._io import open_tensors
 
     refs = open_tensors(path)

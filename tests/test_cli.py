@@ -18,7 +18,7 @@ import numpy as np
 import pytest
 
 import qatcore
-from qatcore import FakeQuantConfig, ObserverMethod, QuantObserver, _backend
+from qatcore import FakeQuantConfig, QuantObserver, _backend
 
 # The directory holding the qatcore that this test imported (site-packages in CI).
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(qatcore.__file__)))
