@@ -126,6 +126,8 @@ def _ort_session(w: np.ndarray, threads: int):
     opts.intra_op_num_threads = threads
     opts.inter_op_num_threads = 1
     opts.execution_mode = ort.ExecutionMode.ORT_SEQUENTIAL
+    # Idle pool threads must not spin on the cores the round-robin timing shares.
+    opts.add_session_config_entry("session.intra_op.allow_spinning", "0")
     return ort.InferenceSession(model.SerializeToString(), opts,
                                 providers=["CPUExecutionProvider"])
 
@@ -164,7 +166,41 @@ class _Rust:
                 "repeat": repeat}
 
 
+_RUST: Optional[_Rust] = None
+
+
+def _rust() -> _Rust:
+    """The Rust peer, built once per process."""
+    global _RUST
+    if _RUST is None:
+        _RUST = _Rust()
+    return _RUST
+
+
 # ------------------------------------------------------------------------------- run
+
+def _interleaved(fns: Dict[str, Callable[[], object]], repeat: int,
+                 budget_s: float) -> Dict[str, Dict[str, float]]:
+    """Time several implementations round-robin (one call of each per round) so that
+    other processes on the machine slow them alike; an implementation whose calls have
+    used up `budget_s` (after at least 3 samples) drops out of later rounds."""
+    samples: Dict[str, List[float]] = {name: [] for name in fns}
+    spent = dict.fromkeys(fns, 0.0)
+    for fn in fns.values():
+        fn()                                            # warm-up
+    for _ in range(max(1, repeat)):
+        active = [n for n in fns if len(samples[n]) < 3 or spent[n] < budget_s]
+        if not active:
+            break
+        for name in active:
+            t0 = time.perf_counter()
+            fns[name]()
+            dt = time.perf_counter() - t0
+            samples[name].append(dt)
+            spent[name] += dt
+    return {name: {"median_s": statistics.median(v), "min_s": min(v), "max_s": max(v),
+                   "repeat": len(v)} for name, v in samples.items()}
+
 
 def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: int = 20,
         *, shapes=None, peers: bool = True) -> List[dict]:
@@ -173,57 +209,71 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
     Keys: ``op`` ("linear"), ``shape`` "(M,K,N)", ``threads``, ``impl`` ("qatcore",
     "numpy", "torch._int_mm", "onnxruntime", "rust"), ``median_s``, ``min_s``, ``max_s``,
     ``repeat``, ``gops`` (2·M·K·N / median), and ``exact`` for peers whose result was
-    compared with qatcore's. numpy stops after ~1 s per shape; Rust runs single-threaded
-    (records only for threads == 1) with at most 5 repeats on large shapes.
+    compared with qatcore's. The in-process implementations are timed round-robin; slow
+    ones (numpy, torch on CPUs without VNNI) stop after 3 samples once ~1.5 s is spent.
+    Rust runs single-threaded in its own process (records only for threads == 1, at most
+    5 repeats on large shapes).
     """
     if isinstance(threads, (int, np.integer)):
         threads = (int(threads),)
     shapes = list(shapes) if shapes is not None else (QUICK_SHAPES if quick else SHAPES)
     budget = 0.3 if quick else 1.5
     torch = _torch() if peers else None
-    rust = _Rust() if peers else None
+    rust = _rust() if peers else None
     rng = np.random.default_rng(0)
-    records: List[dict] = []
-    for shape in shapes:
-        m, k, n = shape
+    data = []
+    for m, k, n in shapes:
         x = rng.integers(-128, 128, (m, k), dtype=np.int64).astype(np.int8)
         w = rng.integers(-127, 128, (n, k), dtype=np.int64).astype(np.int8)
-        want = None
+        data.append(((m, k, n), x, w, np.ascontiguousarray(w.T)))
+    records: List[dict] = []
+    wants = {}
+    for shape, x, w, wt in data:
         for nt in threads:
             layer = _layer(w, nt)
-            got = layer.forward_quantized(x)
-            if want is None:
-                want = got
-            records.append(_record(shape, nt, "qatcore",
-                                   _time(lambda: layer.forward_quantized(x), repeat, budget)))
-            if not peers:
-                continue
-            wt = np.ascontiguousarray(w.T)
-            records.append(_record(shape, nt, "numpy", _time(
-                lambda: x.astype(np.int32) @ wt.astype(np.int32), repeat, budget * 0.7)))
-            if torch is not None:
-                prev = torch.get_num_threads()
-                torch.set_num_threads(nt)
-                try:
-                    a, b = torch.from_numpy(x), torch.from_numpy(wt)
-                    out = torch._int_mm(a, b).numpy()
-                    records.append(_record(shape, nt, "torch._int_mm", _time(
-                        lambda: torch._int_mm(a, b), repeat, budget),
-                        exact=np.array_equal(out, want)))
-                except Exception:       # e.g. shapes the op refuses
-                    pass
-                finally:
-                    torch.set_num_threads(prev)
-            sess = _ort_session(w, nt)
-            if sess is not None:
-                xu = (x.view(np.uint8) ^ np.uint8(0x80))        # x + 128 as uint8
-                out = sess.run(None, {"A": xu})[0]
-                records.append(_record(shape, nt, "onnxruntime", _time(
-                    lambda: sess.run(None, {"A": xu}), repeat, budget),
-                    exact=np.array_equal(out, want)))
-            if nt == 1 and rust is not None and rust.binary is not None:
-                reps = repeat if m * k * n <= (1 << 26) else min(repeat, 5)
-                timing = rust.bench(shape, max(1, reps))
-                if timing is not None:
-                    records.append(_record(shape, 1, "rust", timing))
+            wants.setdefault(shape, layer.forward_quantized(x))
+            want = wants[shape]
+            fns: Dict[str, Callable[[], object]] = {
+                "qatcore": lambda layer=layer, x=x: layer.forward_quantized(x)}
+            exact: Dict[str, bool] = {}
+            if peers and shape[0] * shape[1] * shape[2] <= (1 << 28):
+                # numpy's integer matmul runs at ~0.1-1 GOPS: a 1024^3 call takes ~30 s.
+                fns["numpy"] = lambda x=x, wt=wt: x.astype(np.int32) @ wt.astype(np.int32)
+            if peers:
+                sess = _ort_session(w, nt)
+                if sess is not None:
+                    xu = x.view(np.uint8) ^ np.uint8(0x80)          # x + 128 as uint8
+                    exact["onnxruntime"] = np.array_equal(sess.run(None, {"A": xu})[0], want)
+                    fns["onnxruntime"] = lambda sess=sess, xu=xu: sess.run(None, {"A": xu})
+            for name, timing in _interleaved(fns, repeat, budget).items():
+                records.append(_record(shape, nt, name, timing, exact.get(name)))
+    if rust is not None and rust.binary is not None and 1 in threads:
+        for shape, *_ in data:
+            m, k, n = shape
+            reps = repeat if m * k * n <= (1 << 26) else min(repeat, 5)
+            timing = rust.bench(shape, max(1, reps))
+            if timing is not None:
+                records.append(_record(shape, 1, "rust", timing))
+    if torch is not None:
+        # Last: torch's OpenMP pool keeps spinning between calls and would slow whatever
+        # ran after it (qatcore's own OpenMP threads most of all).
+        prev = torch.get_num_threads()
+        try:
+            for shape, x, w, wt in data:
+                for nt in threads:
+                    torch.set_num_threads(nt)
+                    try:
+                        a, b = torch.from_numpy(x), torch.from_numpy(wt)
+                        ok = np.array_equal(torch._int_mm(a, b).numpy(), wants[shape])
+                        timing = _interleaved({"t": lambda a=a, b=b: torch._int_mm(a, b)},
+                                              repeat, budget)["t"]
+                    except Exception:       # e.g. shapes the op refuses
+                        continue
+                    records.append(_record(shape, nt, "torch._int_mm", timing, ok))
+        finally:
+            torch.set_num_threads(prev)
+    order = {"qatcore": 0, "numpy": 1, "torch._int_mm": 2, "onnxruntime": 3, "rust": 4}
+    index = {s: i for i, s in enumerate(shapes)}
+    records.sort(key=lambda r: (index[tuple(int(v) for v in r["shape"][1:-1].split(","))],
+                                r["threads"], order.get(r["impl"], 9)))
     return records
