@@ -482,6 +482,8 @@ typedef struct {
     ptrdiff_t chunk;      /* elements per thread chunk (multiple of 64) */
     int nt;               /* threads */
     int nc;               /* chunks: 1 serial, else 4 per thread (dynamic schedule) */
+    int sym;              /* two tails around 0 tested as |v| >= tsym (AVX2 only) */
+    float tsym;
     float *buf;           /* nc * (cap1 + cap2) floats, or NULL */
 } qc_plan;
 
@@ -601,8 +603,11 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
      * is heavily tied in the sample (ReLU zeros at the low percentile) gathers only the
      * values strictly beyond the bound and counts the ties instead. */
     ptrdiff_t c_le1 = 0, c_lt1 = 0, c_ge_a1 = 0, c_ge2 = 0, c_gt2 = 0, c_le_b2 = 0;
+    ptrdiff_t c_sym = 0;
+    float tsym = -b1 < a2 ? -b1 : a2; /* used when b1 < 0 < a2 */
     for (ptrdiff_t i = 0; i < s; i++) {
         float v = sm[i];
+        c_sym += fabsf(v) >= tsym;
         c_le1 += v <= b1;
         c_lt1 += v < b1;
         c_ge_a1 += v >= a1;
@@ -635,6 +640,16 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     e2 = (m2 == QC_POINT || m2 == QC_NONE) ? 0 : (e2 + 1.0) * per;
     p->a1 = a1; p->b1 = b1; p->a2 = a2; p->b2 = b2;
     p->m1 = m1; p->m2 = m2;
+#if defined(__AVX2__)
+    /* Two tails on either side of 0 with similar magnitudes (the usual activations):
+     * |v| >= min(-b1, a2) flags a superset of the candidates in half the vector work
+     * (integer max of the magnitude bits, which also flags NaN/Inf). */
+    if (m1 == QC_TAIL && m2 == QC_TAIL && b1 < 0.0f && a2 > 0.0f &&
+        (double)c_sym <= 1.25 * (double)(c_le1 + c_ge2) + 8.0) {
+        p->sym = 1;
+        p->tsym = tsym;
+    }
+#endif
     if (nt < 1) nt = 1;
     /* Several chunks per thread, handed out dynamically: on a busy machine a preempted
      * worker then delays the call by at most one small chunk, not half the batch. */
@@ -808,6 +823,73 @@ overflow:
 }
 #undef QC_GATHER
 
+#if defined(__AVX2__)
+/* The two-tail pass as |v| >= tsym on the magnitude bits: four vectors per step reduced
+ * with an integer max (NaN/Inf bits exceed every finite magnitude, so they are flagged
+ * too); flagged lanes are classified exactly in scalar code. */
+static void qc_filter_sym(const float *x, ptrdiff_t n, const qc_plan *p, float *buf1,
+                          float *buf2, qc_fres *r) {
+    const __m256i ABS = _mm256_set1_epi32(0x7fffffff);
+    int32_t tb;
+    memcpy(&tb, &p->tsym, 4);
+    const __m256i T = _mm256_set1_epi32(tb - 1); /* |v| >= tsym <=> bits > tb - 1 */
+    const float b1 = p->b1, a2 = p->a2;
+    const ptrdiff_t cap1 = p->cap1, cap2 = p->cap2;
+    ptrdiff_t n1 = 0, n2 = 0, i = 0;
+    r->bad = -1;
+    r->overflow = 0;
+#define QC_SYM_GATHER(bits_, base_)                                          \
+    do {                                                                     \
+        unsigned bb_ = (bits_);                                              \
+        while (bb_) {                                                        \
+            ptrdiff_t at_ = (base_) + QC_CTZ(bb_);                           \
+            float w_ = x[at_];                                               \
+            bb_ &= bb_ - 1;                                                  \
+            if (!(w_ - w_ == 0.0f)) { r->bad = at_; return; }                \
+            if (w_ <= b1) {                                                  \
+                if (n1 >= cap1) goto overflow;                               \
+                buf1[n1++] = w_;                                             \
+            } else if (w_ >= a2) {                                           \
+                if (n2 >= cap2) goto overflow;                               \
+                buf2[n2++] = w_;                                             \
+            }                                                                \
+        }                                                                    \
+    } while (0)
+#define QC_SYM_BITS(a_) ((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32((a_), T))))
+    for (; i + 32 <= n; i += 32) {
+        __m256i v0 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i)), ABS);
+        __m256i v1 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 8)), ABS);
+        __m256i v2 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 16)), ABS);
+        __m256i v3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 24)), ABS);
+        __m256i m = _mm256_max_epi32(_mm256_max_epi32(v0, v1), _mm256_max_epi32(v2, v3));
+        if (QC_SYM_BITS(m)) {
+            QC_SYM_GATHER(QC_SYM_BITS(v0), i);
+            QC_SYM_GATHER(QC_SYM_BITS(v1), i + 8);
+            QC_SYM_GATHER(QC_SYM_BITS(v2), i + 16);
+            QC_SYM_GATHER(QC_SYM_BITS(v3), i + 24);
+        }
+    }
+    for (; i < n; i++) {
+        float w = x[i];
+        if (!(w - w == 0.0f)) { r->bad = i; return; }
+        if (w <= b1) {
+            if (n1 >= cap1) goto overflow;
+            buf1[n1++] = w;
+        } else if (w >= a2) {
+            if (n2 >= cap2) goto overflow;
+            buf2[n2++] = w;
+        }
+    }
+#undef QC_SYM_BITS
+#undef QC_SYM_GATHER
+    r->n1 = n1;
+    r->n2 = n2;
+    return;
+overflow:
+    r->overflow = 1;
+}
+#endif
+
 /* Filter chunk c of the plan (x is the whole batch). */
 static void qc_filter_chunk(const float *x, ptrdiff_t n, const qc_plan *p, int c, qc_fres *r) {
     ptrdiff_t b = (ptrdiff_t)c * p->chunk;
@@ -820,6 +902,14 @@ static void qc_filter_chunk(const float *x, ptrdiff_t n, const qc_plan *p, int c
     float *buf1 = p->buf ? p->buf + (ptrdiff_t)c * p->cap1 : NULL;
     float *buf2 = p->buf ? p->buf + (ptrdiff_t)p->nc * p->cap1 + (ptrdiff_t)c * p->cap2 : NULL;
     const float *xc = x + b;
+#if defined(__AVX2__)
+    if (p->sym) {
+        qc_filter_sym(xc, len, p, buf1, buf2, r);
+        if (r->bad >= 0)
+            r->bad += b;
+        return;
+    }
+#endif
 #define QC_CASE(A, B) \
     case (A) * 5 + (B): qc_filter_impl(xc, len, p, buf1, buf2, r, (A), (B)); break;
 #define QC_CASES(A) QC_CASE(A, QC_NONE) QC_CASE(A, QC_TAIL) QC_CASE(A, QC_RANGE) \
