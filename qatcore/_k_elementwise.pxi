@@ -8,6 +8,13 @@
 
 from libc.string cimport memcpy
 
+cdef extern from "qc_fq.h" nogil:
+    Py_ssize_t qc_fake_quantize_avx2(const float *x, float *out, Py_ssize_t n, float scale,
+                                     float zero_point, float qmin, float qmax, int zp_zero)
+    Py_ssize_t qc_fake_quantize_mask_avx2(const float *x, float *out, uint8_t *mask,
+                                          Py_ssize_t n, float scale, float zero_point,
+                                          float qmin, float qmax, int zp_zero)
+
 ctypedef fused code_t:
     int8_t
     uint8_t
@@ -24,10 +31,15 @@ cdef void _fake_quantize_core(const float *x, float *out, uint8_t *mask, Py_ssiz
     With zero_point == +0.0 (every symmetric config) `r - zero_point` is r itself, bit
     for bit (NaN and -0.0 included), so that loop drops the subtraction; the addition
     stays (it turns x / scale == -0.0 into +0.0, as Rust does)."""
-    cdef Py_ssize_t i
+    cdef Py_ssize_t i, done
     cdef float v, r
     cdef bint zp_zero = zero_point == 0 and copysignf(1, zero_point) > 0
     if mask == NULL:
+        # AVX2 targets: a software-pipelined body (qc_fq.h) takes a prefix, bit-identical
+        done = qc_fake_quantize_avx2(x, out, n, scale, zero_point, qmin, qmax, zp_zero)
+        x += done
+        out += done
+        n -= done
         if zp_zero:
             for i in range(n):
                 r = _round_half_away(x[i] / scale + zero_point)
@@ -41,6 +53,12 @@ cdef void _fake_quantize_core(const float *x, float *out, uint8_t *mask, Py_ssiz
                 r = qmax if r > qmax else r
                 out[i] = (r - zero_point) * scale
     else:
+        done = qc_fake_quantize_mask_avx2(x, out, mask, n, scale, zero_point, qmin, qmax,
+                                          zp_zero)
+        x += done
+        out += done
+        mask += done
+        n -= done
         if zp_zero:
             for i in range(n):
                 r = _round_half_away(x[i] / scale + zero_point)

@@ -291,13 +291,18 @@ def test_fake_quantize_nonfinite_frozen_semantics(k, qp, nt):
     np.testing.assert_array_equal(mask, rmask.astype(np.uint8))
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
 @pytest.mark.parametrize("nt", THREADS, ids=lambda t: f"t{t}")
-@pytest.mark.parametrize("n", [1, 33, 2049, 300_007], ids=lambda n: f"n{n}")
-def test_fake_quantize_in_place(k, n, nt):
-    x = special_data(n, 0.0371, 0.0)
-    ref = fake_quantize_ref(x, 0.0371, 0.0, -127.0, 127.0)[0]
-    k.fake_quantize(x, x, 0.0371, 0.0, -127.0, 127.0, None, nt)
+@pytest.mark.parametrize("n", [1, 33, 47, 48, 2049, 300_007], ids=lambda n: f"n{n}")
+@pytest.mark.parametrize("zp", [0.0, 2.5], ids=["zp0", "zp2.5"])
+def test_fake_quantize_in_place(k, n, nt, zp, masked):
+    x = special_data(n, 0.0371, zp)
+    ref, rmask = fake_quantize_ref(x, 0.0371, zp, -127.0, 127.0)
+    mask = np.full(n, 7, np.uint8) if masked else None
+    k.fake_quantize(x, x, 0.0371, zp, -127.0, 127.0, mask, nt)
     np.testing.assert_array_equal(bits(x), bits(ref))
+    if masked:
+        np.testing.assert_array_equal(mask, rmask.astype(np.uint8))
 
 
 def test_fake_quantize_signed_zero(k):
