@@ -17,7 +17,20 @@ The whole job in one command, with numpy and qatcore only:
    integer-only and simulated predictions agree, and the cost of a QAT training step
    relative to a float one.
 
-Progress (one line per epoch) goes to stderr; ``--quiet`` silences it.
+Integer-only inference uses :meth:`QuantizedLinear.from_qat` and ``forward_int8`` (int8
+in, int8 out, fixed-point requantization) for the hidden layers and
+``forward_quantized`` (int32 accumulators, whose argmax is the prediction) for the last;
+if the installed qatcore lacks them, a numpy stand-in in this module does the same
+integer arithmetic and the table says so.  Under the table: the issue's targets as met
+or missed by this run, with a note when one cannot be met and why.
+
+Details: float training is 20 epochs of Adam (lr 1e-2, cosine schedule, batch 32);
+QAT fine-tuning 5 epochs (lr 2e-4) with every quantizer's range frozen after
+calibration (clipped STE); with ``--lsq`` the step sizes are learned too, each by its
+own Adam whose learning rate is 1e-2 × its initial scale.  numpy's BLAS is kept on one
+thread during the run (tiny matrices).  ``ms/batch`` is the best of 5 passes over the
+test set in batches of 64; the step timing alternates float and QAT rounds and takes
+medians.  Progress (one line per epoch) goes to stderr; ``--quiet`` silences it.
 """
 
 from __future__ import annotations
