@@ -50,7 +50,8 @@ def _record(shape, threads, impl, timing, exact=None) -> dict:
     m, k, n = shape
     rec = {"op": "linear", "shape": f"({m},{k},{n})", "threads": threads, "impl": impl,
            "median_s": timing["median_s"], "min_s": timing["min_s"], "max_s": timing["max_s"],
-           "repeat": timing["repeat"], "gops": 2.0 * m * k * n / timing["median_s"] / 1e9}
+           "repeat": timing["repeat"], "gops": 2.0 * m * k * n / timing["median_s"] / 1e9,
+           "gops_best": 2.0 * m * k * n / timing["min_s"] / 1e9}
     if exact is not None:
         rec["exact"] = bool(exact)
     return rec
@@ -208,7 +209,8 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
 
     Keys: ``op`` ("linear"), ``shape`` "(M,K,N)", ``threads``, ``impl`` ("qatcore",
     "numpy", "torch._int_mm", "onnxruntime", "rust"), ``median_s``, ``min_s``, ``max_s``,
-    ``repeat``, ``gops`` (2·M·K·N / median), and ``exact`` for peers whose result was
+    ``repeat``, ``gops`` (2·M·K·N / median), ``gops_best`` (from ``min_s``: on a busy
+    machine the least disturbed call), and ``exact`` for peers whose result was
     compared with qatcore's. The in-process implementations are timed round-robin; slow
     ones (numpy, torch on CPUs without VNNI) stop after 3 samples once ~1.5 s is spent.
     Rust runs single-threaded in its own process (records only for threads == 1, at most
