@@ -29,8 +29,8 @@ QAT fine-tuning 5 epochs (lr 2e-4) with every quantizer's range frozen after
 calibration (clipped STE); with ``--lsq`` the step sizes are learned too, each by its
 own Adam whose learning rate is 1e-2 × its initial scale.  numpy's BLAS is kept on one
 thread during the run (tiny matrices).  ``ms/batch`` is the best of 5 passes over the
-test set in batches of 64; the step timing alternates float and QAT rounds and takes
-medians.  Progress (one line per epoch) goes to stderr; ``--quiet`` silences it.
+test set in batches of 64; the step timing alternates float and QAT rounds and keeps
+the best round of each.  Progress (one line per epoch) goes to stderr; ``--quiet`` silences it.
 """
 
 from __future__ import annotations
@@ -453,11 +453,12 @@ def _eval_time(model, X, batch_size: int) -> float:
 
 def step_times(models: Sequence, X, y, batch_size: int = 32, steps: int = 40,
                repeats: int = 7) -> List[float]:
-    """Median seconds of one training step (forward, loss, backward, Adam) of each model.
+    """Seconds of one training step (forward, loss, backward, Adam) of each model: the
+    best of `repeats` rounds of `steps` steps (as ``timeit``: on a shared machine the
+    fastest round is the one least disturbed).
 
     The models (deep copies: the callers' stay untouched) run the same batches in
-    alternation, ``steps`` steps each per round, so that load changes on a shared
-    machine hit them alike.
+    alternation, round by round, so that load changes hit them alike.
     """
     loss_fn = nn.SoftmaxCrossEntropy()
     rng = np.random.default_rng(123)
@@ -477,7 +478,7 @@ def step_times(models: Sequence, X, y, batch_size: int = 32, steps: int = 40,
                 opt.step()
             if r:                                    # round 0 warms up
                 times[k].append((time.perf_counter() - t0) / steps)
-    return [float(np.median(t)) for t in times]
+    return [float(np.min(t)) for t in times]
 
 
 @dataclass
