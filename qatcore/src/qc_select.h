@@ -136,7 +136,7 @@ static inline int QC_CTZ(unsigned b) { int i = 0; while (!(b & 1u)) { b >>= 1; i
 #define QC_BLK 4096
 #define QC_TOPT 64
 #ifndef QC_SAMPLE_SHIFT
-#define QC_SAMPLE_SHIFT 8 /* sample one element in 2^8 (at least 2048, at most 32768) */
+#define QC_SAMPLE_SHIFT 8 /* sample one element in 2^8 (2048 .. 32768; see qc_plan_make) */
 #endif
 
 /* ---------------------------------------------------------------- keys and checks */
@@ -518,8 +518,11 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     memset(p, 0, sizeof(*p));
     if (n < 16384)
         return -1;
-    ptrdiff_t s = n >> QC_SAMPLE_SHIFT;
-    s = s < 2048 ? 2048 : (s > 32768 ? 32768 : s);
+    /* Percentile ranks (within 1 % of the ends) need a small sample; a rank in the
+     * middle has a wider bracket (sd ~ sqrt(s q (1-q))) and gets a 4x larger one. */
+    int middle = klo > n / 100 || khi < n - 1 - n / 100;
+    ptrdiff_t s = n >> (middle ? QC_SAMPLE_SHIFT - 2 : QC_SAMPLE_SHIFT);
+    s = s < 2048 ? 2048 : (s > (middle ? 65536 : 32768) ? (middle ? 65536 : 32768) : s);
     float *sm = (float *)malloc(sizeof(float) * (size_t)s);
     if (!sm)
         return -1;
