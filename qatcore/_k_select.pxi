@@ -36,9 +36,12 @@ cdef Py_ssize_t _select_core(const float *x, Py_ssize_t n, Py_ssize_t k_low,
                              float *lo, float *hi, int force=SEL_AUTO,
                              int *used=NULL) noexcept nogil:
     """Values at ranks k_low <= k_high of contiguous float32 x[0:n] (stable order, -0.0 ==
-    +0.0); returns the first non-finite index or -1.  Scratch: < 1 MiB of malloc'ed
-    candidates and sample (never more than ~8 % of the batch) plus < 40 KiB of stack; a
-    failed malloc takes the radix path, which needs no heap memory."""
+    +0.0); returns the first non-finite index or -1.  Scratch (malloc'ed, checked):
+    a sample of n/256 floats (2048..32768; n/64 up to 65536 for ranks away from the
+    ends) and candidate buffers, capped at n/12 floats (else the radix path): ~60 KiB at
+    2^20 and ~360 KiB at 2^24 for the percentile ranks; plus < 40 KiB of stack.  A
+    failed malloc takes the radix path, which needs no heap memory, so this never fails
+    for lack of memory."""
     cdef qc_plan plan
     cdef qc_fres[64] res
     cdef Py_ssize_t bad = -1
@@ -88,6 +91,9 @@ def select_order_stats(const float[::1] x,  # IN, n >= 1
     cdef float lo = 0, hi = 0
     cdef Py_ssize_t bad
     cdef int nt = _threads_for(n, n_threads)
+    if not 0 <= k_low <= k_high < n:   # the facade never gets here; a guard, not a policy
+        raise ValueError(f"select_order_stats: need 0 <= k_low <= k_high < n, got "
+                         f"k_low={k_low}, k_high={k_high}, n={n}")
     with nogil:
         bad = _select_core(&x[0], n, k_low, k_high, nt, &lo, &hi)
     return lo, hi, bad
@@ -111,6 +117,8 @@ def select_order_stats_path(const float[::1] x,  # IN, n >= 1
     cdef int nt = _threads_for(n, n_threads)
     cdef int force = _PATHS[path]
     cdef int used = SEL_AUTO
+    if not 0 <= k_low <= k_high < n:
+        raise ValueError("select_order_stats_path: need 0 <= k_low <= k_high < n")
     if force == SEL_TOPT and not (k_low < QC_TOPT and n - k_high <= QC_TOPT):
         raise ValueError("the top-t path needs k_low < 64 and n - k_high <= 64")
     with nogil:

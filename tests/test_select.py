@@ -327,3 +327,15 @@ def test_first_bad_on_each_path(path, target):
             x = make(n, "normal").copy()
             x[pos] = value
             assert f(x, *k, path)[2] == pos
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_rank_arguments_checked(target):
+    # The facade validates; the kernel still refuses ranks that would read out of bounds.
+    f = _kernel(target)
+    x = make(17, "normal")
+    for k_low, k_high in ((-1, 3), (3, 17), (5, 4)):
+        with pytest.raises(ValueError):
+            f(x, k_low, k_high, 1)
+    with pytest.raises(ValueError):
+        f(np.zeros(0, np.float32), 0, 0, 1)

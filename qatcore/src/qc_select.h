@@ -9,10 +9,14 @@
  *  - top-t: both ranks within QC_TOPT of an end -> one pass keeping the t smallest and
  *    the t largest values in tiny sorted arrays (vector compare, rare scalar insert).
  *  - sample bracket: select the two ranks' neighbourhoods in a small strided-jittered
- *    sample, then ONE filtering pass (split across threads) counts what lies below /
- *    above each bracket and gathers the few candidates into a small buffer, then
- *    quickselect among the candidates.  A bracket that holds a single value is only
- *    counted (all-equal data, 60 % zeros).  Misses and buffer overflows fall back to:
+ *    sample, then ONE filtering pass (split across threads in dynamic chunks) counts
+ *    what lies below / above each bracket and gathers the few candidates into a small
+ *    buffer, then quickselect among the candidates.  Brackets near an end are tails
+ *    (gather everything beyond one bound; two tails around 0 are one |v| >= t test on
+ *    AVX2); a bracket holding a single value is only counted (all-equal data); a tail
+ *    whose bound is heavily tied counts the ties and gathers the rest (ReLU zeros).
+ *    A chunk whose slice overflows (sorted input) is redone serially with the whole
+ *    buffer.  Misses and buffer overflows fall back to:
  *  - radix select on the order-preserving key: three histogram passes (11+11+10 bits),
  *    stack memory only; exact on any finite input.
  * Every path checks for NaN/Inf and reports the first bad index.
