@@ -24,6 +24,7 @@ import statistics
 import subprocess
 import sys
 import time
+import warnings
 from typing import Callable, Dict, List, Optional
 
 import numpy as np
@@ -696,6 +697,16 @@ def run(quick: bool = False, threads: Optional[List[int]] = None, repeat: Option
     if m["openblas_env"]:
         log(f"note: {', '.join(m['openblas_env'])} set: unset them to time numpy fairly")
     t0 = time.perf_counter()
+    with warnings.catch_warnings():
+        # torch deprecates quantize_per_tensor; it is still the peer users know
+        warnings.filterwarnings("ignore", message=".*quantize_per_tensor.*")
+        _run_parts(suite, parts, log)
+    return {"machine": m, "quick": quick, "threads": threads, "limits": suite.limits,
+            "rows": suite.rows, "skipped": suite.skipped, "gemm": suite.gemm,
+            "gemm_peak": suite.gemm_peak, "elapsed_s": time.perf_counter() - t0}
+
+
+def _run_parts(suite: "Suite", parts, log) -> None:
     if "limits" in parts:
         log("machine limits (probe kernels, median of runs):")
         suite.measure_limits()
@@ -711,9 +722,6 @@ def run(quick: bool = False, threads: Optional[List[int]] = None, repeat: Option
     if "gemm" in parts:
         log("int8 GEMM:")
         suite.bench_gemm()
-    return {"machine": m, "quick": quick, "threads": threads, "limits": suite.limits,
-            "rows": suite.rows, "skipped": suite.skipped, "gemm": suite.gemm,
-            "gemm_peak": suite.gemm_peak, "elapsed_s": time.perf_counter() - t0}
 
 
 def main(argv=None) -> int:
