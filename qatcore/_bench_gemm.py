@@ -182,9 +182,10 @@ def _rust() -> _Rust:
 
 def _interleaved(fns: Dict[str, Callable[[], object]], repeat: int,
                  budget_s: float) -> Dict[str, Dict[str, float]]:
-    """Time several implementations round-robin (one call of each per round) so that
-    other processes on the machine slow them alike; an implementation whose calls have
-    used up `budget_s` (after at least 3 samples) drops out of later rounds."""
+    """Time several implementations round-robin (one timed call of each per round, right
+    after an untimed one so its weights are back in cache, as in a loop over the same
+    layer) so that other processes on the machine slow them alike; an implementation
+    whose calls have used up `budget_s` (after at least 3 samples) drops out."""
     samples: Dict[str, List[float]] = {name: [] for name in fns}
     spent = dict.fromkeys(fns, 0.0)
     for fn in fns.values():
@@ -194,6 +195,8 @@ def _interleaved(fns: Dict[str, Callable[[], object]], repeat: int,
         if not active:
             break
         for name in active:
+            if not samples[name] or samples[name][-1] < 0.01:
+                fns[name]()         # untimed: reload this implementation's data into cache
             t0 = time.perf_counter()
             fns[name]()
             dt = time.perf_counter() - t0
