@@ -434,33 +434,38 @@ static int qc_gemm_i8_i32(const int8_t *x, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n
             free(a_buf);
         }
     } else {
-        /* Split rows when every thread gets at least a few full tiles, else panels. */
-        int by_rows = m >= (ptrdiff_t)n_threads * QC_GEMM_MR * 4;
+        /* Split rows when every thread gets a few chunks of 4 row tiles, else column
+           panels (4 at a time).  Chunks are handed out dynamically: on a busy machine a
+           preempted thread then delays a call by one chunk, not by half of the work. */
+        int by_rows = m >= (ptrdiff_t)n_threads * QC_GEMM_MR * 8;
+        ptrdiff_t rows_per = QC_GEMM_MR * 4, panels_per = 4;
+        ptrdiff_t chunks = by_rows ? (m + rows_per - 1) / rows_per
+                                   : (np + panels_per - 1) / panels_per;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
 #endif
         {
-            int t = qc_omp_thread_num(), nt = qc_omp_num_threads();
+            ptrdiff_t c;
             qc_a_t *a_buf = (qc_a_t *)malloc(a_bytes);
-            if (a_buf == NULL) {
+#ifdef _OPENMP
+#pragma omp for schedule(dynamic, 1)
+#endif
+            for (c = 0; c < chunks; c++) {
+                if (a_buf == NULL) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
-                status = -1;
-            } else {
-                if (by_rows) {
-                    ptrdiff_t tiles = qc_round_up(m, QC_GEMM_MR) / QC_GEMM_MR;
-                    ptrdiff_t lo = tiles * t / nt * QC_GEMM_MR, hi = tiles * (t + 1) / nt * QC_GEMM_MR;
-                    if (hi > m) hi = m;
-                    if (lo < hi)
-                        qc_gemm_block(x, lo, hi, k, packed, 0, np, n, off, out, a_buf);
+                    status = -1;
+                } else if (by_rows) {
+                    ptrdiff_t lo = c * rows_per, hi = lo + rows_per > m ? m : lo + rows_per;
+                    qc_gemm_block(x, lo, hi, k, packed, 0, np, n, off, out, a_buf);
                 } else {
-                    ptrdiff_t lo = np * t / nt, hi = np * (t + 1) / nt;
-                    if (lo < hi)
-                        qc_gemm_block(x, 0, m, k, packed, lo, hi, n, off, out, a_buf);
+                    ptrdiff_t lo = c * panels_per;
+                    ptrdiff_t hi = lo + panels_per > np ? np : lo + panels_per;
+                    qc_gemm_block(x, 0, m, k, packed, lo, hi, n, off, out, a_buf);
                 }
-                free(a_buf);
             }
+            free(a_buf);
         }
     }
     free(off);
