@@ -139,6 +139,9 @@ static inline int QC_CTZ(unsigned b) { int i = 0; while (!(b & 1u)) { b >>= 1; i
 /* Elements per block between non-finite checks; also bounds the int32 lane counters. */
 #define QC_BLK 4096
 #define QC_TOPT 64
+/* Candidate slices end with this much slack: a flagged step of 4 vectors (<= 32 lanes)
+ * writes its candidates without per-element capacity checks, then checks once. */
+#define QC_SLACK 32
 #ifndef QC_SAMPLE_SHIFT
 #define QC_SAMPLE_SHIFT 8 /* sample one element in 2^8 (2048 .. 32768; see qc_plan_make) */
 #endif
@@ -482,7 +485,7 @@ enum { QC_NONE = 0, QC_TAIL = 1, QC_RANGE = 2, QC_POINT = 3, QC_TAILX = 4 };
 typedef struct {
     float a1, b1, a2, b2;
     int m1, m2;
-    ptrdiff_t cap1, cap2; /* candidate capacity per thread chunk */
+    ptrdiff_t cap1, cap2; /* slice size per chunk; the last QC_SLACK floats are slack */
     ptrdiff_t chunk;      /* elements per thread chunk (multiple of 64) */
     int nt;               /* threads */
     int nc;               /* chunks: 1 serial, else 4 per thread (dynamic schedule) */
@@ -560,7 +563,7 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     if (!lo_tail) want[nw++] = rl1;
     if (!merged) { want[nw++] = ru1; want[nw++] = rl2; }
     if (!hi_tail) want[nw++] = ru2;
-    float a1, b1, a2, b2;
+    float a1, b1 = 0.0f, a2 = 0.0f, b2; /* (initialized for -Wmaybe-uninitialized) */
     if (lo_tail && hi_tail && ru1 < QC_TOPT && s - rl2 <= QC_TOPT) {
         /* the usual percentile case: both sample ranks near the ends, one pass */
         if (qc_topt_select(sm, s, ru1, rl2, &b1, &a2) >= 0) {
@@ -665,13 +668,13 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     p->nc = nc;
     p->chunk = ((n + nc - 1) / nc + 63) & ~(ptrdiff_t)63;
     /* 1.5x the expected count per chunk plus slack. */
-    p->cap1 = e1 > 0 ? (ptrdiff_t)(1.5 * e1 / nc) + 1024 : 0;
-    p->cap2 = e2 > 0 ? (ptrdiff_t)(1.5 * e2 / nc) + 1024 : 0;
+    p->cap1 = e1 > 0 ? (ptrdiff_t)(1.5 * e1 / nc) + 1024 + QC_SLACK : 0;
+    p->cap2 = e2 > 0 ? (ptrdiff_t)(1.5 * e2 / nc) + 1024 + QC_SLACK : 0;
     if ((p->cap1 + p->cap2) * nc > n / 12) /* keep scratch below ~8 % of the batch */
         return -1;
     if (tiny_buffers) { /* tests: force the overflow fallback */
-        if (p->cap1) p->cap1 = 1;
-        if (p->cap2) p->cap2 = 1;
+        if (p->cap1) p->cap1 = QC_SLACK + 1;
+        if (p->cap2) p->cap2 = QC_SLACK + 1;
     }
     if (p->cap1 + p->cap2 > 0) {
         p->buf = (float *)malloc(sizeof(float) * (size_t)((p->cap1 + p->cap2) * nc));
@@ -743,23 +746,30 @@ QC_INLINE qc_vm qc_fmask(qc_vf v, qc_vf A1, qc_vf B1, qc_vf A2, qc_vf B2, qc_vi 
     return m;
 }
 
-/* Gather the flagged lanes of x[base : base + QC_W]; 1 = stop (bad value or full). */
+/* Gather the flagged lanes (bit j = x[base + j]); a bad value stops the pass.  The
+ * low/high choice is branch-free (both slices get the value, one count advances);
+ * capacity is checked once per step against the slack. */
 #define QC_GATHER(bits_, base_)                                              \
     do {                                                                     \
-        unsigned bb_ = (bits_);                                              \
+        uint32_t bb_ = (bits_);                                              \
         while (bb_) {                                                        \
             ptrdiff_t at_ = (base_) + QC_CTZ(bb_);                           \
             float w_ = x[at_];                                               \
             bb_ &= bb_ - 1;                                                  \
             if (!(w_ - w_ == 0.0f)) { r->bad = at_; return; }                \
-            if (g1 && (!g2 || w_ <= b1)) {                                   \
-                if (n1 >= cap1) goto overflow;                               \
+            if (g1 && g2) {                                                  \
+                ptrdiff_t lo_ = w_ <= b1;                                    \
+                buf1[n1] = w_;                                               \
+                buf2[n2] = w_;                                               \
+                n1 += lo_;                                                   \
+                n2 += 1 - lo_;                                               \
+            } else if (g1) {                                                 \
                 buf1[n1++] = w_;                                             \
             } else {                                                         \
-                if (n2 >= cap2) goto overflow;                               \
                 buf2[n2++] = w_;                                             \
             }                                                                \
         }                                                                    \
+        if (n1 > lim1 || n2 > lim2) goto overflow;                           \
     } while (0)
 
 /* The filtering pass over one chunk, specialized on the two modes (constants); four
@@ -769,7 +779,7 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
     const qc_vf A1 = QC_SET1(p->a1), B1 = QC_SET1(p->b1);
     const qc_vf A2 = QC_SET1(p->a2), B2 = QC_SET1(p->b2);
     const float a1 = p->a1, b1 = p->b1, a2 = p->a2, b2 = p->b2;
-    const ptrdiff_t cap1 = p->cap1, cap2 = p->cap2;
+    const ptrdiff_t lim1 = p->cap1 - QC_SLACK, lim2 = p->cap2 - QC_SLACK;
     const int g1 = M1 == QC_TAIL || M1 == QC_TAILX || M1 == QC_RANGE;
     const int g2 = M2 == QC_TAIL || M2 == QC_TAILX || M2 == QC_RANGE;
     ptrdiff_t lt1 = 0, le1 = 0, gt2 = 0, ge2 = 0, n1 = 0, n2 = 0;
@@ -786,15 +796,15 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
             qc_vm m2 = qc_fmask(QC_LOAD(x + i + 2 * QC_W), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
             qc_vm m3 = qc_fmask(QC_LOAD(x + i + 3 * QC_W), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
             if (QC_MASK(QC_OR(QC_OR(m0, m1), QC_OR(m2, m3)))) {
-                QC_GATHER((unsigned)QC_MASK(m0), i);
-                QC_GATHER((unsigned)QC_MASK(m1), i + QC_W);
-                QC_GATHER((unsigned)QC_MASK(m2), i + 2 * QC_W);
-                QC_GATHER((unsigned)QC_MASK(m3), i + 3 * QC_W);
+                uint32_t bits = (uint32_t)QC_MASK(m0) | (uint32_t)QC_MASK(m1) << QC_W |
+                                (uint32_t)QC_MASK(m2) << (2 * QC_W) |
+                                (uint32_t)QC_MASK(m3) << (3 * QC_W);
+                QC_GATHER(bits, i);
             }
         }
         for (; i + QC_W <= stop; i += QC_W) {
             qc_vm m0 = qc_fmask(QC_LOAD(x + i), A1, B1, A2, B2, &clt1, &cle1, &cgt2, &cge2, M1, M2);
-            QC_GATHER((unsigned)QC_MASK(m0), i);
+            QC_GATHER((uint32_t)QC_MASK(m0), i);
         }
         for (; i < stop; i++) { /* scalar remainder of the last block */
             float w = x[i];
@@ -809,10 +819,10 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
             else if (M2 == QC_RANGE) { gt2 += w > b2; c2 = w >= a2 && w <= b2; }
             else if (M2 == QC_POINT) { gt2 += w > b2; ge2 += w >= a2; }
             if (c1) {
-                if (n1 >= cap1) goto overflow;
+                if (n1 >= lim1) goto overflow;
                 buf1[n1++] = w;
             } else if (c2) {
-                if (n2 >= cap2) goto overflow;
+                if (n2 >= lim2) goto overflow;
                 buf2[n2++] = w;
             }
         }
@@ -841,26 +851,24 @@ static void qc_filter_sym(const float *x, ptrdiff_t n, const qc_plan *p, float *
     memcpy(&tb, &p->tsym, 4);
     const __m256i T = _mm256_set1_epi32(tb - 1); /* |v| >= tsym <=> bits > tb - 1 */
     const float b1 = p->b1, a2 = p->a2;
-    const ptrdiff_t cap1 = p->cap1, cap2 = p->cap2;
+    const ptrdiff_t lim1 = p->cap1 - QC_SLACK, lim2 = p->cap2 - QC_SLACK;
     ptrdiff_t n1 = 0, n2 = 0, i = 0;
     r->bad = -1;
     r->overflow = 0;
 #define QC_SYM_GATHER(bits_, base_)                                          \
     do {                                                                     \
-        unsigned bb_ = (bits_);                                              \
+        uint32_t bb_ = (bits_);                                              \
         while (bb_) {                                                        \
             ptrdiff_t at_ = (base_) + QC_CTZ(bb_);                           \
             float w_ = x[at_];                                               \
             bb_ &= bb_ - 1;                                                  \
             if (!(w_ - w_ == 0.0f)) { r->bad = at_; return; }                \
-            if (w_ <= b1) {                                                  \
-                if (n1 >= cap1) goto overflow;                               \
-                buf1[n1++] = w_;                                             \
-            } else if (w_ >= a2) {                                           \
-                if (n2 >= cap2) goto overflow;                               \
-                buf2[n2++] = w_;                                             \
-            }                                                                \
+            buf1[n1] = w_;                                                   \
+            buf2[n2] = w_;                                                   \
+            n1 += w_ <= b1;                                                  \
+            n2 += w_ >= a2;                                                  \
         }                                                                    \
+        if (n1 > lim1 || n2 > lim2) goto overflow;                           \
     } while (0)
 #define QC_SYM_BITS(a_) ((unsigned)_mm256_movemask_ps(_mm256_castsi256_ps(_mm256_cmpgt_epi32((a_), T))))
     for (; i + 32 <= n; i += 32) {
@@ -870,20 +878,19 @@ static void qc_filter_sym(const float *x, ptrdiff_t n, const qc_plan *p, float *
         __m256i v3 = _mm256_and_si256(_mm256_loadu_si256((const __m256i *)(x + i + 24)), ABS);
         __m256i m = _mm256_max_epi32(_mm256_max_epi32(v0, v1), _mm256_max_epi32(v2, v3));
         if (QC_SYM_BITS(m)) {
-            QC_SYM_GATHER(QC_SYM_BITS(v0), i);
-            QC_SYM_GATHER(QC_SYM_BITS(v1), i + 8);
-            QC_SYM_GATHER(QC_SYM_BITS(v2), i + 16);
-            QC_SYM_GATHER(QC_SYM_BITS(v3), i + 24);
+            uint32_t bits = QC_SYM_BITS(v0) | QC_SYM_BITS(v1) << 8 | QC_SYM_BITS(v2) << 16 |
+                            QC_SYM_BITS(v3) << 24;
+            QC_SYM_GATHER(bits, i);
         }
     }
     for (; i < n; i++) {
         float w = x[i];
         if (!(w - w == 0.0f)) { r->bad = i; return; }
         if (w <= b1) {
-            if (n1 >= cap1) goto overflow;
+            if (n1 >= lim1) goto overflow;
             buf1[n1++] = w;
         } else if (w >= a2) {
-            if (n2 >= cap2) goto overflow;
+            if (n2 >= lim2) goto overflow;
             buf2[n2++] = w;
         }
     }
