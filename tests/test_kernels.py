@@ -305,6 +305,30 @@ def test_fake_quantize_in_place(k, n, nt, zp, masked):
         np.testing.assert_array_equal(mask, rmask.astype(np.uint8))
 
 
+@pytest.mark.parametrize("masked", [False, True], ids=["nomask", "mask"])
+@pytest.mark.parametrize("offset", [0, 1, 3, 7], ids=lambda o: f"off{o}")
+def test_fake_quantize_large_any_alignment(k, offset, masked):
+    """Arrays beyond the caches take the streaming-store path, whose head depends on
+    the output's alignment; in place too."""
+    n = (1 << 21) + 37
+    zp = 0.0 if offset % 2 == 0 else 3.5
+    buf = np.zeros(n + 8, np.float32)
+    x = special_data(n, 0.0371, zp)
+    ref, rmask = fake_quantize_ref(x, 0.0371, zp, -127.0, 127.0)
+    out = buf[offset:offset + n]
+    mask = np.full(n, 9, np.uint8) if masked else None
+    nt = 2 if offset == 3 else 1
+    k.fake_quantize(x, out, 0.0371, zp, -127.0, 127.0, mask, nt)
+    np.testing.assert_array_equal(bits(out), bits(ref))
+    if masked:
+        np.testing.assert_array_equal(mask, rmask.astype(np.uint8))
+    if offset == 1:                     # in place, misaligned
+        y = buf[offset:offset + n]
+        y[:] = x
+        k.fake_quantize(y, y, 0.0371, zp, -127.0, 127.0, mask, 1)
+        np.testing.assert_array_equal(bits(y), bits(ref))
+
+
 def test_fake_quantize_signed_zero(k):
     """-0.0 / s + 0.0 is +0.0 in Rust; a tiny negative rounds to -0.0: both kept."""
     x = np.array([-0.0, 0.0, -1e-3, 1e-3, -0.0], dtype=np.float32)
