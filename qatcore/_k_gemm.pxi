@@ -21,7 +21,8 @@ cdef extern from "qc_gemm.h" nogil:
                             const int32_t *multiplier, const int32_t *shift,
                             int32_t zero_point, int32_t qmin, int32_t qmax, int8_t *out)
 
-#: Which microkernel this module runs ("avx2-vpmaddwd", "avx512vnni-vpdpbusd", "portable-c").
+#: Which microkernel this module runs ("avx2-vpmaddubsw-sign", "avx512vnni-vpdpbusd",
+#: "sse2-pmaddwd", "portable-c").
 GEMM_IMPL = qc_gemm_impl.decode("ascii")
 #: Name of the packed weight layout pack_weights writes and gemm_i8_i32 reads.
 GEMM_LAYOUT = qc_gemm_layout.decode("ascii")
@@ -36,7 +37,8 @@ def packed_size(Py_ssize_t n, Py_ssize_t k):
 
 def pack_weights(const int8_t[:, ::1] w,  # IN (N, K) int8, row-major
                  int8_t[::1] packed):      # OUT packed_size(N, K) bytes
-    """Pack (N, K) int8 weights into this module's GEMM_LAYOUT (zero padded)."""
+    """Pack (N, K) int8 weights into this module's GEMM_LAYOUT (zero padded).  Weights
+    must lie in [-127, 127] (the AVX2 kernel's exactness relies on it)."""
     cdef Py_ssize_t n = w.shape[0], k = w.shape[1]
     if n == 0 or k == 0 or packed.shape[0] == 0:
         return

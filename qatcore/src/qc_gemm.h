@@ -11,9 +11,11 @@
  *   - AVX-512 VNNI: vpdpbusd on (x xor 0x80) as uint8 times int8 weights, minus
  *     128 * sum_k w[n, k] per column.  vpdpbusd does not saturate and wraps modulo 2^32,
  *     so the result is exact whenever the true result fits int32.
- *   - AVX2: vpmaddwd on int16-widened data (weights widened in the loop, activations
- *     widened when a row block is packed).  Exact: no vpmaddubsw, whose int16 pair sums
- *     saturate (onnxruntime#6004).
+ *   - AVX2: vpmaddubsw(|x|, sign(w, x)) then vpmaddwd with ones.  Exact because the
+ *     weights lie in [-127, 127] (QuantizedLinear's codes; pack_weights requires it): an
+ *     int16 pair sum is at most 2 * 128 * 127 = 32512, so the saturation of the usual
+ *     u8 x s8 vpmaddubsw kernels (onnxruntime#6004) cannot happen.
+ *   - SSE2 (x86-64 baseline): pmaddwd on int16-widened data.
  *   - otherwise portable C on the AVX2 layout.
  * Accumulation is int32.  With weights in [-127, 127] (QuantizedLinear's codes) and
  * activations in [-128, 127], |partial sums| <= 128 * sum_k |w[n, k]| <= 16256 * K, so
@@ -48,17 +50,17 @@ typedef int8_t qc_b_t;
 #elif defined(__AVX2__) && !defined(QC_GEMM_FORCE_PORTABLE)
 #  include <immintrin.h>
 #  define QC_GEMM_USE_AVX2 1
+#  define QC_GEMM_IMPL "avx2-vpmaddubsw-sign"
+/* int8 x int8 without saturation: vpmaddubsw(|x|, sign(w, x)) pairs are at most
+   2 * 128 * 127 = 32512 (weights in [-127, 127]), widened by vpmaddwd with ones.  Same
+   multiply-pipe cost per MAC as vpmaddwd on int16, but int8 weights (half the memory
+   traffic) and no widening in the loop. */
 #  define QC_GEMM_NR 16
-#  define QC_GEMM_KG 2
-#  define QC_GEMM_MR 6
-#  define QC_GEMM_IMPL "avx2-vpmaddwd"
-/* Weights stored widened to int16: vpmovsxbw in the loop competes with vpmaddwd for
-   the multiply pipe on Zen 1 (one row: 25 -> 39 GOPS); the panel k-block is halved to
-   stay in L1. */
-#  define QC_GEMM_LAYOUT "nr16-kg2-i16"
-#  define QC_GEMM_KC 512
-typedef int16_t qc_a_t;
-typedef int16_t qc_b_t;
+#  define QC_GEMM_KG 4
+#  define QC_GEMM_MR 4
+#  define QC_GEMM_LAYOUT "nr16-kg4"
+typedef int8_t qc_a_t;
+typedef int8_t qc_b_t;
 #elif (defined(__SSE2__) || defined(_M_X64)) && !defined(QC_GEMM_FORCE_PORTABLE)
 #  include <emmintrin.h>
 #  define QC_GEMM_USE_SSE2 1
@@ -203,6 +205,7 @@ static inline void qc_pack_a(const int8_t *x, ptrdiff_t ldx, ptrdiff_t rows, ptr
 QC_INLINE void qc_uk(const int mr, ptrdiff_t ng, const qc_a_t *a, ptrdiff_t lda,
                      const qc_b_t *b, int32_t *tile) {
     __m256i acc[QC_GEMM_MR][2];
+    const __m256i ones = _mm256_set1_epi16(1);
     int r;
     ptrdiff_t g;
     QC_UNROLL
@@ -211,22 +214,38 @@ QC_INLINE void qc_uk(const int mr, ptrdiff_t ng, const qc_a_t *a, ptrdiff_t lda,
         acc[r][1] = _mm256_setzero_si256();
     }
     for (g = 0; g < ng; g++) {
-        /* 16 columns x (k, k+1): lane c of b0 = (w[c, k], w[c, k+1]) as two int16. */
-        __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + g * 32));
-        __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + g * 32 + 16));
+        /* 8 columns x (k .. k+3) per register: lane c = w[c, k..k+3] */
+        __m256i b0 = _mm256_loadu_si256((const __m256i *)(b + g * 64));
+        __m256i b1 = _mm256_loadu_si256((const __m256i *)(b + g * 64 + 32));
         QC_UNROLL
         for (r = 0; r < mr; r++) {
             int32_t av;
-            memcpy(&av, a + r * lda + g * 2, 4);
-            __m256i a2 = _mm256_set1_epi32(av);
-            acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(a2, b0));
-            acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(a2, b1));
+            memcpy(&av, a + r * lda + g * 4, 4);
+            __m256i x4 = _mm256_set1_epi32(av);
+            __m256i ax = _mm256_abs_epi8(x4);            /* |x| as uint8 (128 for -128) */
+            __m256i p0 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(b0, x4));
+            __m256i p1 = _mm256_maddubs_epi16(ax, _mm256_sign_epi8(b1, x4));
+            acc[r][0] = _mm256_add_epi32(acc[r][0], _mm256_madd_epi16(p0, ones));
+            acc[r][1] = _mm256_add_epi32(acc[r][1], _mm256_madd_epi16(p1, ones));
         }
     }
     QC_UNROLL
     for (r = 0; r < mr; r++) {
         _mm256_storeu_si256((__m256i *)(tile + r * QC_GEMM_NR), acc[r][0]);
         _mm256_storeu_si256((__m256i *)(tile + r * QC_GEMM_NR + 8), acc[r][1]);
+    }
+}
+
+/* A block: int8 as is, rows of lda bytes, zero padded to kcp. */
+static inline void qc_pack_a(const int8_t *x, ptrdiff_t ldx, ptrdiff_t rows, ptrdiff_t kc,
+                             ptrdiff_t kcp, ptrdiff_t lda, qc_a_t *a) {
+    ptrdiff_t r, k;
+    for (r = 0; r < rows; r++) {
+        const int8_t *src = x + r * ldx;
+        qc_a_t *dst = a + r * lda;
+        memcpy(dst, src, (size_t)kc);
+        for (k = kc; k < kcp; k++)
+            dst[k] = 0;
     }
 }
 
@@ -294,7 +313,7 @@ static void qc_uk(const int mr, ptrdiff_t ng, const qc_a_t *a, ptrdiff_t lda,
 
 #endif
 
-#if !defined(QC_GEMM_USE_VNNI)
+#if !defined(QC_GEMM_USE_VNNI) && !defined(QC_GEMM_USE_AVX2)
 /* A block: int16, rows of lda values, zero padded to kcp. */
 static inline void qc_pack_a(const int8_t *x, ptrdiff_t ldx, ptrdiff_t rows, ptrdiff_t kc,
                              ptrdiff_t kcp, ptrdiff_t lda, qc_a_t *a) {
