@@ -116,3 +116,68 @@ def test_mean_std_constant_batch():
     lo, hi = obs.range()
     assert lo == hi == float(np.float32(0.1))
     assert obs.compute_qparams(FakeQuantConfig(bits=12, symmetric=False)) == (1.0, float(-np.float32(0.1)))
+
+
+# --- QuantizedLinear --------------------------------------------------------------------
+from qatcore import QuantizedLinear  # noqa: E402
+
+
+def _layer(bias=(1.0, -2.0)):
+    w = np.array([[0.5, -1.0, 0.25], [1.0, 0.0, -0.5]], np.float32)
+    return QuantizedLinear.from_float(w, None if bias is None else np.array(bias, np.float32),
+                                      3, 2, FakeQuantConfig.int8())
+
+
+def test_linear_bias_scale():
+    layer = _layer()
+    ws = np.float32(layer.weight_scale)
+    rust_codes = np.trunc(np.array([1.0, -2.0], np.float32) / ws + np.copysign(np.float32(0.49999997), [1.0, -2.0]))
+    np.testing.assert_array_equal(layer.bias_q, rust_codes.astype(np.int32))   # input_scale 1
+    layer.set_input_scale(0.5)
+    scale = np.float32(0.5) * ws
+    want = np.trunc(np.array([1.0, -2.0], np.float32) / scale + np.copysign(np.float32(0.49999997), [1.0, -2.0]))
+    np.testing.assert_array_equal(layer.bias_q, want.astype(np.int32))
+    assert layer.output_scale == float(np.float32(0.5) * ws)
+
+
+def test_linear_shape_errors():
+    layer = _layer()
+    with pytest.raises(ValueError, match="multiple"):
+        layer.forward_quantized(np.zeros(4, np.int8))
+    with pytest.raises(ValueError, match="bias"):
+        QuantizedLinear.from_float(np.ones((2, 3)), np.ones(3), 3, 2, FakeQuantConfig())
+    with pytest.raises(ValueError, match="weights"):
+        QuantizedLinear.from_float(np.ones(5), None, 3, 2, FakeQuantConfig())
+
+
+def test_linear_asymmetric_config():
+    w = np.linspace(-1, 1, 6, dtype=np.float32).reshape(2, 3)
+    layer = QuantizedLinear.from_float(w, None, 3, 2, FakeQuantConfig(bits=8, symmetric=False))
+    assert layer.weight_scale == float(np.float32(1) / np.float32(127))
+    assert layer.weights_q.min() == -127 and layer.weights_q.max() == 127
+    with pytest.raises(ValueError, match="bits"):
+        QuantizedLinear.from_float(w, None, 3, 2, FakeQuantConfig(bits=12))
+
+
+def test_linear_overflow_refused():
+    with pytest.raises(ValueError, match="bias"):
+        QuantizedLinear.from_float(np.eye(2, 3) * 1e-9, [3e9, 0.0], 3, 2, FakeQuantConfig())
+    with pytest.raises(ValueError):
+        QuantizedLinear.from_float(np.ones(132105), None, 132105, 1, FakeQuantConfig())
+
+
+@pytest.mark.parametrize("what", ["weights", "bias", "scale"])
+def test_linear_nonfinite_refused(what):
+    w = np.ones((2, 3), np.float32)
+    b = np.zeros(2, np.float32)
+    if what == "weights":
+        w[1, 2] = np.nan
+    if what == "bias":
+        b[0] = np.inf
+    if what == "scale":
+        layer = _layer()
+        with pytest.raises(ValueError, match="scale"):
+            layer.set_input_scale(np.nan)
+        return
+    with pytest.raises(ValueError, match=what):
+        QuantizedLinear.from_float(w, b, 3, 2, FakeQuantConfig())
