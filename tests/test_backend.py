@@ -48,3 +48,22 @@ def test_targets_agree_bit_for_bit():
         k.fake_quantize(x, out, 0.037, 0.0, -127.0, 127.0, None, 1)
         results.append((k.minmax(x, 1), bits_of(out).tobytes()))
     assert all(r == results[0] for r in results)
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_kernel_stub_lists_every_kernel(target):
+    """qatcore/_kernels.pyi describes exactly the names each kernel module exports."""
+    import ast
+    import inspect
+
+    stub_path = os.path.join(os.path.dirname(qatcore.__file__), "_kernels.pyi")
+    if not os.path.exists(stub_path):
+        pytest.skip("stub not installed")
+    with open(stub_path, encoding="utf-8") as fh:
+        tree = ast.parse(fh.read())
+    declared = {node.name for node in tree.body if isinstance(node, ast.FunctionDef)}
+    declared |= {node.target.id for node in tree.body if isinstance(node, ast.AnnAssign)}
+    module = _backend.load(target)
+    exported = {name for name, value in vars(module).items()
+                if not name.startswith("_") and not inspect.ismodule(value)}
+    assert exported == declared

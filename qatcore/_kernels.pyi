@@ -1,0 +1,81 @@
+# Type stubs for the private kernel modules (qatcore._kernels, qatcore._kernels_avx2,
+# qatcore._kernels_avx512: one source, one module per CPU target).  The kernels trust their
+# input; the classes in qatcore/ validate.  Memoryview types are given as comments.
+
+from typing import Optional, Tuple
+
+import numpy as np
+import numpy.typing as npt
+
+TARGET: str                  # "baseline", "avx2" or "avx512"
+OPENMP: bool                 # built with OpenMP
+PAR_MIN_PER_THREAD: int      # below this many elements per thread a kernel stays serial
+GEMM_IMPL: str               # "vnni", "avx2", "sse2" or "portable"
+GEMM_LAYOUT: str             # name of the packed-weight layout of this target
+GEMM_MAX_K: int              # largest K for exact int32 accumulation
+
+def cpu_supports(feature: str) -> bool: ...
+def omp_max_threads() -> int: ...
+
+# --- reductions ----------------------------------------------------------------------
+def minmax(x: npt.NDArray[np.float32],  # const float[::1]
+           n_threads: int = 1) -> Tuple[float, float, int]:
+    """(min, max, first non-finite index or -1)."""
+def mean_std(x: npt.NDArray[np.float32],  # const float[::1]
+             n_threads: int = 1) -> Tuple[float, float, int]:
+    """(mean, population std, first non-finite index or -1), float64 accumulation."""
+def select_order_stats(x: npt.NDArray[np.float32],  # const float[::1], n >= 1
+                       k_low: int, k_high: int, n_threads: int = 1) -> Tuple[float, float, int]:
+    """Values at ranks k_low <= k_high of a stable ascending sort, first non-finite index."""
+def select_order_stats_path(x: npt.NDArray[np.float32], k_low: int, k_high: int,
+                            path: str = "auto", n_threads: int = 1) -> Tuple[float, float, int, str]: ...
+def probe_read(x: npt.NDArray[np.float32], n_threads: int = 1) -> float: ...
+
+# --- element-wise ----------------------------------------------------------------------
+def fake_quantize(x: npt.NDArray[np.float32],        # const float[::1]
+                  out: npt.NDArray[np.float32],      # float[::1], may be x
+                  scale: float, zero_point: float, qmin: float, qmax: float,
+                  mask: Optional[npt.NDArray[np.uint8]] = None,  # uint8_t[::1] or None
+                  n_threads: int = 1) -> None: ...
+def quantize(x: npt.NDArray[np.float32],   # const float[::1]
+             out: np.ndarray,              # int8/uint8/int16/uint16 [::1]
+             scale: float, zero_point: float, qmin: float, qmax: float,
+             n_threads: int = 1) -> None: ...
+def dequantize(q: np.ndarray,                       # const int8/uint8/int16/uint16 [::1]
+               out: npt.NDArray[np.float32],        # float[::1]
+               scale: float, zero_point: float, n_threads: int = 1) -> None: ...
+def probe_divide(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], scale: float,
+                 n_threads: int = 1) -> None: ...
+def probe_copy(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32],
+               n_threads: int = 1) -> None: ...
+
+# --- backward (STE, LSQ) ---------------------------------------------------------------
+def ste_backward(grad: npt.NDArray[np.float32],               # const float[::1]
+                 mask: Optional[npt.NDArray[np.uint8]],       # const uint8_t[::1] or None
+                 out: npt.NDArray[np.float32]) -> int:        # float[::1]
+    """First non-finite index of grad, or -1."""
+def lsq_backward(x: npt.NDArray[np.float32], grad: npt.NDArray[np.float32],
+                 grad_in: npt.NDArray[np.float32], scale: float, zero_point: float,
+                 qmin: float, qmax: float, identity: bool = False
+                 ) -> Tuple[int, float, float, float]:
+    """(first bad index or -1, sum_inside, sum_below, sum_above) in float64."""
+
+# --- int8 GEMM -------------------------------------------------------------------------
+def packed_size(n: int, k: int) -> int: ...
+def pack_weights(w: npt.NDArray[np.int8],        # const int8_t[:, ::1] (N, K), in [-127, 127]
+                 packed: npt.NDArray[np.int8]    # int8_t[::1], packed_size(N, K)
+                 ) -> None: ...
+def gemm_i8_i32(x: npt.NDArray[np.int8],                 # const int8_t[:, ::1] (M, K)
+                packed: npt.NDArray[np.int8],            # const int8_t[::1]
+                n: int,
+                wsum: npt.NDArray[np.int32],             # const int32_t[::1] (N,)
+                col_offset: Optional[npt.NDArray[np.int32]],  # const int32_t[::1] (N,) or None
+                out: npt.NDArray[np.int32],              # int32_t[:, ::1] (M, N)
+                n_threads: int = 1) -> int:
+    """0, or -1 when scratch memory could not be allocated."""
+def requantize_fixed_point(acc: npt.NDArray[np.int32],         # const int32_t[:, ::1]
+                           multiplier: npt.NDArray[np.int32],  # const int32_t[::1] (N,)
+                           shift: npt.NDArray[np.int32],       # const int32_t[::1] (N,)
+                           zero_point: int, qmin: int, qmax: int,
+                           out: npt.NDArray[np.int8],          # int8_t[:, ::1]
+                           n_threads: int = 1) -> None: ...
