@@ -314,6 +314,11 @@ def test_paths_taken_for_percentiles(target):
         x = make(2**20 + 3, dist)
         for nt in (1, 2):
             assert f(x, *percentile_indices_ref(x.size), "auto", nt)[3] == "sample", dist
+    # ranks away from the ends: one bracket (merged) or two ranges, still no radix
+    x = make(2**20 + 3, "normal")
+    for pair in ("median_same", "thirds", "both_low", "both_high", "near_ends"):
+        for nt in (1, 2):
+            assert f(x, *PAIRS[pair](x.size), "auto", nt)[3] == "sample", pair
 
 
 @pytest.mark.parametrize("target", TARGETS)

@@ -667,9 +667,11 @@ static int qc_plan_make(const float *x, ptrdiff_t n, ptrdiff_t klo, ptrdiff_t kh
     p->nt = nt;
     p->nc = nc;
     p->chunk = ((n + nc - 1) / nc + 63) & ~(ptrdiff_t)63;
-    /* 1.5x the expected count per chunk plus slack. */
-    p->cap1 = e1 > 0 ? (ptrdiff_t)(1.5 * e1 / nc) + 1024 + QC_SLACK : 0;
-    p->cap2 = e2 > 0 ? (ptrdiff_t)(1.5 * e2 / nc) + 1024 + QC_SLACK : 0;
+    /* The expected count plus 4 standard deviations of its estimate from c sample
+     * elements (relative sd ~ 1/sqrt(c)), per chunk, plus slack. */
+    double f1 = e1 > 0 ? 1.0 + 4.0 / sqrt(e1 / per) : 0, f2 = e2 > 0 ? 1.0 + 4.0 / sqrt(e2 / per) : 0;
+    p->cap1 = e1 > 0 ? (ptrdiff_t)(f1 * e1 / nc) + 1024 + QC_SLACK : 0;
+    p->cap2 = e2 > 0 ? (ptrdiff_t)(f2 * e2 / nc) + 1024 + QC_SLACK : 0;
     if ((p->cap1 + p->cap2) * nc > n / 12) /* keep scratch below ~8 % of the batch */
         return -1;
     if (tiny_buffers) { /* tests: force the overflow fallback */
@@ -779,7 +781,9 @@ QC_INLINE void qc_filter_impl(const float *x, ptrdiff_t n, const qc_plan *p, flo
     const qc_vf A1 = QC_SET1(p->a1), B1 = QC_SET1(p->b1);
     const qc_vf A2 = QC_SET1(p->a2), B2 = QC_SET1(p->b2);
     const float a1 = p->a1, b1 = p->b1, a2 = p->a2, b2 = p->b2;
-    const ptrdiff_t lim1 = p->cap1 - QC_SLACK, lim2 = p->cap2 - QC_SLACK;
+    /* fill limits; an unused side (capacity 0) stays at 0 and is never written */
+    const ptrdiff_t lim1 = p->cap1 > QC_SLACK ? p->cap1 - QC_SLACK : 0;
+    const ptrdiff_t lim2 = p->cap2 > QC_SLACK ? p->cap2 - QC_SLACK : 0;
     const int g1 = M1 == QC_TAIL || M1 == QC_TAILX || M1 == QC_RANGE;
     const int g2 = M2 == QC_TAIL || M2 == QC_TAILX || M2 == QC_RANGE;
     ptrdiff_t lt1 = 0, le1 = 0, gt2 = 0, ge2 = 0, n1 = 0, n2 = 0;
@@ -851,7 +855,8 @@ static void qc_filter_sym(const float *x, ptrdiff_t n, const qc_plan *p, float *
     memcpy(&tb, &p->tsym, 4);
     const __m256i T = _mm256_set1_epi32(tb - 1); /* |v| >= tsym <=> bits > tb - 1 */
     const float b1 = p->b1, a2 = p->a2;
-    const ptrdiff_t lim1 = p->cap1 - QC_SLACK, lim2 = p->cap2 - QC_SLACK;
+    const ptrdiff_t lim1 = p->cap1 > QC_SLACK ? p->cap1 - QC_SLACK : 0;
+    const ptrdiff_t lim2 = p->cap2 > QC_SLACK ? p->cap2 - QC_SLACK : 0;
     ptrdiff_t n1 = 0, n2 = 0, i = 0;
     r->bad = -1;
     r->overflow = 0;
