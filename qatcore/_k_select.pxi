@@ -38,7 +38,7 @@ cdef Py_ssize_t _select_core(const float *x, Py_ssize_t n, Py_ssize_t k_low,
     """Values at ranks k_low <= k_high of contiguous float32 x[0:n] (stable order, -0.0 ==
     +0.0); returns the first non-finite index or -1.  Scratch (malloc'ed, checked):
     a sample of n/256 floats (2048..32768; n/64 up to 65536 for ranks away from the
-    ends) and candidate buffers, capped at n/12 floats (else the radix path): ~60 KiB at
+    ends) and candidate buffers, capped at n/12 floats (else the radix path): ~75 KiB at
     2^20 and ~360 KiB at 2^24 for the percentile ranks; plus < 40 KiB of stack.  A
     failed malloc takes the radix path, which needs no heap memory, so this never fails
     for lack of memory."""
