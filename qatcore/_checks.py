@@ -37,12 +37,16 @@ def as_float32(x, name: str = "x"):
 
 
 def check_out(out, shape, dtype, name: str = "out"):
-    """Validate a caller-supplied output array: exact dtype, shape, C-contiguous, writable.
-    Returns it flattened (a view)."""
-    if type(out) is not np.ndarray and not isinstance(out, np.ndarray):
+    """Validate a caller-supplied output array: exact dtype (a numpy dtype object), shape,
+    C-contiguous, writable.  Returns it flattened (a view)."""
+    if type(out) is np.ndarray and out.dtype is dtype and out.shape == shape:
+        flags = out.flags
+        if flags.c_contiguous and flags.writeable:          # the common case, cheaply
+            return out if out.ndim == 1 else out.reshape(-1)
+    if not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
     if out.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {np.dtype(dtype).name}, got {out.dtype.name}")
+        raise TypeError(f"{name} must have dtype {dtype.name}, got {out.dtype.name}")
     if out.shape != tuple(shape):
         raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
     if not out.flags.c_contiguous:

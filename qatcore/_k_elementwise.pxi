@@ -80,13 +80,19 @@ def fake_quantize(const float[::1] x,      # IN
                   float scale, float zero_point, float qmin, float qmax,
                   uint8_t[::1] mask=None,  # OUT, same length, or None
                   int n_threads=1):
-    """Fused quantize -> dequantize of contiguous float32 x into out (and the STE mask)."""
+    """Fused quantize -> dequantize of contiguous float32 x into out (and the STE mask).
+    Returns 0, or 1 without writing anything when out overlaps x without being x (an
+    element would be overwritten before it is read)."""
     cdef Py_ssize_t n = x.shape[0]
     cdef int nt = _threads_for(n, n_threads)
     cdef Py_ssize_t chunk, c, b
     cdef uint8_t *m = NULL
     if n == 0:
-        return
+        return 0
+    cdef const float *xp = &x[0]
+    cdef const float *op = &out[0]
+    if op != xp and op < xp + n and xp < op + n:
+        return 1
     if mask is not None:
         m = &mask[0]
     with nogil:
@@ -100,6 +106,7 @@ def fake_quantize(const float[::1] x,      # IN
                 if b < n:
                     _fake_quantize_core(&x[b], &out[b], (m + b) if m != NULL else NULL,
                                         min(chunk, n - b), scale, zero_point, qmin, qmax)
+    return 0
 
 
 cdef void _quantize_core(const float *x, code_t *out, Py_ssize_t n, float scale,

@@ -13,6 +13,8 @@ from .observer import QuantObserver
 
 __all__ = ["DynamicQuantizer"]
 
+_F32 = np.dtype(np.float32)
+
 
 def code_dtype(config: FakeQuantConfig) -> np.dtype:
     """Smallest integer dtype holding the config's codes: int8/uint8 up to 8 bits,
@@ -121,7 +123,7 @@ class DynamicQuantizer:
         zero_point = check_finite(zero_point, "zero_point")
         codes = np.ascontiguousarray(q).reshape(-1)
         dst = (np.empty(codes.shape[0], dtype=np.float32) if out is None
-               else check_out(out, q.shape, np.float32))
+               else check_out(out, q.shape, _F32))
         _backend.kernels.dequantize(codes, dst, scale, zero_point, self._threads())
         return out if out is not None else dst.reshape(q.shape)
 

@@ -15,6 +15,9 @@ from .observer import QuantObserver
 
 __all__ = ["Module", "FakeQuantize", "SCALE_FLOOR"]
 
+_F32 = np.dtype(np.float32)
+_OVERLAP = "out overlaps x without being x itself"
+
 #: Smallest value a learned (LSQ) scale may take: the smallest normal float32, 2^-126.
 #: An optimizer step that would make the scale zero or negative leaves it here instead
 #: (``FakeQuantize.clamp_parameters``, also applied at every forward).
@@ -317,10 +320,12 @@ class FakeQuantize(Module):
     def _output(self, data, shape, out):
         if out is None:
             return np.empty(data.shape[0], dtype=np.float32)
-        flat = check_out(out, shape, np.float32)
-        # may_share_memory first: `.ctypes.data` costs microseconds per access
-        if np.may_share_memory(flat, data) and flat.ctypes.data != data.ctypes.data:
-            raise ValueError("out overlaps x without being x itself")
+        flat = check_out(out, shape, _F32)
+        # A calibrating call observes before the kernel runs, so a partial overlap must be
+        # refused up front; otherwise the kernel refuses it (cheaper than numpy's check).
+        if (self._calibrating and flat.ctypes.data != data.ctypes.data
+                and np.may_share_memory(flat, data)):
+            raise ValueError(_OVERLAP)
         return flat
 
     def _run(self, data, shape, dst, out):
@@ -328,12 +333,17 @@ class FakeQuantize(Module):
         mask = None
         if self._learnable:
             self._sync_learned()
+        saved = None
         if self.training:
             mask = np.empty(data.shape[0], dtype=np.uint8)
             if self._learnable:     # LSQ's backward needs x itself (copied if out is x)
-                self._x_saved = data.copy() if np.may_share_memory(dst, data) else data
-        _backend.kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
-                                       mask, self.n_threads)
+                saved = data.copy() if np.may_share_memory(dst, data) else data
+        nt = self._observer._n_threads or _backend._num_threads
+        if _backend.kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
+                                          mask, nt):
+            raise ValueError(_OVERLAP)
+        if saved is not None:
+            self._x_saved = saved
         self._mask, self._mask_shape = mask, (shape if mask is not None else None)
         return out if out is not None else dst.reshape(shape)
 
@@ -386,7 +396,7 @@ class FakeQuantize(Module):
         if out is None:
             grad_in = np.empty(grad.shape[0], dtype=np.float32)
         else:
-            grad_in = check_out(out, shape, np.float32)
+            grad_in = check_out(out, shape, _F32)
             if np.may_share_memory(grad_in, grad) and grad_in.ctypes.data != grad.ctypes.data:
                 raise ValueError("out overlaps grad_out without being grad_out itself")
         identity = self._ste == "identity"

@@ -19,6 +19,8 @@ _AVERAGING_CONSTANT = F32(0.01)
 _ONE_MINUS_C = F32(1.0) - _AVERAGING_CONSTANT
 _EPS = F32(1e-10)                      # Rust's `1e-10` literal compared with an f32
 _P_LOW, _P_HIGH = F32(0.001), F32(0.999)
+_MIN_MAX, _PERCENTILE = ObserverMethod.MIN_MAX, ObserverMethod.PERCENTILE
+_MOVING_AVERAGE = ObserverMethod.MOVING_AVERAGE
 
 
 def percentile_indices(n: int) -> Tuple[int, int]:
@@ -58,7 +60,8 @@ class QuantObserver:
     (0.015748..., 0.0)
     """
 
-    __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count")
+    __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count",
+                 "_qcache")
 
     def __init__(self, method=ObserverMethod.MIN_MAX, *, n_threads=None):
         self._method = _coerce_observer(method)
@@ -87,15 +90,16 @@ class QuantObserver:
 
     def reset(self) -> None:
         """Forget everything observed."""
-        self._min = F32(_INF)
-        self._max = F32(-_INF)
+        self._min = _INF
+        self._max = -_INF
         self._avg_min = F32(0.0)
         self._avg_max = F32(0.0)
         self._count = 0
+        self._qcache = None
 
     def range(self) -> Tuple[float, float]:
         """Observed ``(min, max)``; ``(inf, -inf)`` before anything was observed."""
-        return float(self._min), float(self._max)
+        return self._min, self._max
 
     # --- observing -------------------------------------------------------------------
     def observe(self, x) -> None:
@@ -120,36 +124,32 @@ class QuantObserver:
         if n == 0:
             return
         k = _backend.kernels
-        nt = self.n_threads
+        nt = self._n_threads or _backend._num_threads
         method = self._method
-        if method is ObserverMethod.MEAN_STD:
-            mean, std, bad = k.mean_std(data, nt)
-            if bad >= 0:
-                raise_nonfinite("observe", data, bad, shape)
-            with np.errstate(over="ignore"):
-                lo, hi = F32(mean - 3.0 * std), F32(mean + 3.0 * std)
-            if not (math.isfinite(lo) and math.isfinite(hi)):
-                raise ValueError("observe: mean ± 3·std of x overflows float32")
-        elif method is ObserverMethod.PERCENTILE:
+        # lo/hi are Python floats holding float32 values (cheaper than numpy scalars).
+        if method is _MIN_MAX or method is _MOVING_AVERAGE:
+            lo, hi, bad = k.minmax(data, nt)
+        elif method is _PERCENTILE:
             k_low, k_high = percentile_indices(n)
             lo, hi, bad = k.select_order_stats(data, k_low, k_high, nt)
-            if bad >= 0:
-                raise_nonfinite("observe", data, bad, shape)
-            lo, hi = F32(lo), F32(hi)
         else:
-            lo, hi, bad = k.minmax(data, nt)
-            if bad >= 0:
-                raise_nonfinite("observe", data, bad, shape)
-            lo, hi = F32(lo), F32(hi)
+            mean, std, bad = k.mean_std(data, nt)
+            if bad < 0:
+                with np.errstate(over="ignore"):
+                    lo, hi = float(F32(mean - 3.0 * std)), float(F32(mean + 3.0 * std))
+                if not (math.isfinite(lo) and math.isfinite(hi)):
+                    raise ValueError("observe: mean ± 3·std of x overflows float32")
+        if bad >= 0:
+            raise_nonfinite("observe", data, bad, shape)
 
-        if method is ObserverMethod.MOVING_AVERAGE:
+        if method is _MOVING_AVERAGE:
             if self._count == 0:
-                self._avg_min, self._avg_max = lo, hi
+                self._avg_min, self._avg_max = F32(lo), F32(hi)
             else:
                 c = _AVERAGING_CONSTANT
-                self._avg_min = _ONE_MINUS_C * self._avg_min + c * lo
-                self._avg_max = _ONE_MINUS_C * self._avg_max + c * hi
-            self._min, self._max = self._avg_min, self._avg_max
+                self._avg_min = _ONE_MINUS_C * self._avg_min + c * F32(lo)
+                self._avg_max = _ONE_MINUS_C * self._avg_max + c * F32(hi)
+            self._min, self._max = float(self._avg_min), float(self._avg_max)
         else:
             # f32::min/max: which zero wins between -0.0 and +0.0 is left to the
             # comparison, as in Rust's fold (the scale does not depend on it).
@@ -174,7 +174,13 @@ class QuantObserver:
         """
         if not isinstance(config, FakeQuantConfig):
             raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
-        return _qparams(self._min, self._max, self._count, config)
+        cached = self._qcache
+        if cached is not None and cached[0] is config and cached[1] == self._min \
+                and cached[2] == self._max and self._count:
+            return cached[3]            # ±0.0 range ends give the same qparams
+        result = _qparams(self._min, self._max, self._count, config)
+        self._qcache = (config, self._min, self._max, result)
+        return result
 
     # --- Rust Clone ----------------------------------------------------------------
     def __copy__(self) -> "QuantObserver":

@@ -399,3 +399,18 @@ def test_threads_setting():
     for bad, exc in ((0, ValueError), (1.5, TypeError), (True, TypeError)):
         with pytest.raises(exc, match="n"):
             qatcore.set_num_threads(bad)
+
+
+@pytest.mark.parametrize("calibrating", [True, False])
+def test_fake_quantize_partial_overlap_refused(target, calibrating, rng):
+    fq = FakeQuantize()
+    fq.fake_quantize(data(rng, 64))
+    if not calibrating:
+        fq.disable_calibration()
+    state = (fq.scale, fq.observer.count)
+    buf = data(rng, 100)
+    before = buf.copy()
+    with pytest.raises(ValueError, match="overlaps"):
+        fq.fake_quantize(buf[:50], out=buf[10:60])
+    assert (fq.scale, fq.observer.count) == state
+    np.testing.assert_array_equal(buf, before)
