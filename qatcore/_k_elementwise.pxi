@@ -75,36 +75,36 @@ cdef void _fake_quantize_core(const float *x, float *out, uint8_t *mask, Py_ssiz
                 out[i] = (r - zero_point) * scale
 
 
-def fake_quantize(const float[::1] x,      # IN
-                  float[::1] out,          # OUT, same length (may be x itself)
+def fake_quantize(cnp.ndarray x not None,    # IN, C-contiguous float32
+                  cnp.ndarray out not None,  # OUT, float32, same size (may be x itself)
                   float scale, float zero_point, float qmin, float qmax,
-                  uint8_t[::1] mask=None,  # OUT, same length, or None
+                  cnp.ndarray mask=None,     # OUT, uint8, same size, or None
                   int n_threads=1):
     """Fused quantize -> dequantize of contiguous float32 x into out (and the STE mask).
     Returns 0, or 1 without writing anything when out overlaps x without being x (an
     element would be overwritten before it is read)."""
-    cdef Py_ssize_t n = x.shape[0]
+    cdef const float *xp = _f32_in(x, "x")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
+    cdef float *op = <float *>_out_ptr(out, cnp.NPY_FLOAT32, n, "out")
     cdef int nt = _threads_for(n, n_threads)
     cdef Py_ssize_t chunk, c, b
     cdef uint8_t *m = NULL
     if n == 0:
         return 0
-    cdef const float *xp = &x[0]
-    cdef const float *op = &out[0]
-    if op != xp and op < xp + n and xp < op + n:
+    if op != xp and <const float *>op < xp + n and xp < <const float *>op + n:
         return 1
     if mask is not None:
-        m = &mask[0]
+        m = <uint8_t *>_out_ptr(mask, cnp.NPY_UINT8, n, "mask")
     with nogil:
         if nt == 1:
-            _fake_quantize_core(&x[0], &out[0], m, n, scale, zero_point, qmin, qmax)
+            _fake_quantize_core(xp, op, m, n, scale, zero_point, qmin, qmax)
         else:
             chunk = (n + nt - 1) // nt
             chunk = (chunk + 63) & ~(<Py_ssize_t>63)   # cache-line aligned split
             for c in prange(nt, num_threads=nt, schedule="static"):
                 b = c * chunk
                 if b < n:
-                    _fake_quantize_core(&x[b], &out[b], (m + b) if m != NULL else NULL,
+                    _fake_quantize_core(xp + b, op + b, (m + b) if m != NULL else NULL,
                                         min(chunk, n - b), scale, zero_point, qmin, qmax)
     return 0
 

@@ -68,13 +68,14 @@ cdef Py_ssize_t _minmax_serial(const float *x, Py_ssize_t n,
     return -1
 
 
-def minmax(const float[::1] x,  # IN
+def minmax(cnp.ndarray x not None,  # IN, C-contiguous float32
            int n_threads=1):
     """(min, max, first_bad) of a contiguous float32 array in one pass.
 
     first_bad is the index of the first NaN/±Inf, or -1; min/max are only meaningful
     when it is -1.  An empty array gives (inf, -inf, -1)."""
-    cdef Py_ssize_t n = x.shape[0]
+    cdef const float *xp = _f32_in(x, "x")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
     cdef float lo = INFINITY
     cdef float hi = -INFINITY
     cdef Py_ssize_t bad = -1
@@ -90,7 +91,7 @@ def minmax(const float[::1] x,  # IN
         nt = 64
     with nogil:
         if nt == 1:
-            bad = _minmax_serial(&x[0], n, &lo, &hi)
+            bad = _minmax_serial(xp, n, &lo, &hi)
         else:
             chunk = (n + nt - 1) // nt
             for c in prange(nt, num_threads=nt, schedule="static"):
@@ -99,7 +100,7 @@ def minmax(const float[::1] x,  # IN
                 los[c] = INFINITY
                 his[c] = -INFINITY
                 if b < n:
-                    bads[c] = _minmax_serial(&x[b], min(chunk, n - b), &los[c], &his[c])
+                    bads[c] = _minmax_serial(xp + b, min(chunk, n - b), &los[c], &his[c])
                     if bads[c] >= 0:
                         bads[c] = bads[c] + b
             for c in range(nt):

@@ -18,7 +18,7 @@ def cpu_supports(feature: str) -> bool: ...
 def omp_max_threads() -> int: ...
 
 # --- reductions ----------------------------------------------------------------------
-def minmax(x: npt.NDArray[np.float32],  # const float[::1]
+def minmax(x: npt.NDArray[np.float32],  # ndarray, C-contiguous float32 (checked)
            n_threads: int = 1) -> Tuple[float, float, int]:
     """(min, max, first non-finite index or -1)."""
 def mean_std(x: npt.NDArray[np.float32],  # const float[::1]
@@ -32,11 +32,12 @@ def select_order_stats_path(x: npt.NDArray[np.float32], k_low: int, k_high: int,
 def probe_read(x: npt.NDArray[np.float32], n_threads: int = 1) -> float: ...
 
 # --- element-wise ----------------------------------------------------------------------
-def fake_quantize(x: npt.NDArray[np.float32],        # const float[::1]
-                  out: npt.NDArray[np.float32],      # float[::1], may be x
+def fake_quantize(x: npt.NDArray[np.float32],        # ndarray, C-contiguous float32
+                  out: npt.NDArray[np.float32],      # ndarray, writable float32, same size
                   scale: float, zero_point: float, qmin: float, qmax: float,
-                  mask: Optional[npt.NDArray[np.uint8]] = None,  # uint8_t[::1] or None
-                  n_threads: int = 1) -> None: ...
+                  mask: Optional[npt.NDArray[np.uint8]] = None,  # writable uint8 or None
+                  n_threads: int = 1) -> int:
+    """0, or 1 (nothing written) when out partially overlaps x."""
 def quantize(x: npt.NDArray[np.float32],   # const float[::1]
              out: np.ndarray,              # int8/uint8/int16/uint16 [::1]
              scale: float, zero_point: float, qmin: float, qmax: float,

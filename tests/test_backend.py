@@ -67,3 +67,27 @@ def test_kernel_stub_lists_every_kernel(target):
     exported = {name for name, value in vars(module).items()
                 if not name.startswith("_") and not inspect.ismodule(value)}
     assert exported == declared
+
+
+@pytest.mark.parametrize("target", TARGETS)
+def test_hot_kernels_refuse_wrong_arrays(target):
+    """minmax and fake_quantize take arrays through the numpy C API; a wrong layout,
+    dtype, size or a read-only output is a ValueError, never a silent misread."""
+    k = _backend.load(target)
+    x = np.linspace(-1, 1, 64, dtype=np.float32)
+    out = np.empty_like(x)
+    ro = np.empty_like(x)
+    ro.setflags(write=False)
+    for bad in (x[::2], x.astype(np.float64)):
+        with pytest.raises(ValueError, match="x must"):
+            k.minmax(bad, 1)
+        with pytest.raises(ValueError, match="x must"):
+            k.fake_quantize(bad, out[: bad.size], 0.1, 0.0, -127.0, 127.0, None, 1)
+    for bad_out in (out[:10], ro, out.astype(np.float64)):
+        with pytest.raises(ValueError, match="out must"):
+            k.fake_quantize(x, bad_out, 0.1, 0.0, -127.0, 127.0, None, 1)
+    with pytest.raises(ValueError, match="mask must"):
+        k.fake_quantize(x, out, 0.1, 0.0, -127.0, 127.0, np.empty(64, np.int8), 1)
+    x.setflags(write=False)                      # read-only input is fine
+    assert k.minmax(x, 1) == (-1.0, 1.0, -1)
+    assert k.fake_quantize(x, out, 0.1, 0.0, -127.0, 127.0, None, 1) == 0
