@@ -78,6 +78,11 @@ def set_num_threads(n: int) -> None:
     _num_threads = check_threads(n, "n")
 
 
+def resolve_threads(n_threads) -> int:
+    """An object's thread setting (None = follow the library-wide default)."""
+    return _num_threads if n_threads is None else n_threads
+
+
 def check_threads(n_threads, name: str = "n_threads") -> int:
     """Validate a thread count (None means the library-wide default)."""
     if n_threads is None:

@@ -67,7 +67,7 @@ class DynamicQuantizer:
         return code_dtype(self._config)
 
     def _threads(self) -> int:
-        return _backend.get_num_threads() if self._n_threads is None else self._n_threads
+        return _backend.resolve_threads(self._n_threads)
 
     def quantize(self, x, out=None) -> Tuple[np.ndarray, float, float]:
         """Observe `x`, compute its qparams and quantize it.

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import List, Tuple
+from typing import List
 
 import numpy as np
 
@@ -338,7 +338,7 @@ class FakeQuantize(Module):
             mask = np.empty(data.shape[0], dtype=np.uint8)
             if self._learnable:     # LSQ's backward needs x itself (copied if out is x)
                 saved = data.copy() if np.may_share_memory(dst, data) else data
-        nt = self._observer._n_threads or _backend._num_threads
+        nt = self._observer.n_threads
         if _backend.kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
                                           mask, nt):
             raise ValueError(_OVERLAP)
@@ -440,7 +440,3 @@ class FakeQuantize(Module):
     def __repr__(self) -> str:
         return (f"FakeQuantize(config={self._config!r}, scale={self._scale!r}, "
                 f"zero_point={self._zero_point!r}, calibrating={self._calibrating})")
-
-    def qparams(self) -> Tuple[float, float]:
-        """``(scale, zero_point)``."""
-        return self.scale, self.zero_point

@@ -5,7 +5,7 @@ conversion and serialization."""
 from __future__ import annotations
 
 import math
-from typing import Optional, Tuple
+from typing import Tuple
 
 import numpy as np
 
@@ -110,6 +110,19 @@ def _finite_f32(x, name: str, shape=None) -> np.ndarray:
                          f"index {int(bad[0])}")
     arr = arr.copy()
     return arr if shape is None else arr.reshape(shape)
+
+
+def _float_layer(weights, bias, in_features, out_features, wname: str):
+    """Checked float32 copies of a layer's (out, in) weights and (out,) bias (or None)."""
+    in_features = _check_features(in_features, "in_features")
+    out_features = _check_features(out_features, "out_features")
+    if in_features > MAX_IN_FEATURES:
+        raise ValueError(f"in_features={in_features} exceeds the exact int32 accumulation "
+                         f"bound MAX_IN_FEATURES={MAX_IN_FEATURES}")
+    w = _finite_f32(weights, wname, (out_features, in_features))
+    if bias is not None:
+        bias = _finite_f32(bias, "bias", (out_features,))
+    return w, bias
 
 
 def _qparams_of(fq, name: str, bits_max: int = 8):
@@ -305,16 +318,9 @@ class QuantizedLinear(Module):
             raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
         if config.bits > 8:
             raise ValueError(f"config.bits must be <= 8 for QuantizedLinear, got {config.bits}")
-        in_features = _check_features(in_features, "in_features")
-        out_features = _check_features(out_features, "out_features")
         if not isinstance(per_channel, (bool, np.bool_)):
             raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
-        if in_features > MAX_IN_FEATURES:
-            raise ValueError(f"in_features={in_features} exceeds the exact int32 accumulation "
-                             f"bound MAX_IN_FEATURES={MAX_IN_FEATURES}")
-        w = _finite_f32(weights, "weights", (out_features, in_features))
-        if bias is not None:
-            bias = _finite_f32(bias, "bias", (out_features,))
+        w, bias = _float_layer(weights, bias, in_features, out_features, "weights")
         qmax = _F32((1 << (config.bits - 1)) - 1)
         if per_channel:
             max_abs = np.abs(w).max(axis=1, initial=_F32(0))
@@ -390,14 +396,7 @@ class QuantizedLinear(Module):
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape "
                              f"{arr.shape}")
         out_features, in_features = arr.shape
-        in_features = _check_features(in_features, "in_features")
-        out_features = _check_features(out_features, "out_features")
-        if in_features > MAX_IN_FEATURES:
-            raise ValueError(f"in_features={in_features} exceeds the exact int32 accumulation "
-                             f"bound MAX_IN_FEATURES={MAX_IN_FEATURES}")
-        w = _finite_f32(weight, "weight", (out_features, in_features))
-        if bias is not None:
-            bias = _finite_f32(bias, "bias", (out_features,))
+        w, bias = _float_layer(weight, bias, in_features, out_features, "weight")
         qmax = _F32((1 << (wconf.bits - 1)) - 1)
         # Same float32 arithmetic as FakeQuantize's forward: round(w / scale + 0).
         weights_q = np.clip(_round_half_away(w / _F32(w_scale)), -qmax, qmax).astype(np.int8)
@@ -414,7 +413,7 @@ class QuantizedLinear(Module):
     @property
     def n_threads(self) -> int:
         """Threads for the GEMM (the library default when not set)."""
-        return _backend.get_num_threads() if self._n_threads is None else self._n_threads
+        return _backend.resolve_threads(self._n_threads)
 
     @n_threads.setter
     def n_threads(self, value) -> None:

@@ -82,7 +82,7 @@ class QuantObserver:
     @property
     def n_threads(self) -> int:
         """Threads used for large batches."""
-        return _backend.get_num_threads() if self._n_threads is None else self._n_threads
+        return _backend.resolve_threads(self._n_threads)
 
     @n_threads.setter
     def n_threads(self, value) -> None:
@@ -124,7 +124,7 @@ class QuantObserver:
         if n == 0:
             return
         k = _backend.kernels
-        nt = self._n_threads or _backend._num_threads
+        nt = _backend.resolve_threads(self._n_threads)
         method = self._method
         # lo/hi are Python floats holding float32 values (cheaper than numpy scalars).
         if method is _MIN_MAX or method is _MOVING_AVERAGE:
