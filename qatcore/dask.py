@@ -171,15 +171,28 @@ def _whole_chunk(block, method, shape, k_low, k_high, block_info=None):
 
 
 def _smallest(a, m):
-    if a.shape[0] <= m:
+    """The m smallest values of a (as a multiset, any order): the kernel's selection of
+    the m-th order statistic t, then the values below t and enough copies of t."""
+    n = a.shape[0]
+    if n <= m:
         return np.array(a, dtype=np.float32)
-    return np.partition(a, m - 1)[:m].copy()
+    from . import _backend
+
+    t, _, _ = _backend.kernels.select_order_stats(a, m - 1, m - 1, 1)
+    below = a[a < t]
+    return np.concatenate([below, np.full(m - below.shape[0], t, np.float32)])
 
 
 def _largest(a, m):
-    if a.shape[0] <= m:
+    """The m largest values of a (as a multiset, any order)."""
+    n = a.shape[0]
+    if n <= m:
         return np.array(a, dtype=np.float32)
-    return np.partition(a, a.shape[0] - m)[a.shape[0] - m:].copy()
+    from . import _backend
+
+    t, _, _ = _backend.kernels.select_order_stats(a, n - m, n - m, 1)
+    above = a[a > t]
+    return np.concatenate([above, np.full(m - above.shape[0], t, np.float32)])
 
 
 def _wrap(part, ndim):

@@ -223,3 +223,11 @@ def test_cli_dask_workers(files, capsys, monkeypatch):
     assert _doc(files / "dk1.json") == _doc(files / "in1.json")
     rc, _, err = _run([*argv, "--dask-workers", "0"], capsys)
     assert rc == 2 and err == "qatcore: error: --dask-workers must be at least 1, got 0\n"
+
+
+@pytest.mark.parametrize("n,chunks", [(5000, 700), (999, 10), (20000, 3333)])
+def test_whole_tensor_percentile_with_ties(n, chunks):
+    x = np.random.default_rng(n).integers(-4, 5, size=n).astype(np.float32) + 0.5
+    config = FakeQuantConfig(observer="percentile", symmetric=False)
+    got = calibrate(da.from_array(x, chunks=chunks), config, scheduler="sync", split_every=4)
+    assert_same(got, in_process(x, "percentile", None), config, 1)
