@@ -226,6 +226,12 @@ def dask_calibrator(args, refs, config, progress):
 
     try:
         done = {id(ref): (res, err) for ref, res, err in calibrate_refs(args, refs, config, progress, client)}
+    except _Fail:
+        close()
+        raise
+    except Exception as exc:        # the cluster itself failed (lost workers, environments)
+        close()
+        raise _Fail(f"dask: {type(exc).__name__}: {exc}") from None
     except BaseException:
         close()
         raise
