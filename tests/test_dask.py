@@ -231,3 +231,20 @@ def test_whole_tensor_percentile_with_ties(n, chunks):
     config = FakeQuantConfig(observer="percentile", symmetric=False)
     got = calibrate(da.from_array(x, chunks=chunks), config, scheduler="sync", split_every=4)
     assert_same(got, in_process(x, "percentile", None), config, 1)
+
+
+def test_readme_dask_example_runs_as_a_script(tmp_path):
+    import re
+    import subprocess
+    import sys
+
+    with open(os.path.join(ROOT, "README.md"), encoding="utf-8") as f:
+        blocks = re.findall(r"```python\n(.*?)```", f.read(), flags=re.S)
+    (code,) = [b for b in blocks if "qatcore.dask" in b]
+    script = tmp_path / "example.py"
+    script.write_text(code)
+    env = dict(os.environ, PYTHONPATH=ROOT)
+    done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
+                          text=True, timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert done.stdout.split()[0] == "512"
