@@ -137,8 +137,14 @@ def open_client(args):
     if n < 1:
         raise _Fail(f"--dask-workers must be at least 1, got {n}")
     threads = args.threads if args.threads is not None else 1
-    cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
-                           dashboard_address=None, silence_logs=50)
+    import warnings
+
+    with warnings.catch_warnings():
+        # No dashboard; the scheduler's small HTTP server still binds a port and warns
+        # when 8787 is taken by another cluster. That is not the user's concern here.
+        warnings.filterwarnings("ignore", message="Port .* is already in use")
+        cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
+                               dashboard_address=None, silence_logs=50)
     return Client(cluster), cluster
 
 
@@ -161,7 +167,9 @@ def calibrate_refs(args, refs, config, progress, client):
         x = da.from_array(_FileArray(ref), chunks=_chunks(ref.shape, axis), asarray=False,
                           fancy=False, name=f"qatcore-read-{i}-{os.path.basename(ref.path)}",
                           meta=np.empty((0,) * len(ref.shape), np.float32))
-        g = calibrate_graph(x, config, axis, name=ref.name)
+        # Whole-tensor MIN_MAX/MOVING_AVERAGE scan a file in memory order in-process.
+        scan = "F" if ref.fortran_order and config.observer.value in ("min_max", "moving_average") else "C"
+        g = calibrate_graph(x, config, axis, name=ref.name, _nan_order=scan)
         graphs[i] = g
     lazy = {i: g for i, g in graphs.items() if g is not None}
     futures = client.compute(list(lazy.values())) if lazy else []

@@ -120,8 +120,10 @@ def _batch_chunk(block, method, axis, nb, block_info=None):
     start = loc[axis][0]
     part = _Part(start)
     obs = QuantObserver(method, n_threads=1)
+    index = [slice(None)] * block.ndim
     for j in range(block.shape[axis]):
-        x = np.take(block, j, axis=axis)
+        index[axis] = j
+        x = block[tuple(index)]          # a view; observe converts it as np.take's copy
         try:
             obs.observe(x)
         except ValueError as exc:
@@ -134,7 +136,7 @@ def _batch_chunk(block, method, axis, nb, block_info=None):
     return _wrap(part, block.ndim)
 
 
-def _whole_chunk(block, method, shape, k_low, k_high, block_info=None):
+def _whole_chunk(block, method, shape, k_low, k_high, order="C", block_info=None):
     """Whole-tensor statistics of one chunk (the tensor is one batch)."""
     loc = block_info[0]["array-location"]
     offsets = tuple(a for a, _ in loc)
@@ -144,14 +146,18 @@ def _whole_chunk(block, method, shape, k_low, k_high, block_info=None):
     n = data.shape[0]
     if n == 0:
         return _wrap(part, block.ndim)
-    i = _first_bad(data)
-    if i >= 0:
+    bad = np.flatnonzero(~np.isfinite(data))
+    if bad.size:
         # The chunk's C order is the tensor's C order restricted to it: its first bad
-        # element is its lowest flat index in the tensor.
-        pos = np.unravel_index(i, bshape) if bshape else ()
-        g = int(np.ravel_multi_index(tuple(p + o for p, o in zip(pos, offsets)), shape)) if shape else 0
-        value = float(data[i])
-        part.bad = _Bad((g,), None, g, value, _message(g, value, shape))
+        # element is its lowest flat index in the tensor.  With order="F" the first is
+        # taken in Fortran memory order (what `qatcore calibrate` scans for a Fortran
+        # file), still reported by its C index.
+        pos = [p + o for p, o in zip(np.unravel_index(bad, bshape), offsets)]
+        j = int(np.argmin(np.ravel_multi_index(pos, shape, order="F"))) if order == "F" else 0
+        g = int(np.ravel_multi_index(tuple(int(p[j]) for p in pos), shape))
+        value = float(data[bad[j]])
+        key = int(np.ravel_multi_index(tuple(int(p[j]) for p in pos), shape, order=order))
+        part.bad = _Bad((key,), None, g, value, _message(g, value, shape))
         return _wrap(part, block.ndim)
     if method is _MIN_MAX or method is _MOVING_AVERAGE:
         mm = QuantObserver(_MIN_MAX, n_threads=1)
@@ -278,7 +284,7 @@ def _as_dask(x, name):
 
 
 def calibrate_graph(x, config: FakeQuantConfig, batch_axis: Optional[int] = None,
-                    split_every=None, name: str = "x"):
+                    split_every=None, name: str = "x", _nan_order: str = "C"):
     """The lazy reduction behind :func:`calibrate` for one dask array: a 0-d dask array of
     dtype object whose computed value :func:`finish` turns into the result.  For
     callers that schedule several tensors themselves (one ``dask.compute`` call)."""
@@ -307,7 +313,7 @@ def calibrate_graph(x, config: FakeQuantConfig, batch_axis: Optional[int] = None
             x = x.reshape(1)
             shape = (1,)
         k_low, k_high = percentile_indices(total) if method is _PERCENTILE else (0, 0)
-        parts = x.map_blocks(_whole_chunk, method, shape, k_low, k_high, dtype=object,
+        parts = x.map_blocks(_whole_chunk, method, shape, k_low, k_high, _nan_order, dtype=object,
                              chunks=tuple((1,) * len(c) for c in x.chunks), meta=np.empty((0,) * x.ndim, object))
         kw = dict(method=method, k_low=k_low, k_high=k_high, total=total)
     from functools import partial
