@@ -248,3 +248,12 @@ def test_readme_dask_example_runs_as_a_script(tmp_path):
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
     assert done.stdout.split()[0] == "512"
+
+
+def test_docstring_examples():
+    import doctest
+
+    import qatcore.dask
+
+    result = doctest.testmod(qatcore.dask, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
