@@ -194,8 +194,7 @@ class QuantObserver:
         --------
         >>> import numpy as np
         >>> from qatcore import QuantObserver
-        >>> a, b, whole = QuantObserver("moving_average"), QuantObserver("moving_average"), \
-        ...     QuantObserver("moving_average")
+        >>> a, b, whole = (QuantObserver("moving_average") for _ in range(3))
         >>> for i, x in enumerate(np.arange(12, dtype=np.float32).reshape(4, 3)):
         ...     (a if i < 2 else b).observe(x); whole.observe(x)
         >>> a.merge(b).range() == whole.range(), a.count
