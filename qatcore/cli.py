@@ -168,7 +168,8 @@ def _build_parser() -> argparse.ArgumentParser:
     dist = cal.add_mutually_exclusive_group()
     dist.add_argument("--dask-workers", type=int, default=None, metavar="N",
                       help="calibrate on a local dask.distributed cluster of N worker "
-                           "processes (needs qatcore[dask]); same results")
+                           "processes, --threads threads each (default 1; needs "
+                           "qatcore[dask]); same results")
     dist.add_argument("--scheduler", default=None, metavar="ADDRESS",
                       help="calibrate on a running dask.distributed scheduler, e.g. "
                            "tcp://host:8786 (the workers must see the same files)")

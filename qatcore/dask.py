@@ -298,7 +298,13 @@ def calibrate_graph(x, config: FakeQuantConfig, batch_axis: Optional[int] = None
         if not -len(shape) <= batch_axis < len(shape):
             raise ValueError(f"batch_axis {batch_axis} is out of range for {name} of shape {shape}")
         axis = int(batch_axis) % len(shape)
-        x = x.rechunk({a: -1 for a in range(len(shape)) if a != axis})
+        if any(len(x.chunks[a]) > 1 for a in range(len(shape)) if a != axis):
+            # Whole batches per chunk, about as many elements per chunk as before (at
+            # least one batch): the memory a task needs stays what the caller chose.
+            per = int(np.prod([n for a, n in enumerate(shape) if a != axis], dtype=np.int64))
+            elems = int(np.prod(x.chunksize, dtype=np.int64))
+            x = x.rechunk({a: (max(1, elems // max(per, 1)) if a == axis else -1)
+                           for a in range(len(shape))})
         nb = shape[axis]
         if nb == 0:
             return None
@@ -374,8 +380,9 @@ def calibrate(arrays, config: FakeQuantConfig = None, batch_axis: Optional[int] 
         Bits, symmetry and observer method (default ``FakeQuantConfig()``).
     batch_axis : int, optional
         A batch is one slice along this axis (``observe`` once per slice, in order);
-        ``None``: the whole tensor is one batch.  Chunks are rechunked so that each holds
-        whole batches.
+        ``None``: the whole tensor is one batch.  An array chunked across the other axes
+        is rechunked so that each chunk holds whole batches (about as many elements per
+        chunk as before, at least one batch).
     scheduler : str or distributed.Client, optional
         Passed to ``dask.compute`` (``"threads"``, ``"processes"``, ``"sync"``, a
         client); default: the active one (a ``distributed.Client`` if one exists).
