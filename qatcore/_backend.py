@@ -11,7 +11,34 @@ import importlib
 import os
 from types import ModuleType
 
-from . import _kernels as _baseline
+
+
+def _source_tree_error(exc: ImportError) -> ImportError:
+    """The error for a qatcore folder that has the sources but no compiled kernels: the
+    usual cause is ``python -c "import qatcore"`` run in the root of a clone, where the
+    source folder shadows the installed package."""
+    import importlib.machinery
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    built = [f for f in os.listdir(here)
+             if f.startswith("_kernels") and f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+    if built or not os.path.exists(os.path.join(here, "_kernels.pyx")):
+        return exc
+    root = os.path.dirname(here)
+    return ImportError(
+        f"qatcore was imported from its source folder {here}, which holds no compiled "
+        f"kernels (qatcore/_kernels*.so). Python found it before the installed package because "
+        f"{root} is on sys.path (the current directory is, for `python -c`, `python -m` "
+        f"and `python -m pytest`). Either run Python from another folder (the "
+        f"installed qatcore is used there), or build the kernels into the source tree: "
+        f"`pip install -e .` (editable install) or `python setup.py build_ext --inplace` "
+        f"in {root}. A C compiler is needed for both.")
+
+
+try:
+    from . import _kernels as _baseline
+except ImportError as _exc:
+    raise _source_tree_error(_exc) from None
 
 #: Targets from the most to the least capable.
 ALL_TARGETS = ("avx512", "avx2", "baseline")
