@@ -406,7 +406,9 @@ class QuantizedLinear(Module):
     # ------------------------------------------------------------------ Rust surface
     @property
     def output_scale(self):
-        """``weight_scale · input_scale`` in float32 (an array when per-channel)."""
+        """``weight_scale · input_scale`` in float32 (an array when per-channel): the scale
+        of the int32 accumulators of :meth:`forward_quantized` (Rust's name).  Not the
+        `output_scale` argument of :meth:`forward_int8`, which is the int8 output's."""
         s = np.asarray(self.weight_scale, dtype=np.float32) * np.float32(self.input_scale)
         return float(s) if s.ndim == 0 else s
 
@@ -537,10 +539,20 @@ class QuantizedLinear(Module):
         ----------
         x_q : ndarray of int8, flat or (batch, in_features)
         output_scale : float, optional
+            The scale of the int8 *output* codes (real value = (code - zero point) ·
+            output_scale). Not the :attr:`output_scale` property, which is the scale of
+            the int32 accumulators (``weight_scale · input_scale``, Rust's name).
             Default: the scale of the `output_fake_quant` given to :meth:`from_qat`.
         output_zero_point : int, optional
-            Default: the from_qat output zero point, else 0. The result is clamped to the
-            code range whatever the zero point.
+            Zero point of the int8 output codes, in [-128, 127] (TFLite int8); default:
+            the from_qat output zero point, else 0. The result is clamped to the output
+            code range.
+
+        Raises
+        ------
+        TypeError, ValueError
+            `x_q` not int8 or of the wrong shape; `output_scale` not finite and positive;
+            `output_zero_point` not an integer in [-128, 127].
 
         Examples
         --------
@@ -562,8 +574,11 @@ class QuantizedLinear(Module):
             default_zp = 0 if self._output_q is None else self._output_q[1]
             output_scale = check_scale(output_scale, "output_scale")
         if output_zero_point is None:
-            output_zero_point = default_zp
-        output_zero_point = _check_int(output_zero_point, "output_zero_point", -_ZP_MAX, _ZP_MAX)
+            output_zero_point = _check_int(default_zp, "output_zero_point", -_ZP_MAX, _ZP_MAX)
+        else:
+            # A zero point outside the int8 codes cannot be stored by any runtime (TFLite,
+            # ONNX) and saturates nearly every output.
+            output_zero_point = _check_int(output_zero_point, "output_zero_point", -128, 127)
         mult, shift = self._requant_params(float(output_scale))
         acc = self._gemm(x2d, self._col_offset)
         out = np.empty(acc.shape, dtype=np.int8)
