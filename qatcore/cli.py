@@ -182,6 +182,11 @@ def _build_parser() -> argparse.ArgumentParser:
     cal.add_argument("--json", dest="json_path", default=None, metavar="FILE",
                      help="also write the results as JSON to FILE ('-' for stdout, which "
                           "replaces the table); written atomically")
+    cal.add_argument("--merge-by-name", action="store_true",
+                     help="feed tensors of the same name in different files (batch_000.npz:"
+                          "relu1, batch_001.npz:relu1, ...; a .npy file's name is its file "
+                          "name without .npy) to one observer, one batch per file in file "
+                          "order (Rust multi-batch semantics); reported under the name")
     cal.add_argument("--keep-going", action="store_true",
                      help="skip bad tensors and calibrate the others (exit status stays 2)")
     cal.add_argument("-q", "--quiet", action="store_true",
@@ -422,8 +427,9 @@ def _position_text(ref, c_flat: int) -> str:
     return f"index {c_flat} (position {ref.position(c_flat)})"
 
 
-def _calibrate_one(ref, config, batch_axis, n_threads, progress):
-    """Calibrate one tensor; returns (observer, batches)."""
+def _calibrate_one(ref, config, batch_axis, n_threads, progress, obs=None):
+    """Calibrate one tensor into `obs` (a new observer when None); returns (observer,
+    batches)."""
     import numpy as np
 
     from . import QuantObserver
@@ -431,7 +437,8 @@ def _calibrate_one(ref, config, batch_axis, n_threads, progress):
     from .config import ObserverMethod
 
     method = config.observer
-    obs = QuantObserver(method, n_threads=n_threads)
+    if obs is None:
+        obs = QuantObserver(method, n_threads=n_threads)
     total = ref.nbytes
 
     if batch_axis is None:
@@ -570,21 +577,33 @@ def _cmd_calibrate(args) -> int:
         progress = _Progress(sum(r.nbytes for r in refs), show_progress)
         results = []
         t0 = time.perf_counter()
-        for ref in refs:
-            progress.label = os.path.basename(ref.name)
-            try:
-                obs, batches = _calibrate_one(ref, config, args.batch_axis, n_threads, progress)
-            except (_Fail, _io_error()) as exc:
-                progress.error(str(exc))
-                errors.append(str(exc))
-                if not args.keep_going:
-                    return EXIT_USAGE
+        groups = _merge_groups(refs) if args.merge_by_name else [(None, [r]) for r in refs]
+        for key, members in groups:
+            obs, batches, failed = None, 0, False
+            for ref in members:
+                progress.label = os.path.basename(ref.name)
+                try:
+                    obs, nb = _calibrate_one(ref, config, args.batch_axis, n_threads, progress,
+                                             obs)
+                except (_Fail, _io_error()) as exc:
+                    progress.error(str(exc))
+                    errors.append(str(exc))
+                    if not args.keep_going:
+                        return EXIT_USAGE
+                    failed = True       # a merged tensor is reported whole or not at all
+                    break
+                batches += nb
+            if failed:
                 continue
-            results.append(_result(ref, obs, batches, config))
+            result = _result(members[0], obs, batches, config)
+            if key is not None:
+                result.update(_merged_fields(key, members))
+            results.append(result)
         elapsed = time.perf_counter() - t0
         progress.close()
 
-        doc = _json_doc(config, args.batch_axis, n_threads, results, errors)
+        doc = _json_doc(config, args.batch_axis, n_threads, results, errors,
+                        args.merge_by_name)
         if json_path == "-":
             sys.stdout.write(_dumps(doc) + "\n")
         elif not args.quiet:
@@ -613,6 +632,35 @@ def _cmd_calibrate(args) -> int:
             progress.close()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _merge_key(ref) -> str:
+    """The name `--merge-by-name` groups by: the member name in a .npz/.safetensors file, the
+    file name without ``.npy`` for a .npy file."""
+    if ref.name != ref.path and ref.name.startswith(ref.path + ":"):
+        return ref.name[len(ref.path) + 1:]
+    base = os.path.basename(ref.path)
+    return base[:-4] if base.lower().endswith(".npy") else base
+
+
+def _merge_groups(refs):
+    """[(name, [refs in file order])] in order of first appearance."""
+    groups: dict = {}
+    for ref in refs:
+        groups.setdefault(_merge_key(ref), []).append(ref)
+    return list(groups.items())
+
+
+def _merged_fields(key, members) -> dict:
+    shapes = {tuple(r.shape) for r in members}
+    dtypes = {r.dtype_name for r in members}
+    return {
+        "name": key,
+        "files": [r.path for r in members],
+        "shape": list(members[0].shape) if len(shapes) == 1 else None,
+        "dtype": members[0].dtype_name if len(dtypes) == 1 else "mixed",
+        "count": sum(r.size for r in members),
+    }
 
 
 def _io_error():
@@ -685,7 +733,7 @@ def _result(ref, obs, batches, config) -> dict:
     }
 
 
-def _json_doc(config, batch_axis, n_threads, results, errors) -> dict:
+def _json_doc(config, batch_axis, n_threads, results, errors, merge_by_name=False) -> dict:
     from . import __version__
 
     return {
@@ -697,6 +745,7 @@ def _json_doc(config, batch_axis, n_threads, results, errors) -> dict:
         "quant_range": list(config.quant_range()),
         "deploy_convention": DEPLOY_CONVENTION,
         "batch_axis": batch_axis,
+        "merge_by_name": merge_by_name,
         "tensors": {r["name"]: r for r in results},
         "errors": list(errors),
     }
@@ -713,6 +762,8 @@ def _table(headers, rows, right=()) -> str:
 
 
 def _shape_text(shape) -> str:
+    if shape is None:
+        return "mixed"
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
