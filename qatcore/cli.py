@@ -38,7 +38,8 @@ WINDOW_ELEMS = 1 << 25
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
 _FORWARDED = {"bench": ("qatcore._bench", "the benchmark suite"),
-              "demo": ("qatcore.demo", "the demo")}
+              "demo": ("qatcore.demo", "the demo"),
+              "examples": ("qatcore._examples", "the example files writer")}
 
 _EPILOG = """\
 examples:
@@ -52,6 +53,8 @@ examples:
       run the benchmark suite on CI-sized inputs
   qatcore demo
       run the end-to-end demo (quantization-aware training to int8 inference)
+  qatcore examples DIR
+      write the files these examples (and the README's) use into DIR
 
 Run `qatcore COMMAND --help` for the options of a command."""
 
