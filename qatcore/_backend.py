@@ -10,6 +10,10 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Optional
+
+if TYPE_CHECKING:
+    import numpy as np
 
 
 
@@ -51,7 +55,7 @@ def _module_name(target: str) -> str:
     return "qatcore._kernels" if target == "baseline" else f"qatcore._kernels_{target}"
 
 
-def available_targets() -> list[str]:
+def available_targets() -> "list[str]":
     """Targets that were built and that this CPU can run, best first."""
     found = []
     for target in ALL_TARGETS:
@@ -95,7 +99,7 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: "int | np.integer[Any]") -> None:
     """Set the library-wide default thread count for kernels.
 
     One thread is the default: on a machine with few cores a preempted worker thread can
@@ -105,12 +109,12 @@ def set_num_threads(n: int) -> None:
     _num_threads = check_threads(n, "n")
 
 
-def resolve_threads(n_threads) -> int:
+def resolve_threads(n_threads: "Optional[int]") -> int:
     """An object's thread setting (None = follow the library-wide default)."""
     return _num_threads if n_threads is None else n_threads
 
 
-def check_threads(n_threads, name: str = "n_threads") -> int:
+def check_threads(n_threads: object, name: str = "n_threads") -> int:
     """Validate a thread count (None means the library-wide default)."""
     if n_threads is None:
         return _num_threads
