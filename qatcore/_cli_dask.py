@@ -244,10 +244,14 @@ def dask_calibrator(args, refs, config, progress):
         close()
         raise
 
-    def calibrate_one(ref, config, batch_axis, n_threads, progress):
+    def calibrate_one(ref, config, batch_axis, n_threads, progress, obs=None):
         res, err = done[id(ref)]
         if err is not None:
             raise _Fail(err)
-        return res
+        if obs is None:
+            return res
+        part, batches = res
+        obs.merge(part)             # --merge-by-name: this file's batches after the earlier ones
+        return obs, batches
 
     return calibrate_one, close

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import List
+from typing import Any, List, Optional, TypeVar
 
 import numpy as np
 
 from . import _backend
 from ._checks import as_float32, check_finite, check_out
+from ._typing import ArrayLike, F32Array, Integer, Real
 from .config import FakeQuantConfig
 from .observer import QuantObserver
+
+_M = TypeVar("_M", bound="Module")
 
 __all__ = ["Module", "FakeQuantize", "SCALE_FLOOR"]
 
@@ -32,22 +35,22 @@ class Module:
 
     training: bool = True
 
-    def forward(self, x, *args, **kwargs):  # pragma: no cover - abstract
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, x, *args, **kwargs):
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         return self.forward(x, *args, **kwargs)
 
     def parameters(self) -> List[np.ndarray]:
         """Trainable parameters (none unless a subclass has some)."""
         return []
 
-    def train(self, mode: bool = True):
+    def train(self: _M, mode: bool = True) -> _M:
         """Set training mode (forward passes record what backward needs); returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self: _M) -> _M:
         """Inference mode: forward passes record nothing for backward; returns self."""
         return self.train(False)
 
@@ -96,7 +99,8 @@ class FakeQuantize(Module):
     array([[ 1.       , -0.2857143]], dtype=float32)
     """
 
-    def __init__(self, config: FakeQuantConfig = None, *, n_threads=None, ste: str = "clipped"):
+    def __init__(self, config: Optional[FakeQuantConfig] = None, *,
+                 n_threads: Optional[Integer] = None, ste: str = "clipped") -> None:
         if config is None:
             config = FakeQuantConfig()
         if not isinstance(config, FakeQuantConfig):
@@ -168,7 +172,7 @@ class FakeQuantize(Module):
         return self._observer.n_threads
 
     @n_threads.setter
-    def n_threads(self, value) -> None:
+    def n_threads(self, value: Optional[Integer]) -> None:
         self._observer.n_threads = value
 
     def enable_calibration(self) -> None:
@@ -204,7 +208,7 @@ class FakeQuantize(Module):
                              f"got {scale!r} (in float32: {float(np.float32(scale))!r})")
         return float(np.float32(scale)), float(np.float32(check_finite(zero_point, "zero_point")))
 
-    def initialize(self, scale, zero_point=0.0) -> None:
+    def initialize(self, scale: Real, zero_point: Real = 0.0) -> None:
         """Set the LSQ parameters explicitly and stop calibrating (learnable configs).
 
         Parameters
@@ -230,7 +234,7 @@ class FakeQuantize(Module):
         self._zp_param[0] = zero_point
         self._calibrating = False
 
-    def parameters(self) -> List[np.ndarray]:
+    def parameters(self) -> List[F32Array]:
         """The learned parameters: ``[scale]`` (symmetric) or ``[scale, zero_point]``
         (asymmetric, LSQ+) for a learnable config, each a live float32 array of shape
         ``(1,)`` an optimizer updates in place; ``[]`` otherwise (Rust: no parameters).
@@ -245,7 +249,7 @@ class FakeQuantize(Module):
             return [self._scale_param]
         return [self._scale_param, self._zp_param]
 
-    def grads(self) -> List[np.ndarray]:
+    def grads(self) -> List[F32Array]:
         """Gradient arrays matching :meth:`parameters` (same order, shapes, dtype),
         overwritten by each `backward`."""
         if not self._learnable:
@@ -279,7 +283,7 @@ class FakeQuantize(Module):
         self._scale, self._zero_point = s, z
 
     # --- forward -------------------------------------------------------------------
-    def fake_quantize(self, x, out=None) -> np.ndarray:
+    def fake_quantize(self, x: ArrayLike, out: Optional[F32Array] = None) -> F32Array:
         """Fake-quantize `x`, first observing it when calibrating (Rust ``fake_quantize``).
 
         Parameters
@@ -307,7 +311,7 @@ class FakeQuantize(Module):
             self._scale, self._zero_point = self._observer.compute_qparams(self._config)
         return self._run(data, shape, dst, out)
 
-    def forward(self, x, out=None) -> np.ndarray:
+    def forward(self, x: ArrayLike, out: Optional[F32Array] = None) -> F32Array:
         """Fake-quantize `x` with the current (frozen) parameters; never observes.
 
         Same result as Rust's ``Module::forward``: ±Inf saturates to the range ends and
@@ -348,7 +352,7 @@ class FakeQuantize(Module):
         return out if out is not None else dst.reshape(shape)
 
     # --- backward (straight-through estimator, LSQ) -------------------------------
-    def backward(self, grad_out, out=None) -> np.ndarray:
+    def backward(self, grad_out: ArrayLike, out: Optional[F32Array] = None) -> F32Array:
         """Gradient of the last training forward: straight-through for `x`, LSQ for the
         learned parameters.
 
@@ -495,7 +499,7 @@ class FakeQuantize(Module):
                 setattr(new, name, getattr(self, name).copy())
         return new
 
-    def __deepcopy__(self, memo) -> "FakeQuantize":
+    def __deepcopy__(self, memo: Any) -> "FakeQuantize":
         new = self.__copy__()
         if self._mask is not None:
             new._mask = self._mask.copy()

@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from . import _backend
 from ._checks import as_float32, raise_nonfinite
+from ._typing import ArrayLike, Integer, ObserverLike
 from .config import FakeQuantConfig, ObserverMethod, _coerce_observer
 
 __all__ = ["QuantObserver"]
@@ -64,7 +65,8 @@ class QuantObserver:
     __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count",
                  "_qcache", "_history")
 
-    def __init__(self, method=ObserverMethod.MIN_MAX, *, n_threads=None):
+    def __init__(self, method: ObserverLike = ObserverMethod.MIN_MAX, *,
+                 n_threads: Optional[Integer] = None) -> None:
         self._method = _coerce_observer(method)
         self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
         self.reset()
@@ -86,7 +88,7 @@ class QuantObserver:
         return _backend.resolve_threads(self._n_threads)
 
     @n_threads.setter
-    def n_threads(self, value) -> None:
+    def n_threads(self, value: Optional[Integer]) -> None:
         self._n_threads = None if value is None else _backend.check_threads(value)
 
     def reset(self) -> None:
@@ -106,7 +108,7 @@ class QuantObserver:
         return self._min, self._max
 
     # --- observing -------------------------------------------------------------------
-    def observe(self, x) -> None:
+    def observe(self, x: ArrayLike) -> None:
         """Update the statistics with one batch.
 
         Parameters
@@ -281,13 +283,13 @@ class QuantObserver:
         new._history = array("f", self._history)    # state, not shared storage
         return new
 
-    def __deepcopy__(self, memo) -> "QuantObserver":
+    def __deepcopy__(self, memo: Any) -> "QuantObserver":
         return self.__copy__()
 
-    def __getstate__(self):
+    def __getstate__(self) -> "dict[str, Any]":
         return {name: getattr(self, name) for name in QuantObserver.__slots__}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: "dict[str, Any]") -> None:
         for name, value in state.items():
             setattr(self, name, value)
 
