@@ -11,10 +11,18 @@ from __future__ import annotations
 
 import math
 from array import array
+from typing import TYPE_CHECKING, Any, Dict, Iterable, Tuple
 
 import numpy as np
 
 from .config import FakeQuantConfig, ObserverMethod
+
+if TYPE_CHECKING:
+    from .fake_quantize import FakeQuantize
+    from .observer import QuantObserver
+
+State = Dict[str, Any]
+_ObserverFields = Tuple[ObserverMethod, int, float, float, "array[float]"]
 
 OBSERVER_FORMAT = "qatcore-observer/1"
 FAKE_QUANTIZE_FORMAT = "qatcore-fake-quantize/1"
@@ -28,11 +36,11 @@ _CONFIG_KEYS = {"bits", "symmetric", "learnable", "observer"}
 
 
 # --- field checks ----------------------------------------------------------------------
-def _bad(where: str, problem: str):
+def _bad(where: str, problem: str) -> ValueError:
     return ValueError(f"bad state: {where}: {problem}")
 
 
-def _float32(value, where: str) -> float:
+def _float32(value: Any, where: str) -> float:
     """A finite number that is exactly a float32 value, as a Python float."""
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         raise _bad(where, f"expected a number, got {type(value).__name__}")
@@ -46,7 +54,7 @@ def _float32(value, where: str) -> float:
     return v
 
 
-def _int(value, where: str, low: int = 0) -> int:
+def _int(value: Any, where: str, low: int = 0) -> int:
     if isinstance(value, bool) or not isinstance(value, int):
         raise _bad(where, f"expected an integer, got {type(value).__name__}")
     if value < low:
@@ -54,24 +62,24 @@ def _int(value, where: str, low: int = 0) -> int:
     return int(value)
 
 
-def _bool(value, where: str) -> bool:
+def _bool(value: Any, where: str) -> bool:
     if not isinstance(value, bool):
         raise _bad(where, f"expected true or false, got {type(value).__name__}")
     return value
 
 
-def _keys(state, allowed, required, where: str) -> None:
+def _keys(state: Any, allowed: Iterable[str], required: Iterable[str], where: str) -> None:
     if not isinstance(state, dict):
         raise TypeError(f"{where} must be a dict (a state_dict()), got {type(state).__name__}")
-    unknown = set(state) - allowed
+    unknown = set(state) - set(allowed)
     if unknown:
         raise _bad(where, f"unknown keys {sorted(map(str, unknown))}")
-    missing = required - set(state)
+    missing = set(required) - set(state)
     if missing:
         raise _bad(where, f"missing keys {sorted(missing)}")
 
 
-def _method(value, where: str) -> ObserverMethod:
+def _method(value: Any, where: str) -> ObserverMethod:
     if not isinstance(value, str):
         raise _bad(where, f"expected a method name, got {type(value).__name__}")
     try:
@@ -82,9 +90,9 @@ def _method(value, where: str) -> ObserverMethod:
 
 
 # --- QuantObserver ---------------------------------------------------------------------
-def observer_state(obs) -> dict:
+def observer_state(obs: "QuantObserver") -> State:
     count = obs._count
-    state = {
+    state: State = {
         "format": OBSERVER_FORMAT,
         "method": obs._method.value,
         "count": count,
@@ -96,7 +104,7 @@ def observer_state(obs) -> dict:
     return state
 
 
-def _parse_observer_state(state, where: str = "observer state"):
+def _parse_observer_state(state: Any, where: str = "observer state") -> _ObserverFields:
     """Checked (method, count, lo, hi, history) from a state dict."""
     _keys(state, _OBSERVER_KEYS, {"format", "method", "count", "range"}, where)
     if state["format"] != OBSERVER_FORMAT:
@@ -136,7 +144,7 @@ def _parse_observer_state(state, where: str = "observer state"):
     return method, count, lo, hi, history
 
 
-def _replay(method, history):
+def _replay(method: ObserverMethod, history: "array[float]") -> "QuantObserver":
     """A fresh observer of `method` fed `history` (MOVING_AVERAGE), for checking."""
     from .observer import QuantObserver
 
@@ -147,11 +155,12 @@ def _replay(method, history):
     return obs
 
 
-def _same_bits(a, b) -> bool:
+def _same_bits(a: Tuple[float, float], b: Tuple[float, float]) -> bool:
     return np.array(a, _F32).tobytes() == np.array(b, _F32).tobytes()
 
 
-def load_observer_state(obs, state, same_method: bool, where: str = "observer state") -> None:
+def load_observer_state(obs: "QuantObserver", state: Any, same_method: bool,
+                        where: str = "observer state") -> None:
     method, count, lo, hi, history = _parse_observer_state(state, where)
     if same_method and method is not obs._method:
         raise ValueError(f"bad state: {where}.method: the state is for {method.value}, "
@@ -166,7 +175,8 @@ def load_observer_state(obs, state, same_method: bool, where: str = "observer st
     _assign(obs, method, count, lo, hi, avg_min, avg_max, history)
 
 
-def _assign(obs, method, count, lo, hi, avg_min, avg_max, history) -> None:
+def _assign(obs: "QuantObserver", method: ObserverMethod, count: int, lo: float, hi: float,
+            avg_min: Any, avg_max: Any, history: "array[float]") -> None:
     obs._method = method
     obs._min, obs._max = lo, hi
     obs._avg_min, obs._avg_max = avg_min, avg_max
@@ -175,7 +185,7 @@ def _assign(obs, method, count, lo, hi, avg_min, avg_max, history) -> None:
     obs._qcache = None
 
 
-def merge_observer(obs, other) -> None:
+def merge_observer(obs: "QuantObserver", other: Any) -> None:
     from .observer import QuantObserver
 
     if not isinstance(other, QuantObserver):
@@ -204,12 +214,12 @@ def merge_observer(obs, other) -> None:
 
 
 # --- FakeQuantize ----------------------------------------------------------------------
-def config_state(config: FakeQuantConfig) -> dict:
+def config_state(config: FakeQuantConfig) -> State:
     return {"bits": config.bits, "symmetric": config.symmetric,
             "learnable": config.learnable, "observer": config.observer.value}
 
 
-def parse_config(state, where: str = "config") -> FakeQuantConfig:
+def parse_config(state: Any, where: str = "config") -> FakeQuantConfig:
     _keys(state, _CONFIG_KEYS, _CONFIG_KEYS, where)
     bits = _int(state["bits"], f"{where}.bits", 1)
     symmetric = _bool(state["symmetric"], f"{where}.symmetric")
@@ -221,7 +231,7 @@ def parse_config(state, where: str = "config") -> FakeQuantConfig:
         raise _bad(where, str(exc)) from None
 
 
-def fake_quantize_state(fq) -> dict:
+def fake_quantize_state(fq: "FakeQuantize") -> State:
     return {
         "format": FAKE_QUANTIZE_FORMAT,
         "config": config_state(fq._config),
@@ -233,7 +243,8 @@ def fake_quantize_state(fq) -> dict:
     }
 
 
-def parse_fake_quantize_state(state):
+def parse_fake_quantize_state(state: Any) -> Tuple[FakeQuantConfig, bool, float, float, str,
+                                                   _ObserverFields]:
     """Checked (config, calibrating, scale, zero_point, ste, observer fields)."""
     from .fake_quantize import _STE_MODES
     from .observer import _qparams
@@ -267,7 +278,7 @@ def parse_fake_quantize_state(state):
     return config, calibrating, scale, zero_point, ste, obs_fields
 
 
-def load_fake_quantize_state(fq, state, same_config: bool) -> None:
+def load_fake_quantize_state(fq: "FakeQuantize", state: Any, same_config: bool) -> None:
     config, calibrating, scale, zero_point, ste, obs_fields = parse_fake_quantize_state(state)
     if same_config and config != fq._config:
         raise ValueError(f"bad state: fake_quantize state.config: {config!r} differs from "

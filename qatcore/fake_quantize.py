@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import Any, List, Optional, TypeVar
+from typing import Any, Dict, List, Optional, TypeVar
 
 import numpy as np
 
@@ -426,7 +426,7 @@ class FakeQuantize(Module):
         return out if out is not None else grad_in.reshape(shape)
 
     # --- saving and loading (qatcore._state) -------------------------------------
-    def state_dict(self) -> dict:
+    def state_dict(self) -> Dict[str, Any]:
         """The quantizer's state as a plain JSON-safe dict (``json.dumps`` works).
 
         Keys: ``format`` (``"qatcore-fake-quantize/1"``), ``config`` (bits, symmetric,
@@ -450,7 +450,8 @@ class FakeQuantize(Module):
         return fake_quantize_state(self)
 
     @classmethod
-    def from_state(cls, state, *, n_threads=None) -> "FakeQuantize":
+    def from_state(cls, state: Dict[str, Any], *,
+                   n_threads: Optional[Integer] = None) -> "FakeQuantize":
         """A new FakeQuantize from a :meth:`state_dict` (every field validated).
 
         Raises
@@ -476,7 +477,7 @@ class FakeQuantize(Module):
         load_fake_quantize_state(new, state, same_config=True)
         return new
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Replace the state with a :meth:`state_dict` of the same config; the learnable
         parameter arrays are updated in place (optimizers keep working on them).
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any, Optional, Tuple
+from typing import Any, Dict, Optional, Tuple
 
 import numpy as np
 
@@ -161,7 +161,7 @@ class QuantObserver:
                 self._max = hi
         self._count += 1
 
-    def _moving_average_step(self, lo, hi) -> None:
+    def _moving_average_step(self, lo: float, hi: float) -> None:
         """One MOVING_AVERAGE update with a batch's (min, max); `_count` not changed."""
         if self._count == 0:
             self._avg_min, self._avg_max = F32(lo), F32(hi)
@@ -207,7 +207,7 @@ class QuantObserver:
         merge_observer(self, other)
         return self
 
-    def state_dict(self) -> dict:
+    def state_dict(self) -> Dict[str, Any]:
         """The observer's statistics as a plain JSON-safe dict (``json.dumps`` works).
 
         Keys: ``format`` (``"qatcore-observer/1"``), ``method``, ``count``, ``range``
@@ -221,7 +221,8 @@ class QuantObserver:
         return observer_state(self)
 
     @classmethod
-    def from_state(cls, state, *, n_threads=None) -> "QuantObserver":
+    def from_state(cls, state: Dict[str, Any], *,
+                   n_threads: Optional[Integer] = None) -> "QuantObserver":
         """A new observer from a :meth:`state_dict` (every field validated).
 
         Raises
@@ -239,7 +240,7 @@ class QuantObserver:
         load_observer_state(obs, state, same_method=False)
         return obs
 
-    def load_state_dict(self, state) -> None:
+    def load_state_dict(self, state: Dict[str, Any]) -> None:
         """Replace the statistics with those of a :meth:`state_dict` of the same method.
 
         Raises

@@ -15,15 +15,20 @@ from qatcore import FakeQuantConfig, ObserverMethod, QuantObserver  # noqa: E402
 from qatcore.cli import main  # noqa: E402
 from qatcore.dask import calibrate  # noqa: E402
 
+import qatcore  # noqa: E402
+
 METHODS = [m.value for m in ObserverMethod]
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# Where the qatcore under test lives (the checkout, or site-packages in CI): worker
+# processes and scripts must import that one.
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(qatcore.__file__)))
 
 
 @pytest.fixture(scope="module")
 def client():
     # Worker processes import qatcore from this checkout, as the test process does.
     old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + old if old else "")
+    os.environ["PYTHONPATH"] = PKG_PARENT + (os.pathsep + old if old else "")
     cluster = distributed.LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
                                        dashboard_address=None, silence_logs=50)
     c = distributed.Client(cluster)
@@ -215,7 +220,7 @@ def test_cli_worker_nan_same_error(client, files, capsys, axis):
 
 
 def test_cli_dask_workers(files, capsys, monkeypatch):
-    monkeypatch.setenv("PYTHONPATH", ROOT)
+    monkeypatch.setenv("PYTHONPATH", PKG_PARENT)
     argv = ["calibrate", str(files / "a.npy"), "--batch-axis", "0", "--observer", "moving_average"]
     assert _run([*argv, "--json", str(files / "in1.json"), "-q"], capsys)[0] == 0
     rc, out, err = _run([*argv, "--json", str(files / "dk1.json"), "--dask-workers", "1"], capsys)
@@ -243,7 +248,7 @@ def test_readme_dask_example_runs_as_a_script(tmp_path):
     (code,) = [b for b in blocks if "qatcore.dask" in b]
     script = tmp_path / "example.py"
     script.write_text(code)
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT)
     done = subprocess.run([sys.executable, str(script)], cwd=tmp_path, env=env, capture_output=True,
                           text=True, timeout=120)
     assert done.returncode == 0, done.stderr
