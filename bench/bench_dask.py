@@ -4,7 +4,7 @@ Writes GIB GiB of float32 .npy files (FILES files) into DIR, reads them once so 
 in the page cache, then runs the command in three ways on the same files and options:
 in-process, ``--dask-workers 1``, ``--dask-workers 2`` and ``--scheduler`` on a running
 2-worker cluster.  Reports wall time, the command's own time (after interpreter start-up;
-with ``--dask-workers`` it includes starting the cluster) and its throughput, and the peak resident memory (RSS, sampled every 20 ms with psutil) of the
+with ``--dask-workers`` it includes starting the cluster) and its throughput, and the peak resident memory (RSS, sampled every 50 ms with psutil) of the
 command process and of each Dask worker process; checks the three JSON outputs agree.
 
     python bench/bench_dask.py --gib 4 --dir /tmp/qatcore-bench-dask
@@ -29,7 +29,11 @@ import time
 import numpy as np
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-sys.path.insert(0, ROOT)        # the scheduler started here unpickles qatcore's graph
+sys.path.insert(0, ROOT)        # run from a built checkout, or with qatcore installed
+import qatcore  # noqa: E402
+
+#: Where the qatcore under test lives: the command and the workers import that one.
+PKG_PARENT = os.path.dirname(os.path.dirname(os.path.abspath(qatcore.__file__)))
 
 
 def write_files(folder, gib, files, seed=0):
@@ -69,7 +73,7 @@ def warm(paths):
 class Sampler:
     """Peak RSS per process of a process tree, sampled in a thread."""
 
-    def __init__(self, pid, interval=0.02, extra=()):
+    def __init__(self, pid, interval=0.05, extra=()):
         import psutil
 
         self.root = psutil.Process(pid)
@@ -110,7 +114,7 @@ class Sampler:
 
 
 def run(argv, label, extra=()):
-    env = dict(os.environ, PYTHONPATH=ROOT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
     t0 = time.perf_counter()
     proc = subprocess.Popen([sys.executable, "-m", "qatcore", *argv], env=env,
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
@@ -150,44 +154,65 @@ def main(argv=None):
 
     configs = [("min_max, whole tensor", ["--observer", "min_max"]),
                ("percentile, --batch-axis 0", ["--observer", "percentile", "--batch-axis", "0"])]
-    # A running 2-worker cluster too, to separate the cluster's start-up (~1-2 s) from
-    # the calibration itself.
-    from distributed import Client, LocalCluster
+    # A running 2-worker cluster too (in its own process, so that this process's sampling
+    # does not slow its scheduler), to separate the cluster's start-up from the work.
+    from distributed import Client
 
-    env_old = os.environ.get("PYTHONPATH")
-    os.environ["PYTHONPATH"] = ROOT + (os.pathsep + env_old if env_old else "")
-    cluster = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,
-                           dashboard_address=None, silence_logs=50)
-    client = Client(cluster)
+    env = dict(os.environ, PYTHONPATH=PKG_PARENT + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    server = subprocess.Popen(
+        [sys.executable, "-c",
+         "import sys\nfrom distributed import LocalCluster\n"
+         "if __name__ == '__main__':\n"
+         "    c = LocalCluster(n_workers=2, threads_per_worker=1, processes=True,"
+         " dashboard_address=None, silence_logs=50)\n"
+         "    print(c.scheduler_address, flush=True)\n    sys.stdin.read()\n    c.close()\n"],
+        env=env, stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True)
+    address = server.stdout.readline().strip()
+    client = Client(address)
     worker_pids = list(client.run(os.getpid).values())
     modes = [("in-process", [], ()), ("--dask-workers 1", ["--dask-workers", "1"], ()),
              ("--dask-workers 2", ["--dask-workers", "2"], ()),
-             ("--scheduler (2 running)", ["--scheduler", cluster.scheduler_address], worker_pids)]
+             ("--scheduler (2 running)", ["--scheduler", address], worker_pids)]
+    # The fixed cost of each mode (imports, connecting, a cluster's start-up, the workers'
+    # first imports) on a 4 KiB file, to separate it from the per-byte work.
+    tiny = os.path.join(args.dir, "tiny")
+    os.makedirs(tiny, exist_ok=True)
+    np.save(os.path.join(tiny, "t.npy"), np.arange(1024, dtype=np.float32))
+    fixed = {}
+    for mname, mopts, extra in modes:
+        # Twice, the faster counts: a running cluster's workers import qatcore only once.
+        fixed[mname] = min(run(["calibrate", tiny, *mopts], mname, extra)[1] for _ in range(2))
+        print(f"fixed cost {mname:24s} {fixed[mname]:6.2f} s (4 KiB file)", flush=True)
     rows = []
     for cname, copts in configs:
         outputs = []
         for mname, mopts, extra in modes:
-            out = os.path.join(args.dir, f"out-{len(rows)}.json")
-            wall, work, command, workers = run(["calibrate", args.dir, *copts, *mopts, "--json", out],
+            out = os.path.join(os.path.dirname(args.dir.rstrip("/")) or ".", f".qatcore-bench-out-{len(rows)}.json")
+            wall, work, command, workers = run(["calibrate", *paths, *copts, *mopts, "--json", out],
                                                mname, extra)
             with open(out) as f:
                 doc = json.load(f)
+            os.unlink(out)
             doc.pop("qatcore_version", None)
             outputs.append(doc)
+            net = work - fixed[mname]
             rows.append({"config": cname, "mode": mname, "seconds": wall, "command_seconds": work,
-                         "gb_per_s": nbytes / work / 1e9, "command_rss_mib": command / 2**20,
+                         "fixed_seconds": fixed[mname], "gb_per_s": nbytes / work / 1e9,
+                         "net_gb_per_s": nbytes / net / 1e9 if net > 0.05 else None, "command_rss_mib": command / 2**20,
                          "worker_rss_mib": [w / 2**20 for w in workers]})
             r = rows[-1]
             wtxt = ", ".join(f"{w:.0f}" for w in r["worker_rss_mib"]) or "-"
             print(f"{cname:28s} {mname:24s} wall {wall:6.2f} s, in command {work:6.2f} s "
-                  f"{r['gb_per_s']:5.2f} GB/s  "
+                  f"{r['gb_per_s']:5.2f} GB/s (net of fixed cost "
+                  f"{'n/a' if r['net_gb_per_s'] is None else format(r['net_gb_per_s'], '5.2f')})  "
                   f"peak RSS: command {r['command_rss_mib']:6.0f} MiB, workers [{wtxt}] MiB", flush=True)
         same = all(o == outputs[0] for o in outputs[1:])
         print(f"{cname}: JSON outputs {'identical' if same else 'DIFFER'}", flush=True)
         if not same:
             raise SystemExit("outputs differ")
     client.close()
-    cluster.close()
+    server.stdin.close()
+    server.wait(timeout=60)
     base = {r["config"]: r["seconds"] for r in rows if r["mode"] == "in-process"}
     for r in rows:
         r["time_vs_in_process"] = r["seconds"] / base[r["config"]]
