@@ -99,6 +99,12 @@ class FakeQuantize(Module):
     array([[ 1.       , -0.2857143]], dtype=float32)
     """
 
+    # LSQ parameter and gradient arrays (float32, shape (1,)), None unless learnable.
+    _scale_param: Any
+    _zp_param: Any
+    _scale_grad: Any
+    _zp_grad: Any
+
     def __init__(self, config: Optional[FakeQuantConfig] = None, *,
                  n_threads: Optional[Integer] = None, ste: str = "clipped") -> None:
         if config is None:
@@ -229,7 +235,7 @@ class FakeQuantize(Module):
         scale, zero_point = self._check_initial(scale, zero_point)
         if self._config.symmetric and zero_point != 0.0:
             raise ValueError(f"zero_point must be 0 for a symmetric config, got {zero_point!r}")
-        self._scale, self._zero_point = scale, zero_point
+        self._scale, self._zero_point = float(scale), float(zero_point)
         self._scale_param[0] = scale
         self._zp_param[0] = zero_point
         self._calibrating = False

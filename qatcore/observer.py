@@ -63,6 +63,7 @@ class QuantObserver:
 
     __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count",
                  "_qcache")
+    _qcache: Optional[Tuple[FakeQuantConfig, float, float, Tuple[float, float]]]
 
     def __init__(self, method: ObserverLike = ObserverMethod.MIN_MAX, *,
                  n_threads: Optional[Integer] = None) -> None:
