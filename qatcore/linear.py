@@ -180,6 +180,16 @@ class QuantizedLinear(Module):
     input_zero_point : int
         Zero point of the int8 input codes (0 for Rust-compatible layers).
     in_features, out_features : int
+    bits : int
+        Weight code width (2..8).
+    per_channel : bool
+        Whether `weight_scale` holds one scale per output channel.
+    output_scale : float, or float32 ndarray when per-channel (property)
+        ``weight_scale · input_scale``: the scale of the int32 accumulators (Rust's name).
+        The `output_scale` argument of :meth:`forward_int8` is another thing: the scale
+        of the int8 output codes.
+
+    All nine attributes above the property are read-only.
 
     Notes
     -----
