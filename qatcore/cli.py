@@ -179,6 +179,13 @@ def _build_parser() -> argparse.ArgumentParser:
                           "is one batch)")
     cal.add_argument("--threads", type=int, default=None, metavar="N",
                      help="kernel threads (default: the CPUs available to this process)")
+    dist = cal.add_mutually_exclusive_group()
+    dist.add_argument("--dask-workers", type=int, default=None, metavar="N",
+                      help="calibrate on a local dask.distributed cluster of N worker "
+                           "processes (needs qatcore[dask]); same results")
+    dist.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="calibrate on a running dask.distributed scheduler, e.g. "
+                           "tcp://host:8786 (the workers must see the same files)")
     cal.add_argument("--json", dest="json_path", default=None, metavar="FILE",
                      help="also write the results as JSON to FILE ('-' for stdout, which "
                           "replaces the table); written atomically")
@@ -572,6 +579,7 @@ def _cmd_calibrate(args) -> int:
 
     old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     progress = None
+    close_dask = None
     try:
         refs, errors = _preflight(args)
         for msg in errors:
@@ -583,14 +591,24 @@ def _cmd_calibrate(args) -> int:
         progress = _Progress(sum(r.nbytes for r in refs), show_progress)
         results = []
         t0 = time.perf_counter()
+        calibrate_one = _calibrate_one
+        if getattr(args, "dask_workers", None) is not None or getattr(args, "scheduler", None) is not None:
+            from ._cli_dask import dask_calibrator      # everything runs here, on the cluster
+
+            progress.label = "dask"
+            try:
+                calibrate_one, close_dask = dask_calibrator(args, refs, config, progress)
+            except _Fail as exc:
+                progress.error(str(exc))
+                return EXIT_USAGE
         groups = _merge_groups(refs) if args.merge_by_name else [(None, [r]) for r in refs]
         for key, members in groups:
             obs, batches, failed = None, 0, False
             for ref in members:
                 progress.label = os.path.basename(ref.name)
                 try:
-                    obs, nb = _calibrate_one(ref, config, args.batch_axis, n_threads, progress,
-                                             obs)
+                    obs, nb = calibrate_one(ref, config, args.batch_axis, n_threads, progress,
+                                            obs)
                 except (_Fail, _io_error()) as exc:
                     progress.error(str(exc))
                     errors.append(str(exc))
@@ -636,6 +654,8 @@ def _cmd_calibrate(args) -> int:
     finally:
         if progress is not None:
             progress.close()
+        if close_dask is not None:
+            close_dask()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import Any, List, Optional, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, TypeVar
 
 import numpy as np
 
@@ -430,6 +430,71 @@ class FakeQuantize(Module):
             self._scale_grad[0] = d_scale
             self._zp_grad[0] = d_zp
         return out if out is not None else grad_in.reshape(shape)
+
+    # --- saving and loading (qatcore._state) -------------------------------------
+    def state_dict(self) -> Dict[str, Any]:
+        """The quantizer's state as a plain JSON-safe dict (``json.dumps`` works).
+
+        Keys: ``format`` (``"qatcore-fake-quantize/1"``), ``config`` (bits, symmetric,
+        learnable, observer), ``calibrating``, ``scale`` and ``zero_point`` (the current
+        values, learned ones included; Python floats holding float32 values, exact
+        through JSON), ``ste`` and ``observer`` (:meth:`QuantObserver.state_dict`).
+        What only the next `backward` needs (the STE mask) is not state.
+
+        Examples
+        --------
+        >>> import json, numpy as np
+        >>> from qatcore import FakeQuantize
+        >>> fq = FakeQuantize()
+        >>> _ = fq.fake_quantize(np.array([-1.0, 3.0]))
+        >>> copy = FakeQuantize.from_state(json.loads(json.dumps(fq.state_dict())))
+        >>> copy.scale == fq.scale, copy.observer.range()
+        (True, (-1.0, 3.0))
+        """
+        from ._state import fake_quantize_state
+
+        return fake_quantize_state(self)
+
+    @classmethod
+    def from_state(cls, state: Mapping[str, Any], *, n_threads: Optional[Integer] = None
+                   ) -> "FakeQuantize":
+        """A new FakeQuantize from a :meth:`state_dict` (every field validated).
+
+        Raises
+        ------
+        ValueError
+            A malformed or inconsistent state: wrong format, invalid config, a scale that
+            is not a positive finite float32, a non-zero symmetric zero point, an
+            observer state that is invalid or of another method, or (not learnable)
+            a scale/zero point that are not the observer's qparams.
+        TypeError
+            `state` is not a dict.
+        """
+        from ._state import load_fake_quantize_state, parse_config
+
+        if not isinstance(state, dict):
+            raise TypeError(f"fake_quantize state must be a dict (a state_dict()), "
+                            f"got {type(state).__name__}")
+        config = parse_config(state.get("config"), "fake_quantize state.config") \
+            if isinstance(state.get("config"), dict) else None
+        if config is None:
+            raise ValueError("bad state: fake_quantize state.config: expected a dict")
+        new = cls(config, n_threads=n_threads)
+        load_fake_quantize_state(new, state, same_config=True)
+        return new
+
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
+        """Replace the state with a :meth:`state_dict` of the same config; the learnable
+        parameter arrays are updated in place (optimizers keep working on them).
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :meth:`from_state`, or the state's config differs; nothing changes then.
+        """
+        from ._state import load_fake_quantize_state
+
+        load_fake_quantize_state(self, state, same_config=True)
 
     # --- Rust Clone, repr ----------------------------------------------------------
     def __copy__(self) -> "FakeQuantize":

@@ -55,6 +55,11 @@ def observe() -> Tuple[float, float]:
     method: q.ObserverMethod = obs.method
     count: int = obs.count
     assert method.value == "percentile" and count == 1 and lo <= hi and scale > 0
+    merged: q.QuantObserver = obs.merge(q.QuantObserver("percentile"))
+    restored = q.QuantObserver.from_state(merged.state_dict(), n_threads=1)
+    restored.load_state_dict(obs.state_dict())
+    fq = q.FakeQuantize.from_state(q.FakeQuantize().state_dict())
+    fq.load_state_dict(fq.state_dict())
     return scale, zp
 
 
