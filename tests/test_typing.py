@@ -1,13 +1,14 @@
-"""The public API's annotations: a typed usage file passes ``mypy --strict`` (and runs),
-and ``stubtest`` finds the kernel stubs (``qatcore/_kernels*.pyi``) and the annotated
+"""The public API's annotations: a typed usage file passes ``mypy --strict`` and pyright's
+strict mode (basedpyright) and runs, and ``stubtest`` finds the kernel stubs (``qatcore/_kernels*.pyi``) and the annotated
 core modules in agreement with the runtime objects.
 
-Both check the qatcore this test imported (site-packages in CI).  mypy is in the
-``test`` extra; where it is missing these tests skip, except in CI
+All check the qatcore this test imported (site-packages in CI).  mypy and basedpyright
+are in the ``test`` extra; where one is missing its tests skip, except in CI
 (QATCORE_REQUIRE_INTEGRATIONS=1 turns the skip into a failure)."""
 
 from __future__ import annotations
 
+import json
 import os
 import site
 import subprocess
@@ -29,16 +30,21 @@ STUBTEST_MODULES = ["qatcore.config", "qatcore.observer", "qatcore.fake_quantize
                     "qatcore._kernels", "qatcore._kernels_avx2", "qatcore._kernels_avx512"]
 
 
+def _installed() -> bool:
+    """Whether the qatcore under test is an installed package (in site-packages)."""
+    paths = site.getsitepackages() + [site.getusersitepackages(),
+                                      sysconfig.get_paths()["purelib"],
+                                      sysconfig.get_paths()["platlib"]]
+    return os.path.realpath(ROOT) in {os.path.realpath(p) for p in paths}
+
+
 def _env(tmp_path):
     """Run in an empty folder so that both Python and mypy find the qatcore under test:
     PYTHONPATH for the runtime, MYPYPATH for mypy unless it is an installed package
     (mypy refuses site-packages on MYPYPATH and finds it there itself)."""
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
-    installed = {os.path.realpath(p) for p in site.getsitepackages() + [
-        site.getusersitepackages(), sysconfig.get_paths()["purelib"],
-        sysconfig.get_paths()["platlib"]]}
-    if os.path.realpath(ROOT) not in installed:
+    if not _installed():
         env["MYPYPATH"] = ROOT
     else:
         env.pop("MYPYPATH", None)
@@ -84,3 +90,24 @@ def test_stubtest(tmp_path):
                  "--allowlist", os.path.join(TYPING, "stubtest-allowlist.txt"),
                  "--mypy-config-file", os.path.join(TYPING, "mypy.ini")], tmp_path)
     assert proc.returncode == 0, proc.stdout + proc.stderr
+
+
+def test_usage_file_passes_pyright_strict(tmp_path):
+    """pyright (basedpyright) in strict mode: no error, no needless ignore, and every
+    misuse line an error once its ignore is removed."""
+    pytest.importorskip("basedpyright")
+    config = {"typeCheckingMode": "strict", "reportMissingTypeStubs": False,
+              "reportUnnecessaryTypeIgnoreComment": "error",
+              "extraPaths": [] if _installed() else [ROOT]}
+    (tmp_path / "pyrightconfig.json").write_text(json.dumps(config), encoding="utf-8")
+    with open(USAGE, encoding="utf-8") as fh:
+        text = fh.read()
+    (tmp_path / "usage.py").write_text(text, encoding="utf-8")
+    (tmp_path / "bad_usage.py").write_text(text.replace("  # type: ignore[arg-type]", ""),
+                                           encoding="utf-8")
+    args = ["-m", "basedpyright", "--pythonpath", sys.executable, "-p", "pyrightconfig.json"]
+    proc = _run([*args, "usage.py"], tmp_path)
+    assert proc.returncode == 0 and "0 errors" in proc.stdout, proc.stdout + proc.stderr
+    proc = _run([*args, "bad_usage.py"], tmp_path)
+    errors = [line for line in proc.stdout.splitlines() if " - error:" in line]
+    assert len(errors) == text.count("# type: ignore[arg-type]"), proc.stdout
