@@ -96,7 +96,8 @@ def main(argv=None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:
             # A typo'd option of a command gets that command's usage, not the top-level one.
-            _command_parser(parser, getattr(args, "command", None)).error(f"unrecognized arguments: {' '.join(extra)}")
+            command = _command_parser(parser, getattr(args, "command", None))
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:          # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
