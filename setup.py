@@ -10,6 +10,9 @@ Environment switches
 QATCORE_DEBUG=1        Cython bounds checks and wraparound on, -O1 -g.
 QATCORE_NO_OPENMP=1    build without OpenMP even when the compiler has it.
 QATCORE_TARGETS=a,b    build only these targets (default: all the platform allows).
+
+A C compiler (gcc or clang) and the Python headers are needed; their absence is reported
+before anything is built.
 """
 
 import os
@@ -17,6 +20,7 @@ import platform
 import shutil
 import subprocess
 import sys
+import sysconfig
 import tempfile
 
 import numpy as np
@@ -56,6 +60,29 @@ def _compiler_accepts(flags, source="int main(void){return 0;}\n"):
         cmd = [cc, *flags, src, "-o", os.path.join(tmp, "t")]
         return subprocess.run(cmd, capture_output=True).returncode == 0
 
+
+_BUILDING = {"build", "build_ext", "bdist_wheel", "install", "develop", "editable_wheel"}
+
+
+def _check_toolchain():
+    """Before a build: a clear error when there is no C compiler or no Python headers
+    (pip's own message is a generic "Failed building wheel")."""
+    if IS_MSVC or not _BUILDING & set(sys.argv[1:]):
+        return
+    cc = (os.environ.get("CC") or sysconfig.get_config_var("CC") or "cc").split()[0]
+    if shutil.which(cc) is None:
+        sys.exit(f"error: qatcore compiles Cython/C kernels and needs a C compiler, but "
+                 f"{cc!r} was not found. Install gcc or clang (Debian/Ubuntu: apt-get install "
+                 f"build-essential python3-dev; Fedora: dnf install gcc python3-devel; macOS: "
+                 f"xcode-select --install), or point CC at one.")
+    include = sysconfig.get_paths()["include"]
+    if not os.path.exists(os.path.join(include, "Python.h")):
+        sys.exit(f"error: the Python headers (Python.h) are missing from {include}; install "
+                 f"them (Debian/Ubuntu: apt-get install python3-dev; Fedora: dnf install "
+                 f"python3-devel).")
+
+
+_check_toolchain()
 
 OMP_TEST = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
 USE_OPENMP = (

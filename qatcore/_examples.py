@@ -70,8 +70,8 @@ def write_examples(folder: str) -> List[str]:
     with open(path("trunc.npy"), "wb") as f:
         f.write(buf.getvalue()[:100])        # magic + version + part of the 118-byte header
 
-    with open(path("notes.txt"), "w", encoding="utf-8") as f:
-        f.write("calibration notes: not a tensor file\n")
+    with open(path("notes.txt"), "w", encoding="utf-8") as text:
+        text.write("calibration notes: not a tensor file\n")
 
     w = rng.standard_normal((10, 512), dtype=f32) * f32(0.05)
     bias = rng.standard_normal(10, dtype=f32) * f32(0.1)

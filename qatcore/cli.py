@@ -64,6 +64,8 @@ examples:
   qatcore calibrate acts/ more.npz --observer percentile --json ranges.json
   qatcore calibrate layer1.npy --batch-axis 0 --asymmetric --bits 4 --threads 2
   qatcore calibrate dump.safetensors --observer mean_std --keep-going --quiet --json -
+  qatcore calibrate batches/ --merge-by-name --asymmetric --json ranges.json
+      (batch_000.npz:relu1, batch_001.npz:relu1, ... calibrate one tensor "relu1")
 
 Exit status: 0 ok, 2 bad usage or bad input (nothing written), 130 interrupted."""
 
@@ -94,8 +96,8 @@ def main(argv=None) -> int:
         args, extra = parser.parse_known_args(argv)
         if extra:
             # A typo'd option of a command gets that command's usage, not the top-level one.
-            sub = _SUBPARSERS.get(getattr(args, "command", None), parser)
-            sub.error(f"unrecognized arguments: {' '.join(extra)}")
+            command = _command_parser(parser, getattr(args, "command", None))
+            command.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:          # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
@@ -134,10 +136,6 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(_version_text())
         parser.exit()
-
-
-#: The sub-command parsers of the last _build_parser() call, by command name.
-_SUBPARSERS: dict = {}
 
 
 def _observer_name(text: str) -> str:
@@ -218,8 +216,14 @@ def _build_parser() -> argparse.ArgumentParser:
     for cmd, (_, what) in _FORWARDED.items():
         p = sub.add_parser(cmd, add_help=False, help=f"run {what} (see `qatcore {cmd} --help`)")
         p.set_defaults(func=None)
-    _SUBPARSERS.clear()
-    _SUBPARSERS.update(calibrate=cal, inspect=ins)
+    return parser
+
+
+def _command_parser(parser: argparse.ArgumentParser, command) -> argparse.ArgumentParser:
+    """The sub-parser of `command` (the top-level parser when there is none)."""
+    for action in parser._actions:
+        if isinstance(action, argparse._SubParsersAction) and command in action.choices:
+            return action.choices[command]
     return parser
 
 

@@ -123,7 +123,7 @@ class FakeQuantConfig:
 
     def with_observer(self, observer: Union[ObserverMethod, str]) -> "FakeQuantConfig":
         """A copy with another observer method."""
-        return dataclasses.replace(self, observer=observer)
+        return dataclasses.replace(self, observer=_coerce_observer(observer))
 
     def quant_range(self) -> Tuple[float, float]:
         """``(qmin, qmax)`` as floats: ±(2^(bits-1) - 1) symmetric, [0, 2^bits - 1] otherwise."""

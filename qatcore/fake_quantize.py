@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import Any, Dict, List, Optional, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, TypeVar
 
 import numpy as np
 
@@ -98,6 +98,12 @@ class FakeQuantize(Module):
     >>> fq(np.array([[2.0, -0.3]]))          # frozen forward keeps the shape
     array([[ 1.       , -0.2857143]], dtype=float32)
     """
+
+    # LSQ parameter and gradient arrays (float32, shape (1,)), None unless learnable.
+    _scale_param: Any
+    _zp_param: Any
+    _scale_grad: Any
+    _zp_grad: Any
 
     def __init__(self, config: Optional[FakeQuantConfig] = None, *,
                  n_threads: Optional[Integer] = None, ste: str = "clipped") -> None:
@@ -229,7 +235,7 @@ class FakeQuantize(Module):
         scale, zero_point = self._check_initial(scale, zero_point)
         if self._config.symmetric and zero_point != 0.0:
             raise ValueError(f"zero_point must be 0 for a symmetric config, got {zero_point!r}")
-        self._scale, self._zero_point = scale, zero_point
+        self._scale, self._zero_point = float(scale), float(zero_point)
         self._scale_param[0] = scale
         self._zp_param[0] = zero_point
         self._calibrating = False
@@ -450,8 +456,8 @@ class FakeQuantize(Module):
         return fake_quantize_state(self)
 
     @classmethod
-    def from_state(cls, state: Dict[str, Any], *,
-                   n_threads: Optional[Integer] = None) -> "FakeQuantize":
+    def from_state(cls, state: Mapping[str, Any], *, n_threads: Optional[Integer] = None
+                   ) -> "FakeQuantize":
         """A new FakeQuantize from a :meth:`state_dict` (every field validated).
 
         Raises
@@ -477,7 +483,7 @@ class FakeQuantize(Module):
         load_fake_quantize_state(new, state, same_config=True)
         return new
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the state with a :meth:`state_dict` of the same config; the learnable
         parameter arrays are updated in place (optimizers keep working on them).
 

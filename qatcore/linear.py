@@ -9,6 +9,7 @@ import os
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._checks import as_float32, check_scale
@@ -179,6 +180,16 @@ class QuantizedLinear(Module):
     input_zero_point : int
         Zero point of the int8 input codes (0 for Rust-compatible layers).
     in_features, out_features : int
+    bits : int
+        Weight code width (2..8).
+    per_channel : bool
+        Whether `weight_scale` holds one scale per output channel.
+    output_scale : float, or float32 ndarray when per-channel (property)
+        ``weight_scale · input_scale``: the scale of the int32 accumulators (Rust's name).
+        The `output_scale` argument of :meth:`forward_int8` is another thing: the scale
+        of the int8 output codes.
+
+    All nine attributes above the property are read-only.
 
     Notes
     -----
@@ -214,6 +225,18 @@ class QuantizedLinear(Module):
     out_features: int
     bits: int
     per_channel: bool
+    # Derived state (private).
+    _n_threads: Optional[int]
+    _wsum: Int32Array
+    _l1: npt.NDArray[np.int64]
+    _bias: Optional[F32Array]
+    _input_qrange: Tuple[int, int]
+    _output_q: Optional[Tuple[float, int, Tuple[int, int]]]
+    _input_zp_float: Optional[float]
+    _col_offset: Int32Array
+    _zp_offset: Int32Array
+    _requant_cache: Any
+    _packed: Dict[str, Int8Array]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use QuantizedLinear.from_float, from_qat or from_state_dict")
@@ -337,6 +360,7 @@ class QuantizedLinear(Module):
             raise TypeError(f"per_channel must be a bool, got {type(per_channel).__name__}")
         w, bias = _float_layer(weights, bias, in_features, out_features, "weights")
         qmax = _F32((1 << (config.bits - 1)) - 1)
+        weight_scale: Union[float, F32Array]
         if per_channel:
             max_abs = np.abs(w).max(axis=1, initial=_F32(0))
             scale = np.where(max_abs > 0, max_abs / qmax, _F32(1)).astype(np.float32)
@@ -461,7 +485,7 @@ class QuantizedLinear(Module):
             self._packed[layout] = packed
         return packed
 
-    def _gemm(self, x2d: np.ndarray, col_offset: np.ndarray) -> np.ndarray:
+    def _gemm(self, x2d: np.ndarray, col_offset: Optional[np.ndarray]) -> np.ndarray:
         kernels = _backend.kernels
         packed = self._packed_for(kernels)
         out = np.empty((x2d.shape[0], self.out_features), dtype=np.int32)
@@ -657,6 +681,7 @@ class QuantizedLinear(Module):
             raise ValueError(f"state_dict['weights_q'] has codes outside [-{qmax}, {qmax}]")
         per_channel = bool(np.asarray(state["per_channel"]))
         ws = np.asarray(state["weight_scale"], dtype=np.float32)
+        weight_scale: Union[float, F32Array]
         if per_channel:
             if ws.shape != (out_features,):
                 raise ValueError(f"state_dict['weight_scale'] must have shape ({out_features},)")

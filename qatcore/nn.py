@@ -35,11 +35,17 @@ True
 from __future__ import annotations
 
 import math
-from typing import Callable, Iterable, List, Optional, Sequence
+from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, TypeVar, Union
 
 import numpy as np
 
-from .fake_quantize import Module
+from ._typing import ArrayLike
+from .config import FakeQuantConfig
+from .fake_quantize import FakeQuantize, Module
+
+_L = TypeVar("_L", bound="Layer")
+_Seed = Union[None, int, np.random.SeedSequence, np.random.Generator]
+_Quantizer = Union[FakeQuantize, FakeQuantConfig, None]
 
 __all__ = [
     "Layer",
@@ -77,19 +83,19 @@ class Layer(Module):
     def _children(self) -> list:
         return []
 
-    def train(self, mode: bool = True):
+    def train(self: _L, mode: bool = True) -> _L:
         self.training = bool(mode)
         for child in self._children():
             child.train(mode)
         return self
 
-    def forward(self, x):  # pragma: no cover - abstract
+    def forward(self, x: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def backward(self, grad_out):  # pragma: no cover - abstract
+    def backward(self, grad_out: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, x):
+    def __call__(self, x: Any) -> Any:
         return self.forward(x)
 
     def parameters(self) -> List[np.ndarray]:
@@ -145,8 +151,14 @@ class Linear(Layer):
            [0., 0., 0.]], dtype=float32)
     """
 
+    weight: np.ndarray
+    bias: Optional[np.ndarray]
+    grad_weight: np.ndarray
+    grad_bias: Any               # like bias: an array, or None when bias=False
+
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 seed=None, dtype=np.float32, weight=None, bias_value=None):
+                 seed: _Seed = None, dtype: Any = np.float32, weight: Optional[ArrayLike] = None,
+                 bias_value: Optional[ArrayLike] = None) -> None:
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             if isinstance(v, bool) or not hasattr(v, "__index__"):
                 raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
@@ -193,7 +205,7 @@ class Linear(Layer):
             raise ValueError(f"x: expected shape (batch, {self.in_features}), got {x.shape}")
         return x
 
-    def forward(self, x) -> np.ndarray:
+    def forward(self, x: ArrayLike) -> np.ndarray:
         """``x @ weight.T + bias`` for ``x`` of shape ``(batch, in_features)``."""
         x = self._as_input(x)
         self._x = x
@@ -216,7 +228,8 @@ class Linear(Layer):
                              f"got {g.shape}")
         return g
 
-    def backward(self, grad_out, need_input_grad: bool = True) -> Optional[np.ndarray]:
+    def backward(self, grad_out: ArrayLike, need_input_grad: bool = True
+                 ) -> Optional[np.ndarray]:
         """Write ``grad_weight``/``grad_bias``; return the gradient w.r.t. the input
         (``None`` when ``need_input_grad`` is false, which skips one product)."""
         g = self._check_grad(grad_out)
@@ -249,15 +262,15 @@ class ReLU(Layer):
     array([0., 0., 5.])
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._mask: Optional[np.ndarray] = None
 
-    def forward(self, x) -> np.ndarray:
+    def forward(self, x: ArrayLike) -> np.ndarray:
         x = np.asarray(x)
         self._mask = x > 0
         return np.maximum(x, 0)
 
-    def backward(self, grad_out) -> np.ndarray:
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
         if self._mask is None:
             raise ValueError("backward called before forward")
         g = np.asarray(grad_out)
@@ -275,15 +288,15 @@ class Sequential(Layer):
     ``parameters()``/``grads()`` concatenate those of the layers.
     """
 
-    def __init__(self, layers: Iterable):
+    def __init__(self, layers: Iterable[Layer]) -> None:
         self.layers = list(layers)
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> Any:
         for layer in self.layers:
             x = layer.forward(x)
         return x
 
-    def backward(self, grad_out, need_input_grad: bool = True):
+    def backward(self, grad_out: ArrayLike, need_input_grad: bool = True) -> Any:
         """Backward through every layer, last first; returns the input gradient.
 
         With ``need_input_grad=False`` (a training step on data, whose gradient nobody
@@ -314,7 +327,7 @@ class Sequential(Layer):
     def _children(self) -> list:
         return self.layers
 
-    def __getitem__(self, i):
+    def __getitem__(self, i: int) -> Layer:
         return self.layers[i]
 
     def __len__(self) -> int:
@@ -344,7 +357,7 @@ class ActivationFakeQuant(Layer):
         The quantizer, or a config to build one (default: 8-bit symmetric min/max).
     """
 
-    def __init__(self, fake_quant=None):
+    def __init__(self, fake_quant: _Quantizer = None) -> None:
         from .fake_quantize import FakeQuantize
         from .config import FakeQuantConfig
         if fake_quant is None:
@@ -353,11 +366,11 @@ class ActivationFakeQuant(Layer):
             fake_quant = FakeQuantize(fake_quant)
         self.fake_quant = fake_quant
 
-    def forward(self, x):
+    def forward(self, x: ArrayLike) -> np.ndarray:
         fq = self.fake_quant
         return fq.fake_quantize(x) if fq.calibrating else fq.forward(x)
 
-    def backward(self, grad_out):
+    def backward(self, grad_out: ArrayLike) -> np.ndarray:
         return self.fake_quant.backward(grad_out)
 
     def parameters(self) -> List[np.ndarray]:
@@ -399,7 +412,9 @@ class QATLinear(Linear):
     """
 
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
-                 weight_fake_quant=None, seed=None, weight=None, bias_value=None):
+                 weight_fake_quant: _Quantizer = None, seed: _Seed = None,
+                 weight: Optional[ArrayLike] = None, bias_value: Optional[ArrayLike] = None
+                 ) -> None:
         super().__init__(in_features, out_features, bias, seed=seed, dtype=np.float32,
                          weight=weight, bias_value=bias_value)
         from .fake_quantize import FakeQuantize
@@ -413,7 +428,7 @@ class QATLinear(Linear):
         self._grad_wq = np.empty_like(self.weight)
 
     @classmethod
-    def from_linear(cls, linear: Linear, weight_fake_quant=None) -> "QATLinear":
+    def from_linear(cls, linear: Linear, weight_fake_quant: _Quantizer = None) -> "QATLinear":
         """A QAT copy of a trained float :class:`Linear` (parameters copied)."""
         return cls(linear.in_features, linear.out_features, linear.bias is not None,
                    weight_fake_quant=weight_fake_quant, weight=linear.weight,
@@ -426,13 +441,14 @@ class QATLinear(Linear):
             fq.observer.reset()
         return fq.fake_quantize(self.weight)      # a fresh array is cheaper than out='s checks
 
-    def forward(self, x) -> np.ndarray:
+    def forward(self, x: ArrayLike) -> np.ndarray:
         x = self._as_input(x)
         self._x = x
         self._wq_used = self.quantized_weight()
         return self._affine(x, self._wq_used)
 
-    def backward(self, grad_out, need_input_grad: bool = True) -> Optional[np.ndarray]:
+    def backward(self, grad_out: ArrayLike, need_input_grad: bool = True
+                 ) -> Optional[np.ndarray]:
         g = self._check_grad(grad_out)
         np.matmul(g.T, self._x, out=self._grad_wq)
         if self.bias is not None:
@@ -468,11 +484,11 @@ class SoftmaxCrossEntropy:
            [ 0.125,  0.125,  0.125, -0.375]], dtype=float32)
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self._probs: Optional[np.ndarray] = None
         self._labels: Optional[np.ndarray] = None
 
-    def forward(self, logits, labels) -> float:
+    def forward(self, logits: ArrayLike, labels: ArrayLike) -> float:
         """Mean loss (a Python float, computed in float64)."""
         z = np.asarray(logits)
         if z.dtype.type not in _FLOATS:
@@ -523,7 +539,7 @@ class Optimizer:
     """
 
     def __init__(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
-                 after_step: Optional[Callable[[], None]] = None):
+                 after_step: Optional[Callable[[], None]] = None) -> None:
         params, grads = list(params), list(grads)
         if len(params) != len(grads):
             raise ValueError(f"params and grads differ in length ({len(params)} vs {len(grads)})")
@@ -567,8 +583,9 @@ class SGD(Optimizer):
     array([0.855], dtype=float32)
     """
 
-    def __init__(self, params, grads, lr: float = 0.01, momentum: float = 0.0,
-                 weight_decay: float = 0.0, after_step=None):
+    def __init__(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+                 lr: float = 0.01, momentum: float = 0.0, weight_decay: float = 0.0,
+                 after_step: Optional[Callable[[], None]] = None) -> None:
         super().__init__(params, grads, after_step)
         self.lr = _check_lr(lr)
         if not 0.0 <= momentum < 1.0:
@@ -605,8 +622,10 @@ class Adam(Optimizer):
     array([0.9], dtype=float32)
     """
 
-    def __init__(self, params, grads, lr: float = 1e-3, betas=(0.9, 0.999),
-                 eps: float = 1e-8, weight_decay: float = 0.0, after_step=None):
+    def __init__(self, params: Sequence[np.ndarray], grads: Sequence[np.ndarray],
+                 lr: float = 1e-3, betas: Tuple[float, float] = (0.9, 0.999),
+                 eps: float = 1e-8, weight_decay: float = 0.0,
+                 after_step: Optional[Callable[[], None]] = None) -> None:
         super().__init__(params, grads, after_step)
         self.lr = _check_lr(lr)
         b1, b2 = (float(b) for b in betas)

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import Any, Dict, Optional, Tuple
+from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -64,6 +64,7 @@ class QuantObserver:
 
     __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count",
                  "_qcache", "_history")
+    _qcache: Optional[Tuple[FakeQuantConfig, float, float, Tuple[float, float]]]
 
     def __init__(self, method: ObserverLike = ObserverMethod.MIN_MAX, *,
                  n_threads: Optional[Integer] = None) -> None:
@@ -221,8 +222,8 @@ class QuantObserver:
         return observer_state(self)
 
     @classmethod
-    def from_state(cls, state: Dict[str, Any], *,
-                   n_threads: Optional[Integer] = None) -> "QuantObserver":
+    def from_state(cls, state: Mapping[str, Any], *, n_threads: Optional[Integer] = None
+                   ) -> "QuantObserver":
         """A new observer from a :meth:`state_dict` (every field validated).
 
         Raises
@@ -240,7 +241,7 @@ class QuantObserver:
         load_observer_state(obs, state, same_method=False)
         return obs
 
-    def load_state_dict(self, state: Dict[str, Any]) -> None:
+    def load_state_dict(self, state: Mapping[str, Any]) -> None:
         """Replace the statistics with those of a :meth:`state_dict` of the same method.
 
         Raises

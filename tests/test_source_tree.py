@@ -6,6 +6,8 @@ import shutil
 import subprocess
 import sys
 
+import pytest
+
 import qatcore
 
 PKG = os.path.dirname(os.path.abspath(qatcore.__file__))
@@ -35,3 +37,24 @@ def test_built_tree_imports(tmp_path):
                           env={k: v for k, v in os.environ.items() if k != "PYTHONPATH"})
     assert proc.returncode == 0, proc.stderr
     assert proc.stdout.strip() == str(src / "__init__.py")
+
+
+SETUP = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "setup.py")
+
+
+@pytest.mark.skipif(not os.path.exists(SETUP), reason="no setup.py beside the tests")
+def test_build_without_a_c_compiler_says_so(tmp_path):
+    """No compiler: setup.py stops before building, naming what to install."""
+    root = tmp_path / "clone"
+    src = os.path.dirname(SETUP)
+    shutil.copytree(os.path.join(src, "qatcore"), root / "qatcore",
+                    ignore=shutil.ignore_patterns("*.so", "*.c", "__pycache__", "build"))
+    for name in ("setup.py", "pyproject.toml", "README.md"):
+        shutil.copy(os.path.join(src, name), root / name)
+    env = dict(os.environ, CC="qatcore-no-such-compiler")
+    proc = subprocess.run([sys.executable, "setup.py", "build_ext", "--inplace"], cwd=root,
+                          env=env, capture_output=True, text=True, timeout=120)
+    assert proc.returncode == 1
+    assert "needs a C compiler, but 'qatcore-no-such-compiler' was not found" in proc.stderr
+    assert "apt-get install build-essential python3-dev" in proc.stderr
+    assert not list((root / "qatcore").glob("*.c"))          # stopped before Cython ran

@@ -18,6 +18,7 @@ import numpy as np
 import numpy.typing as npt
 
 import qatcore as q
+from qatcore import nn
 
 F32 = npt.NDArray[np.float32]
 
@@ -54,6 +55,11 @@ def observe() -> Tuple[float, float]:
     method: q.ObserverMethod = obs.method
     count: int = obs.count
     assert method.value == "percentile" and count == 1 and lo <= hi and scale > 0
+    merged: q.QuantObserver = obs.merge(q.QuantObserver("percentile"))
+    restored = q.QuantObserver.from_state(merged.state_dict(), n_threads=1)
+    restored.load_state_dict(obs.state_dict())
+    fq = q.FakeQuantize.from_state(q.FakeQuantize().state_dict())
+    fq.load_state_dict(fq.state_dict())
     return scale, zp
 
 
@@ -111,6 +117,28 @@ def dynamic_and_mixed() -> float:
     return loss * mp.loss_scale
 
 
+def train_with_nn() -> float:
+    rng = np.random.default_rng(3)
+    model = nn.Sequential([nn.ActivationFakeQuant(), nn.QATLinear(16, 32, seed=0), nn.ReLU(),
+                           nn.ActivationFakeQuant(q.FakeQuantConfig(symmetric=False)),
+                           nn.QATLinear(32, 4, seed=1, weight_fake_quant=q.FakeQuantConfig.int4())])
+    opt = nn.Adam(model.parameters(), model.grads(), lr=1e-2)
+    sgd = nn.SGD([np.zeros(1, np.float32)], [np.zeros(1, np.float32)], lr=0.1, momentum=0.9)
+    loss_fn = nn.SoftmaxCrossEntropy()
+    x = rng.standard_normal((64, 16), dtype=np.float32)
+    labels = (x[:, :4] ** 2).argmax(axis=1)
+    loss = 0.0
+    for _ in range(3):
+        loss = loss_fn.forward(model(x), labels)
+        model.backward(loss_fn.backward())
+        opt.step()
+    sgd.step()
+    first: nn.Layer = model[1]
+    qat = nn.QATLinear.from_linear(nn.Linear(4, 2, seed=0))
+    assert isinstance(first, nn.QATLinear) and len(model) == 5 and qat.in_features == 4
+    return loss
+
+
 def misuse() -> None:
     """Never called: each line is a documented misuse a type checker must catch."""
     fq = q.FakeQuantize()
@@ -124,6 +152,8 @@ def misuse() -> None:
     q.FakeQuantize(q.ObserverMethod.MIN_MAX)  # type: ignore[arg-type]
     q.MixedPrecision().unscale_gradients([1.0])  # type: ignore[arg-type]
     q.set_num_threads("2")  # type: ignore[arg-type]
+    nn.QATLinear(4, 2, weight_fake_quant="int8")  # type: ignore[arg-type]
+    nn.Adam([np.zeros(1)], [np.zeros(1)], after_step=3)  # type: ignore[arg-type]
 
 
 def main() -> int:
@@ -133,6 +163,7 @@ def main() -> int:
     with tempfile.TemporaryDirectory() as folder:
         integer_inference(folder)
     dynamic_and_mixed()
+    train_with_nn()
     return 0
 
 
