@@ -26,6 +26,14 @@ SCALE_FLOOR = float(np.finfo(np.float32).tiny)
 _STE_MODES = ("clipped", "identity")
 
 
+def _preset_mode(numerics: str):
+    """Kernel mode of a numerics preset (None for the Rust arithmetic)."""
+    if numerics == "aprender":
+        return None
+    kernels = _backend.kernels
+    return kernels.PRESET_TORCH if numerics == "torch" else kernels.PRESET_ONNX
+
+
 class Module:
     """Minimal module protocol (Rust ``nn::Module``): ``forward``, ``__call__``,
     ``parameters``, and a training flag (``train()`` / ``eval()``)."""
@@ -61,6 +69,11 @@ class FakeQuantize(Module):
 
         q = clamp(round_half_away(x / scale + zero_point), qmin, qmax)
         y = (q - zero_point) * scale
+
+    or, with ``config.numerics`` ``"torch"`` / ``"onnx"``, exactly as
+    ``torch.fake_quantize_per_tensor_affine`` / ONNX QuantizeLinear -> DequantizeLinear
+    compute it (see :class:`FakeQuantConfig`; the STE mask and the LSQ gradients then use
+    that arithmetic too).
 
     Training: ``backward(grad_out)`` is the straight-through estimator (clipped by
     default, ``ste="identity"`` for the unclipped variant). With a learnable config
@@ -108,6 +121,8 @@ class FakeQuantize(Module):
         self._zero_point = 0.0
         self._calibrating = True
         self.training = True
+        # Kernel mode of the numerics preset (None: the Rust arithmetic).
+        self._mode = _preset_mode(config.numerics)
         self._mask = None           # STE mask written by the last training forward
         self._mask_shape = None
         if ste not in _STE_MODES:
@@ -276,6 +291,11 @@ class FakeQuantize(Module):
         if s < SCALE_FLOOR:
             s = SCALE_FLOOR
             self._scale_param[0] = s
+        if self._mode is not None and z != 0.0:
+            # Presets use an integer zero point: a learned one is rounded half to even and
+            # clamped to [qmin, qmax] for the forward, as torch's learnable fake quantize.
+            qmin, qmax = self._qrange
+            z = min(max(float(np.round(np.float32(z))), qmin), qmax)
         self._scale, self._zero_point = s, z
 
     # --- forward -------------------------------------------------------------------
@@ -339,8 +359,14 @@ class FakeQuantize(Module):
             if self._learnable:     # LSQ's backward needs x itself (copied if out is x)
                 saved = data.copy() if np.may_share_memory(dst, data) else data
         nt = self._observer.n_threads
-        if _backend.kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
-                                          mask, nt):
+        kernels = _backend.kernels
+        if self._mode is None:
+            status = kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
+                                           mask, nt)
+        else:
+            status = kernels.fake_quantize_preset(data, dst, self._scale, self._zero_point,
+                                                  qmin, qmax, self._mode, mask, nt)
+        if status:
             raise ValueError(_OVERLAP)
         if saved is not None:
             self._x_saved = saved
@@ -403,8 +429,12 @@ class FakeQuantize(Module):
         if self._learnable:
             scale, zp = self._scale, self._zero_point
             qmin, qmax = self._qrange
-            bad, s_in, s_lo, s_hi = kernels.lsq_backward(self._x_saved, grad, grad_in, scale,
-                                                         zp, qmin, qmax, identity)
+            if self._mode is None:
+                bad, s_in, s_lo, s_hi = kernels.lsq_backward(self._x_saved, grad, grad_in,
+                                                             scale, zp, qmin, qmax, identity)
+            else:
+                bad, s_in, s_lo, s_hi = kernels.lsq_backward_preset(
+                    self._x_saved, grad, grad_in, scale, zp, qmin, qmax, self._mode, identity)
         else:
             bad = kernels.ste_backward(grad, None if identity else self._mask, grad_in)
         if bad >= 0:
