@@ -435,8 +435,13 @@ class FakeQuantize(Module):
             else:
                 bad, s_in, s_lo, s_hi = kernels.lsq_backward_preset(
                     self._x_saved, grad, grad_in, scale, zp, qmin, qmax, self._mode, identity)
-        else:
+        elif self._mode is None or identity:
             bad = kernels.ste_backward(grad, None if identity else self._mask, grad_in)
+        else:
+            # torch's backward is grad * mask (a negative gradient becomes -0.0 outside)
+            bad = kernels.ste_backward(grad, None, grad_in)
+            if bad < 0:
+                np.multiply(grad_in, self._mask, out=grad_in)
         if bad >= 0:
             raise ValueError(f"backward: grad_out contains a non-finite value at flat index {bad}")
         if self._learnable:
