@@ -248,6 +248,11 @@ def fake_quantize(x: Tensor, scale, zero_point, qmin: int, qmax: int, *,
         raise ValueError(f"qmin/qmax must satisfy qmin <= qmax, |q| <= 2^24; got {qmin}, {qmax}")
     if not isinstance(x, Tensor):
         raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
+    if x.device.type != "cpu":
+        raise ValueError(f"x is on {x.device}; qatcore.torch runs on CPU tensors only "
+                         f"(move it with .cpu())")
+    if x.dtype != torch.float32:
+        raise TypeError(f"x must be float32, got {x.dtype} (convert it with .float())")
     if axis is not None:
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"axis must be an integer or None, got {type(axis).__name__}")
