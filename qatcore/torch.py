@@ -326,7 +326,7 @@ class FakeQuantize(nn.Module):
     >>> y = fq(torch.tensor([-1.0, 0.0, 2.0]))
     >>> fq.disable_calibration()
     >>> float(fq.scale), float(fq.zero_point)
-    (0.011764706112444401, 85.0)
+    (0.0117647061124444, 85.0)
     """
 
     def __init__(self, config: Optional[FakeQuantConfig] = None, axis: Optional[int] = None,

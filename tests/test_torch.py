@@ -327,3 +327,10 @@ def test_digits_qat_convert_and_state_dict():
             np.testing.assert_array_equal(bits(again(Xte)), bits(logits))
     finally:
         torch.set_num_threads(threads)
+
+
+def test_docstring_examples():
+    import doctest
+
+    result = doctest.testmod(qt, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0
