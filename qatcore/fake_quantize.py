@@ -554,16 +554,20 @@ def fake_quantize_array(x, scale, zero_point, qmin, qmax, *, numerics: str = "ap
     mode = _preset_code(numerics, per_channel)
     dst = np.empty(data.shape[0], dtype=np.float32) if out is None else check_out(out, shape, _F32)
     m = None if mask is None else check_out(mask, shape, np.dtype(np.uint8), "mask")
-    if m is not None and np.may_share_memory(m, dst):
+    if m is not None and (m.base is not None or dst.base is not None) \
+            and np.may_share_memory(m, dst):     # two arrays owning their data cannot overlap
         raise ValueError("mask overlaps out")
     kernels = _backend.kernels
-    nt = _backend.resolve_threads(None if n_threads is None else
-                                  _backend.check_threads(n_threads))
+    nt = _backend.get_num_threads() if n_threads is None else _backend.check_threads(n_threads)
     if not per_channel:
         scale = check_scale(scale)
-        zp = float(_check_zero_points(zero_point, numerics).reshape(-1)[0]) \
-            if np.size(zero_point) == 1 else None
-        if zp is None:
+        if isinstance(zero_point, (int, float)) and not isinstance(zero_point, bool):
+            zp = float(zero_point)                      # the common case, cheaply
+            if not (math.isfinite(zp) and (mode is None or zp == round(zp))):
+                _check_zero_points(zp, numerics)        # raises the error
+        elif np.size(zero_point) == 1:
+            zp = float(_check_zero_points(zero_point, numerics).reshape(-1)[0])
+        else:
             raise ValueError("zero_point must be a scalar when axis is None")
         if mode is None:
             status = kernels.fake_quantize(data, dst, scale, zp, qmin, qmax, m, nt)

@@ -70,21 +70,45 @@ def _scale_forward(scale: Tensor) -> Tensor:
     return torch.clamp(scale.detach().to(torch.float32).reshape(-1), min=SCALE_FLOOR)
 
 
+def _scalar_qparams(scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
+                    numerics: str) -> Tuple[float, float]:
+    """Per-tensor (scale, zero point) as the forward uses them (see _scale_forward,
+    _zp_forward), in Python floats: one .item() each."""
+    s = float(scale) if isinstance(scale, float) else scale.item()
+    z = float(zero_point) if isinstance(zero_point, float) else zero_point.item()
+    s = max(float(np.float32(s)), SCALE_FLOOR)
+    z = float(np.float32(z))
+    if numerics != "aprender":
+        z = min(max(float(round(z)), qmin), qmax)        # round(): half to even
+    return s, z
+
+
+def _forward_impl(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
+                  numerics: str, axis: int, with_mask: bool = True):
+    """(y, mask or None): the kernels write straight into the new tensors' memory."""
+    xc = x.detach()
+    if not xc.is_contiguous():
+        xc = xc.contiguous()
+    out = torch.empty_like(xc, memory_format=torch.contiguous_format)
+    mask = torch.empty(xc.shape, dtype=torch.uint8) if with_mask else None
+    mask_np = mask.numpy() if with_mask else None
+    if axis < 0:
+        s, z = _scalar_qparams(scale, zero_point, qmin, qmax, numerics)
+        fake_quantize_array(xc.numpy(), s, z, qmin, qmax, numerics=numerics, out=out.numpy(),
+                            mask=mask_np)
+    else:
+        s = _scale_forward(scale)
+        z = _zp_forward(zero_point, qmin, qmax, numerics)
+        fake_quantize_array(xc.numpy(), s.numpy(), z.numpy(), qmin, qmax, numerics=numerics,
+                            axis=axis, out=out.numpy(), mask=mask_np)
+    return out, mask
+
+
 @torch.library.custom_op("qatcore::fake_quantize", mutates_args=(), device_types="cpu")
 def _fake_quantize_op(x: Tensor, scale: Tensor, zero_point: Tensor, qmin: int, qmax: int,
                       numerics: str, axis: int, grad_scale: float) -> Tuple[Tensor, Tensor]:
     xc = _as_input(x)
-    s = _scale_forward(scale)
-    z = _zp_forward(zero_point, qmin, qmax, numerics)
-    out = torch.empty_like(xc)
-    mask = torch.empty(xc.shape, dtype=torch.uint8)
-    if axis < 0:
-        fake_quantize_array(xc.numpy(), float(s[0]), float(z[0]), qmin, qmax,
-                            numerics=numerics, out=out.numpy(), mask=mask.numpy())
-    else:
-        fake_quantize_array(xc.numpy(), s.numpy(), z.numpy(), qmin, qmax, numerics=numerics,
-                            axis=axis, out=out.numpy(), mask=mask.numpy())
-    return out, mask
+    return _forward_impl(xc, scale, zero_point, qmin, qmax, numerics, axis)
 
 
 @_fake_quantize_op.register_fake
@@ -99,6 +123,10 @@ def _lsq_grads_op(x: Tensor, grad: Tensor, scale: Tensor, zero_point: Tensor, qm
                   qmax: int, numerics: str, axis: int, grad_scale: float
                   ) -> Tuple[Tensor, Tensor]:
     """dL/dscale, dL/dzero_point (LSQ, LSQ+), shaped like scale / zero_point."""
+    return _lsq_grads_impl(x, grad, scale, zero_point, qmin, qmax, numerics, axis, grad_scale)
+
+
+def _lsq_grads_impl(x, grad, scale, zero_point, qmin, qmax, numerics, axis, grad_scale):
     xc = _as_input(x)
     g = _as_input(grad, "grad")
     s = _scale_forward(scale)
@@ -172,6 +200,39 @@ def _backward(ctx, grad_y, grad_mask):
 _fake_quantize_op.register_autograd(_backward, setup_context=_setup_context)
 
 
+class _EagerFakeQuantize(torch.autograd.Function):
+    """The same forward and backward as the custom op, for eager mode only: the custom
+    op's Python autograd wrapper costs ~50 µs a call, several times a 1 000-element
+    kernel.  Under torch.compile `fake_quantize` always takes the custom op (PyTorch warns
+    that autograd.Function under compile can be silently wrong)."""
+
+    @staticmethod
+    def forward(ctx, x, scale, zero_point, qmin, qmax, numerics, axis, grad_scale):
+        y, mask = _forward_impl(x, scale, zero_point, qmin, qmax, numerics, axis)
+        need_lsq = ctx.needs_input_grad[1] or ctx.needs_input_grad[2]
+        if need_lsq:
+            ctx.save_for_backward(mask, x, scale, zero_point)
+        else:
+            ctx.save_for_backward(mask)
+        ctx.args = (qmin, qmax, numerics, axis, grad_scale)
+        return y
+
+    @staticmethod
+    def backward(ctx, grad_y):
+        saved = ctx.saved_tensors
+        mask = saved[0]
+        qmin, qmax, numerics, axis, grad_scale = ctx.args
+        grad_x = grad_y * mask if ctx.needs_input_grad[0] else None
+        d_scale = d_zp = None
+        if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
+            _, x, scale, zero_point = saved
+            d_scale, d_zp = _lsq_grads_impl(x, grad_y.contiguous(), scale, zero_point, qmin,
+                                            qmax, numerics, axis, grad_scale)
+            d_scale = d_scale.to(scale.dtype) if ctx.needs_input_grad[1] else None
+            d_zp = d_zp.to(zero_point.dtype) if ctx.needs_input_grad[2] else None
+        return grad_x, d_scale, d_zp, None, None, None, None, None
+
+
 def _as_param_tensor(value, name: str, axis) -> Tensor:
     if isinstance(value, Tensor):
         if value.device.type != "cpu":
@@ -182,6 +243,8 @@ def _as_param_tensor(value, name: str, axis) -> Tensor:
             raise ValueError(f"{name} must have one element when axis is None, got "
                              f"{value.numel()}")
         return value
+    if axis is None and isinstance(value, (int, float)) and not isinstance(value, bool):
+        return torch.tensor([float(value)], dtype=torch.float32)
     t = torch.as_tensor(np.asarray(value, dtype=np.float32))
     return t.reshape(1) if axis is None else t.reshape(-1)
 
@@ -259,20 +322,44 @@ def fake_quantize(x: Tensor, scale, zero_point, qmin: int, qmax: int, *,
         if not -x.dim() <= int(axis) < max(x.dim(), 1):
             raise ValueError(f"axis {axis} is out of range for a {x.dim()}-D tensor")
         axis = int(axis) % x.dim()
-    s = _as_param_tensor(scale, "scale", axis)
-    z = _as_param_tensor(zero_point, "zero_point", axis)
-    if axis is not None and (s.numel() != x.shape[axis] or z.numel() != x.shape[axis]):
-        raise ValueError(f"scale and zero_point need {x.shape[axis]} values (x.shape[{axis}])")
-    if not torch.compiler.is_compiling():       # data-dependent checks break a graph
+    numbers = (axis is None and isinstance(scale, (int, float)) and not isinstance(scale, bool)
+               and isinstance(zero_point, (int, float)) and not isinstance(zero_point, bool))
+    if numbers:
+        if not (math.isfinite(scale) and scale > 0):
+            raise ValueError(f"scale must be finite and positive, got {scale!r}")
+        if not math.isfinite(zero_point):
+            raise ValueError(f"zero_point must be finite, got {zero_point!r}")
+        s = z = None
+    else:
+        s = _as_param_tensor(scale, "scale", axis)
+        z = _as_param_tensor(zero_point, "zero_point", axis)
+        if axis is not None and (s.numel() != x.shape[axis] or z.numel() != x.shape[axis]):
+            raise ValueError(f"scale and zero_point need {x.shape[axis]} values "
+                             f"(x.shape[{axis}])")
+    if not numbers and not torch.compiler.is_compiling():  # data-dependent checks break a graph
         if not torch.isfinite(s.detach()).all() or not (s.detach() > 0).all():
             raise ValueError("scale must be finite and positive")
         if not torch.isfinite(z.detach()).all():
             raise ValueError("zero_point must be finite")
     if grad_scale is not None and not (isinstance(grad_scale, (int, float)) and grad_scale > 0):
         raise ValueError(f"grad_scale must be a positive number, got {grad_scale!r}")
-    y, _ = _fake_quantize_op(x, s, z, qmin, qmax, numerics, -1 if axis is None else axis,
-                             -1.0 if grad_scale is None else float(grad_scale))
-    return y
+    ax = -1 if axis is None else axis
+    gs = -1.0 if grad_scale is None else float(grad_scale)
+    if s is None and not torch.compiler.is_compiling():
+        # Python-number qparams: no tensors to build, nothing to differentiate but x
+        if torch.is_grad_enabled() and x.requires_grad:
+            return _EagerFakeQuantize.apply(x, float(scale), float(zero_point), qmin, qmax,
+                                            numerics, ax, gs)
+        return _forward_impl(x, float(scale), float(zero_point), qmin, qmax, numerics, ax,
+                             with_mask=False)[0]
+    if s is None:
+        s = _as_param_tensor(scale, "scale", axis)
+        z = _as_param_tensor(zero_point, "zero_point", axis)
+    if torch.compiler.is_compiling():
+        return _fake_quantize_op(x, s, z, qmin, qmax, numerics, ax, gs)[0]
+    if torch.is_grad_enabled() and (x.requires_grad or s.requires_grad or z.requires_grad):
+        return _EagerFakeQuantize.apply(x, s, z, qmin, qmax, numerics, ax, gs)
+    return _forward_impl(x, s, z, qmin, qmax, numerics, ax, with_mask=False)[0]
 
 
 # ------------------------------------------------------------------ the module

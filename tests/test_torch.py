@@ -334,3 +334,26 @@ def test_docstring_examples():
 
     result = doctest.testmod(qt, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("axis", [None, 1])
+def test_eager_path_equals_custom_op(axis):
+    # fake_quantize runs an autograd.Function in eager mode (cheaper per call) and the
+    # custom op under torch.compile: same values and gradients.
+    x = torch.from_numpy(tricky(40 * 7, 0.03).reshape(40, 7)).nan_to_num(0.0)
+    g = torch.randn(x.shape, generator=torch.Generator().manual_seed(7))
+    n = 1 if axis is None else 7
+    outs = []
+    for use_op in (False, True):
+        xa = x.clone().requires_grad_()
+        s = torch.full((n,), 0.03, requires_grad=True)
+        z = torch.full((n,), 4.0, requires_grad=True)
+        if use_op:
+            y = torch.ops.qatcore.fake_quantize(xa, s, z, 0, 255, "torch",
+                                                -1 if axis is None else axis, -1.0)[0]
+        else:
+            y = qt.fake_quantize(xa, s, z, 0, 255, axis=axis)
+        y.backward(g)
+        outs.append((y.detach(), xa.grad, s.grad, z.grad))
+    for a, b in zip(*outs):
+        np.testing.assert_array_equal(bits(a), bits(b))
