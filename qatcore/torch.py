@@ -551,6 +551,20 @@ class FakeQuantize(nn.Module):
                              numerics=self.config.numerics,
                              axis=None if self.axis is None else self.axis % x.dim())
 
+    def quantize_int8(self, x) -> np.ndarray:
+        """int8 codes of `x` exactly as this (frozen, per-tensor, bits <= 8) quantizer's
+        forward rounds them; asymmetric codes 0..255 are shifted by -128 (the input
+        codes of the integer model :func:`convert` builds).
+
+        Parameters
+        ----------
+        x : torch.Tensor or numpy.ndarray of float32
+        """
+        scale, zp, (lo, hi) = _quant_params(self)
+        arr = x.detach().cpu().numpy() if isinstance(x, Tensor) else np.asarray(x, np.float32)
+        return _input_codes(np.ascontiguousarray(arr, dtype=np.float32), scale, zp, lo, hi,
+                            self.config.numerics)
+
     def extra_repr(self) -> str:
         return (f"bits={self.config.bits}, symmetric={self.config.symmetric}, "
                 f"numerics={self.config.numerics!r}, axis={self.axis}, "

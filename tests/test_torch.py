@@ -313,7 +313,8 @@ def test_digits_qat_convert_and_state_dict():
 
         integer = qt.convert(qat, integer=True)
         first = integer.layers[0]
-        codes = conv[0].quantize_input(Xte.numpy())        # the QAT input rounding, int8
+        codes = qat[0].input_fq.quantize_int8(Xte)         # the QAT input rounding, int8
+        np.testing.assert_array_equal(codes, conv[0].quantize_input(Xte.numpy()))
         out_q = integer.forward_int8(codes)
         assert out_q.dtype == np.int8
         assert (out_q.argmax(1) == pred_qat.numpy()).mean() >= 0.995
