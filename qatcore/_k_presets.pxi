@@ -10,6 +10,7 @@ cdef extern from "qc_presets.h" nogil:
                                Py_ssize_t C, Py_ssize_t inner, const float *scale,
                                const float *inv, const float *zp, float qmin, float qmax,
                                int mode)
+    void qc_grad_times_mask(const float *g, const uint8_t *mask, float *out, Py_ssize_t n)
     Py_ssize_t qc_lsq_backward_preset(const float *x, const float *g, float *gin, Py_ssize_t n,
                                       float scale, float inv, float zp, float qmin, float qmax,
                                       int identity, int mode, double *sums)
@@ -116,3 +117,20 @@ def lsq_backward_preset(const float[::1] x,      # IN, the forward's input
         bad = qc_lsq_backward_preset(&x[0], &grad[0], &grad_in[0], n, scale, inv, zero_point,
                                      qmin, qmax, 1 if identity else 0, mode, sums)
     return (bad, sums[0], sums[1], sums[2])
+
+
+def grad_times_mask(cnp.ndarray grad not None,   # IN, C-contiguous float32
+                    cnp.ndarray mask not None,   # IN, C-contiguous uint8, same size
+                    cnp.ndarray out not None):   # OUT, float32, same size (may be grad)
+    """Clipped-STE backward in torch's form: out = grad * mask (float multiply)."""
+    cdef const float *gp = _f32_in(grad, "grad")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(grad)
+    cdef float *op = <float *>_out_ptr(out, cnp.NPY_FLOAT32, n, "out")
+    if (cnp.PyArray_TYPE(mask) != cnp.NPY_UINT8 or not cnp.PyArray_IS_C_CONTIGUOUS(mask)
+            or cnp.PyArray_SIZE(mask) != n):
+        raise ValueError("mask must be a C-contiguous uint8 array of grad's size")
+    cdef const uint8_t *mp = <const uint8_t *>cnp.PyArray_DATA(mask)
+    if n == 0:
+        return
+    with nogil:
+        qc_grad_times_mask(gp, mp, op, n)

@@ -103,3 +103,7 @@ def lsq_backward_preset(x: npt.NDArray[np.float32], grad: npt.NDArray[np.float32
                         qmin: float, qmax: float, mode: int,
                         identity: bool = False) -> Tuple[int, float, float, float]:
     """(first non-finite grad index or -1, sum inside, sum below, sum above)."""
+def grad_times_mask(grad: npt.NDArray[np.float32],   # ndarray, C-contiguous float32
+                    mask: npt.NDArray[np.uint8],     # ndarray, C-contiguous uint8, same size
+                    out: npt.NDArray[np.float32]) -> None:
+    """out = grad * mask (torch's clipped-STE backward)."""

@@ -13,7 +13,8 @@ from ._checks import as_float32, check_finite, check_out, check_scale
 from .config import FakeQuantConfig
 from .observer import QuantObserver
 
-__all__ = ["Module", "FakeQuantize", "SCALE_FLOOR", "fake_quantize_array", "lsq_backward_array"]
+__all__ = ["Module", "FakeQuantize", "SCALE_FLOOR", "fake_quantize_array", "lsq_backward_array",
+           "ste_backward_array"]
 
 _F32 = np.dtype(np.float32)
 _OVERLAP = "out overlaps x without being x itself"
@@ -646,3 +647,31 @@ def lsq_backward_array(x, grad_out, scale, zero_point, qmin, qmax, *,
     d_scale = s_in + (qmin - zp) * s_lo + (qmax - zp) * s_hi
     d_zp = -float(np.float32(scale)) * (s_lo + s_hi)
     return (grad_in if grad_in is not None else gin.reshape(shape)), d_scale, d_zp
+
+
+def ste_backward_array(grad_out, mask, *, out=None) -> np.ndarray:
+    """Clipped straight-through backward ``grad_out * mask`` (float multiply, as torch's
+    fake-quantize backward computes it: a negative gradient outside the range gives -0.0).
+
+    Parameters
+    ----------
+    grad_out : array_like of float32
+    mask : numpy.ndarray of uint8, same shape
+        The mask a forward wrote (``fake_quantize_array(..., mask=...)``).
+    out : numpy.ndarray, optional
+        Writable C-contiguous float32 array of that shape (may be `grad_out` itself).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, `grad_out`'s shape (`out` when given).
+    """
+    grad, shape = as_float32(grad_out, "grad_out")
+    m = check_out(mask, shape, np.dtype(np.uint8), "mask") if not (
+        type(mask) is np.ndarray and mask.dtype == np.uint8 and mask.flags.c_contiguous
+        and mask.shape == tuple(shape)) else mask
+    dst = np.empty(grad.shape[0], np.float32) if out is None else check_out(out, shape, _F32)
+    if dst is not grad and dst.ctypes.data != grad.ctypes.data and np.may_share_memory(dst, grad):
+        raise ValueError("out overlaps grad_out without being grad_out itself")
+    _backend.kernels.grad_times_mask(grad, m, dst)
+    return out if out is not None else dst.reshape(shape)

@@ -34,7 +34,8 @@ except ImportError as exc:  # pragma: no cover - exercised without torch install
 import numpy as np
 
 from .config import FakeQuantConfig, ObserverMethod
-from .fake_quantize import SCALE_FLOOR, fake_quantize_array, lsq_backward_array
+from .fake_quantize import (SCALE_FLOOR, fake_quantize_array, lsq_backward_array,
+                            ste_backward_array)
 from .linear import QuantizedLinear
 from .observer import QuantObserver, qparams_arrays
 
@@ -222,7 +223,11 @@ class _EagerFakeQuantize(torch.autograd.Function):
         saved = ctx.saved_tensors
         mask = saved[0]
         qmin, qmax, numerics, axis, grad_scale = ctx.args
-        grad_x = grad_y * mask if ctx.needs_input_grad[0] else None
+        grad_x = None
+        if ctx.needs_input_grad[0]:       # grad_y * mask, torch's formula, in one kernel pass
+            g = grad_y.detach().contiguous()
+            grad_x = torch.empty_like(g, memory_format=torch.contiguous_format)
+            ste_backward_array(g.numpy(), mask.numpy(), out=grad_x.numpy())
         d_scale = d_zp = None
         if ctx.needs_input_grad[1] or ctx.needs_input_grad[2]:
             _, x, scale, zero_point = saved

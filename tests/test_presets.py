@@ -319,3 +319,21 @@ def test_onnx_qparams_match_onnxruntime(symmetric):
         scale, zp = obs.compute_qparams(config)
         assert np.float32(scale).view(np.uint32) == np.float32(s_ref).view(np.uint32)
         assert zp == int(zp_ref)
+
+
+@pytest.mark.parametrize("n", [0, 1, 33, 4097], ids=lambda n: f"n{n}")
+def test_ste_backward_array_is_grad_times_mask(target, n):
+    from qatcore import ste_backward_array
+
+    rng = np.random.default_rng(n)
+    g = rng.standard_normal(n).astype(F32)
+    if n > 3:
+        g[:3] = [np.nan, -np.inf, -2.0]
+    m = rng.integers(0, 2, n).astype(np.uint8)
+    out = ste_backward_array(g, m)
+    np.testing.assert_array_equal(bits(out), bits(g * m.astype(F32)))
+    same = g.copy()
+    ste_backward_array(same, m, out=same)
+    np.testing.assert_array_equal(bits(same), bits(out))
+    with pytest.raises((TypeError, ValueError)):
+        ste_backward_array(g, m.astype(np.int32))

@@ -358,3 +358,16 @@ def test_eager_path_equals_custom_op(axis):
         outs.append((y.detach(), xa.grad, s.grad, z.grad))
     for a, b in zip(*outs):
         np.testing.assert_array_equal(bits(a), bits(b))
+
+
+def test_readme_pytorch_example_runs():
+    import os
+    import re
+
+    readme = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "README.md")
+    with open(readme, encoding="utf-8") as fh:
+        text = fh.read()
+    blocks = re.findall(r"```py\n(.*?)```", text, flags=re.S)
+    assert blocks, "README has no PyTorch example"
+    for block in blocks:
+        exec(compile(block, readme, "exec"), {})

@@ -130,6 +130,15 @@ static void qc_fq_preset_channels(const float *x, float *out, unsigned char *mas
         }
 }
 
+/* Clipped-STE backward as torch writes it: out = g * (float)mask (so a negative
+   gradient outside the range becomes -0.0 and NaN/Inf times 0 is NaN, as in torch). */
+static void qc_grad_times_mask(const float *g, const unsigned char *restrict mask,
+                               float *out, ptrdiff_t n) {
+    ptrdiff_t i;
+    for (i = 0; i < n; i++)
+        out[i] = g[i] * (float)mask[i];
+}
+
 /* LSQ/LSQ+ backward in a preset's arithmetic (see _k_lsq.pxi for the formulas):
    gin = g inside (or everywhere when identity), sums[0] = sum g*(r - v) inside,
    sums[1] = sum g below, sums[2] = sum g above, with v = x*inv (torch) or x/scale (onnx),
