@@ -667,8 +667,10 @@ def prepare_qat(model: nn.Module, activation: Optional[FakeQuantConfig] = None,
             raise TypeError(f"{name} must be a FakeQuantConfig, got {type(cfg).__name__}")
     if not inplace:
         model = copy.deepcopy(model)
-    targets = [(parent, name) for parent in model.modules()
-               for name, child in parent.named_children() if type(child) is nn.Linear]
+    parents = {id(child): (parent, name) for parent in model.modules()
+               for name, child in parent.named_children()}
+    targets = [parents[id(m)] for m in model.modules()           # in module (forward) order
+               if type(m) is nn.Linear and id(m) in parents]
     if isinstance(model, nn.Linear) and type(model) is nn.Linear:
         return QATLinear(model, activation, weight, activation if quantize_output else None,
                          per_channel)
@@ -816,25 +818,20 @@ class QuantizedLinearModule(nn.Module):
         return f"{self.layer!r}, numerics={self.numerics!r}"
 
 
-_PASS = (nn.Dropout, nn.Identity, nn.Flatten)
+def _leaves(module: nn.Module):
+    """Modules of nested nn.Sequential containers in order (QATLinear is a leaf)."""
+    if isinstance(module, nn.Sequential):
+        for child in module.children():
+            yield from _leaves(child)
+    else:
+        yield module
 
 
 def _chain(model: nn.Module):
-    """(QATLinear list, activation after each) for a Linear/ReLU/ReLU6/Flatten/Dropout/
-    Identity chain, else None."""
-    mods = list(model.children()) if isinstance(model, nn.Sequential) else [model]
-    flat = []
-    for m in mods:
-        if isinstance(m, nn.Sequential):
-            sub = _chain(m)
-            if sub is None:
-                return None
-            flat.extend(m.modules())
-            flat = [f for f in flat if not isinstance(f, nn.Sequential)]
-        else:
-            flat.append(m)
+    """(QATLinear list, activation after each) for a [Flatten] Linear / ReLU / ReLU6 /
+    Dropout / Identity chain (nested nn.Sequential allowed), else None."""
     layers, acts = [], []
-    for m in flat:
+    for m in _leaves(model):
         if isinstance(m, QATLinear):
             layers.append(m)
             acts.append(None)
@@ -845,7 +842,7 @@ def _chain(model: nn.Module):
         elif isinstance(m, nn.Flatten):
             if layers:            # only a leading Flatten (the input reshape) is integer-safe
                 return None
-        elif isinstance(m, _PASS):
+        elif isinstance(m, (nn.Dropout, nn.Identity)):
             continue
         else:
             return None

@@ -371,3 +371,40 @@ def test_readme_pytorch_example_runs():
     assert blocks, "README has no PyTorch example"
     for block in blocks:
         exec(compile(block, readme, "exec"), {})
+
+
+def test_integer_chain_nested_relu6_and_refusals():
+    torch.manual_seed(3)
+    model = torch.nn.Sequential(torch.nn.Flatten(),
+                                torch.nn.Sequential(torch.nn.Linear(12, 16), torch.nn.ReLU6()),
+                                torch.nn.Identity(), torch.nn.Linear(16, 4))
+    qat = qt.prepare_qat(model)
+    x = torch.randn(300, 3, 4) * 2
+    with torch.no_grad():
+        qat(x)
+    qt.freeze(qat)
+    integer = qt.convert(qat, integer=True)
+    assert integer.activations == ["relu6", None]
+    with torch.no_grad():
+        ref = qat(x)
+    codes = qat[1][0].input_fq.quantize_int8(x.reshape(300, 12))
+    out_q = integer.forward_int8(codes).astype(np.int32)
+    out_fq = qat[3].output_fq
+    ref_q = np.rint(ref.numpy() / float(out_fq.scale)) + float(out_fq.zero_point) - 128
+    assert np.abs(out_q - ref_q).max() <= 2                   # a few LSB of requantization
+    no_out = qt.freeze(qt.prepare_qat(model, quantize_output=False))
+    with pytest.raises(ValueError, match="output quantizer"):
+        qt.convert(no_out, integer=True)
+    conv = qt.convert(qat)                                       # any model, float in/out
+    with torch.no_grad():
+        assert (conv(x).argmax(1) == ref.argmax(1)).float().mean() >= 0.95
+
+
+def test_demo_torch_runs_and_cli_routes():
+    from qatcore import _demo_torch
+    from qatcore.cli import main
+
+    res = _demo_torch.run_demo(epochs=2, qat_epochs=1, measure_steps=False)
+    assert [r[0] for r in res.rows] == ["float32", "PTQ int8", "QAT int8", "QAT int8"]
+    assert res.agreement >= 0.98
+    assert main(["demo", "--torch", "--help"]) == 0
