@@ -47,10 +47,6 @@ def timeit(fn, repeat, number):
     return statistics.median(times), min(times), max(times)
 
 
-def fmt(t):
-    return f"{t * 1e6:10,.1f} µs" if t < 1e-2 else f"{t * 1e3:10,.2f} ms"
-
-
 def bench_fake_quantize(sizes, repeat):
     rows = []
     for n in sizes:
@@ -146,13 +142,18 @@ def main(argv=None):
     rows = bench_fake_quantize(sizes, repeat)
     step_rows, t_float = bench_step(32 if args.quick else 256, repeat)
     rows += step_rows
-    head = f"{'case':<44} {'qatcore.torch':>26} {'torch':>26} {'torch/qatcore':>14}"
+    head = (f"{'case':<44} {'qatcore.torch µs':>28} {'torch µs':>28} {'ratio':>7} "
+            f"{'best':>6}")
     print(head)
     print("-" * len(head))
     for name, (om, olo, ohi), (tm, tlo, thi) in rows:
-        print(f"{name:<44} {fmt(om)} ({olo * 1e6:,.0f}-{ohi * 1e6:,.0f}) "
-              f"{fmt(tm)} ({tlo * 1e6:,.0f}-{thi * 1e6:,.0f}) {tm / om:13.2f}x")
-    print(f"float training step (no quantization): {fmt(t_float[0]).strip()}")
+        print(f"{name:<44} {om * 1e6:10,.1f} ({olo * 1e6:,.0f}-{ohi * 1e6:,.0f}) "
+              f"{tm * 1e6:10,.1f} ({tlo * 1e6:,.0f}-{thi * 1e6:,.0f}) {tm / om:6.2f}x "
+              f"{tlo / olo:5.2f}x")
+    print("ratio = torch median / qatcore median; best = ratio of the fastest runs "
+          "(the least disturbed on a shared machine)")
+    print(f"float training step (no quantization): {t_float[0] * 1e6:,.1f} µs "
+          f"(best {t_float[1] * 1e6:,.1f})")
     return 0
 
 
