@@ -94,8 +94,8 @@ def test_op_lsq_gradients_match_oracle():
     gc = g[:3000].reshape(3, 1000)
     qt.fake_quantize(xc, sc, zc, 0, 255, axis=0).backward(gc)
     for c in range(3):
-        _, ds, dz = lsq_backward_preset_ref(xc[c].numpy(), gc[c].numpy(), float(sc[c]),
-                                            float(zc[c]), 0, 255, "torch")
+        _, ds, dz = lsq_backward_preset_ref(xc[c].numpy(), gc[c].numpy(), float(sc[c].detach()),
+                                            float(zc[c].detach()), 0, 255, "torch")
         gs = 1 / np.sqrt(1000 * 255)
         assert float(sc.grad[c]) == pytest.approx(ds * gs, rel=1e-5, abs=1e-7)
         assert float(zc.grad[c]) == pytest.approx(dz * gs, rel=1e-5, abs=1e-7)
@@ -116,6 +116,7 @@ def test_opcheck():
         torch.library.opcheck(op, args)
 
 
+@pytest.mark.filterwarnings("ignore:Input #")
 def test_gradcheck_where_the_estimator_is_exact():
     # Outside [qmin, qmax] the clipped STE and LSQ(+) gradients are the true gradients of
     # y = (q_end - z) * s: dx = 0, ds = q_end - z, dz = -s (grad_scale=1). Inside the
@@ -408,3 +409,21 @@ def test_demo_torch_runs_and_cli_routes():
     assert [r[0] for r in res.rows] == ["float32", "PTQ int8", "QAT int8", "QAT int8"]
     assert res.agreement >= 0.98
     assert main(["demo", "--torch", "--help"]) == 0
+
+
+def test_bench_torch_smoke(capsys):
+    import importlib.util
+    import os
+
+    path = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "bench",
+                        "bench_torch.py")
+    spec = importlib.util.spec_from_file_location("bench_torch", path)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    threads = torch.get_num_threads()
+    try:
+        assert mod.main(["--quick"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    out = capsys.readouterr().out
+    assert "fake_quantize fwd+bwd n=1000" in out and "QAT step" in out
