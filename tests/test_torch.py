@@ -229,7 +229,7 @@ def test_module_learnable_scale_trains_and_stays_positive():
         mod.scale.fill_(-1.0)
     mod(x)
     from qatcore.fake_quantize import SCALE_FLOOR
-    assert float(mod.scale) == SCALE_FLOOR
+    assert float(mod.scale.detach()) == SCALE_FLOOR
     opt.zero_grad()
 
 
