@@ -23,8 +23,11 @@ import sys
 import time
 import warnings
 
+# Prefer the checkout's package when run from a source tree with built kernels.
 root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
-if root not in sys.path:
+_pkg = os.path.join(root, "qatcore")
+if (os.path.isdir(_pkg) and any(f.startswith("_kernels") and f.endswith((".so", ".pyd"))
+                                for f in os.listdir(_pkg)) and root not in sys.path):
     sys.path.insert(0, root)
 
 import numpy as np  # noqa: E402
