@@ -337,3 +337,30 @@ def test_ste_backward_array_is_grad_times_mask(target, n):
     np.testing.assert_array_equal(bits(same), bits(out))
     with pytest.raises((TypeError, ValueError)):
         ste_backward_array(g, m.astype(np.int32))
+
+
+# --- invariants (hypothesis) ----------------------------------------------------------
+from hypothesis import given, settings, strategies as st  # noqa: E402
+from hypothesis.extra import numpy as hnp  # noqa: E402
+
+_finite = st.floats(-1e4, 1e4, allow_nan=False, width=32)
+
+
+@settings(max_examples=60, deadline=None)
+@given(x=hnp.arrays(np.float32, st.integers(1, 300), elements=_finite),
+       scale=st.floats(2.0 ** -10, 10.0, width=32), zp=st.integers(0, 255),
+       numerics=st.sampled_from(["torch", "onnx"]))
+def test_preset_error_bound_and_monotone(x, scale, zp, numerics):
+    from qatcore import fake_quantize_array
+
+    y = fake_quantize_array(x, scale, zp, 0, 255, numerics=numerics)
+    s = np.float64(np.float32(scale))
+    lo, hi = (0 - zp) * s, (255 - zp) * s
+    inside = (x >= lo) & (x <= hi)
+    # |y - x| <= scale/2 inside the range (plus float32 rounding of x*inv / x/scale)
+    err = np.abs(y.astype(np.float64) - x)
+    assert (err[inside] <= s / 2 * (1 + 1e-5) + 1e-6 * np.abs(x[inside])).all()
+    order = np.argsort(x, kind="stable")
+    assert (np.diff(y[order]) >= 0).all()                     # monotone
+    lo32, hi32 = F32(0 - zp) * F32(scale), F32(255 - zp) * F32(scale)
+    assert ((y >= lo32) & (y <= hi32)).all()                 # the ends are codes 0 and 255
