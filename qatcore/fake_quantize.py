@@ -4,9 +4,10 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import Any, List, Optional, TypeVar
+from typing import Any, List, Optional, Tuple, TypeVar, Union, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._checks import as_float32, check_finite, check_out, check_scale
@@ -30,12 +31,12 @@ SCALE_FLOOR = float(np.finfo(np.float32).tiny)
 _STE_MODES = ("clipped", "identity")
 
 
-def _preset_mode(numerics: str):
+def _preset_mode(numerics: str) -> Optional[int]:
     """Kernel mode of a numerics preset (None for the Rust arithmetic)."""
     if numerics == "aprender":
         return None
     kernels = _backend.kernels
-    return kernels.PRESET_TORCH if numerics == "torch" else kernels.PRESET_ONNX
+    return int(kernels.PRESET_TORCH if numerics == "torch" else kernels.PRESET_ONNX)
 
 
 class Module:
@@ -548,16 +549,16 @@ class FakeQuantize(Module):
 
 # --- stateless forms (used by the framework integrations) -----------------------------
 
-def _preset_code(numerics: str, per_channel: bool):
+def _preset_code(numerics: str, per_channel: bool) -> Optional[int]:
     if numerics not in ("aprender", "torch", "onnx"):
         raise ValueError(f"numerics must be 'aprender', 'torch' or 'onnx', got {numerics!r}")
     mode = _preset_mode(numerics)
     if per_channel and numerics == "torch":
-        mode = _backend.kernels.PRESET_TORCH_CHANNEL
+        mode = int(_backend.kernels.PRESET_TORCH_CHANNEL)
     return mode
 
 
-def _check_range(qmin, qmax):
+def _check_range(qmin: Real, qmax: Real) -> Tuple[float, float]:
     qmin, qmax = check_finite(qmin, "qmin"), check_finite(qmax, "qmax")
     if not (qmin <= qmax and qmin == int(qmin) and qmax == int(qmax)
             and abs(qmin) <= 1 << 24 and abs(qmax) <= 1 << 24):
@@ -565,7 +566,7 @@ def _check_range(qmin, qmax):
     return qmin, qmax
 
 
-def _check_zero_points(zp, numerics, name="zero_point"):
+def _check_zero_points(zp: ArrayLike, numerics: str, name: str = "zero_point") -> F32Array:
     zp = np.asarray(zp, dtype=np.float32)
     if not np.isfinite(zp).all():
         raise ValueError(f"{name} must be finite")
@@ -574,8 +575,12 @@ def _check_zero_points(zp, numerics, name="zero_point"):
     return zp
 
 
-def fake_quantize_array(x, scale, zero_point, qmin, qmax, *, numerics: str = "aprender",
-                        axis=None, out=None, mask=None, n_threads=None) -> np.ndarray:
+def fake_quantize_array(x: ArrayLike, scale: Union[Real, ArrayLike],
+                        zero_point: Union[Real, ArrayLike], qmin: Real, qmax: Real, *,
+                        numerics: str = "aprender", axis: Optional[Integer] = None,
+                        out: Optional[F32Array] = None,
+                        mask: Optional[npt.NDArray[np.uint8]] = None,
+                        n_threads: Optional[Integer] = None) -> F32Array:
     """Fake-quantize an array with given quantization parameters (no observer, no state).
 
     Parameters
@@ -648,7 +653,7 @@ def fake_quantize_array(x, scale, zero_point, qmin, qmax, *, numerics: str = "ap
     if isinstance(axis, bool) or not hasattr(axis, "__index__"):
         raise TypeError(f"axis must be an integer or None, got {type(axis).__name__}")
     ndim = len(shape)
-    axis = int(axis)
+    axis = int(cast(Integer, axis).__index__())
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of range for an array of {ndim} dimensions")
     axis %= ndim
@@ -680,8 +685,10 @@ def fake_quantize_array(x, scale, zero_point, qmin, qmax, *, numerics: str = "ap
     return out if out is not None else dst.reshape(shape)
 
 
-def lsq_backward_array(x, grad_out, scale, zero_point, qmin, qmax, *,
-                       numerics: str = "aprender", grad_in=None, identity: bool = False):
+def lsq_backward_array(x: ArrayLike, grad_out: ArrayLike, scale: Real, zero_point: Real,
+                       qmin: Real, qmax: Real, *, numerics: str = "aprender",
+                       grad_in: Optional[F32Array] = None,
+                       identity: bool = False) -> Tuple[F32Array, float, float]:
     """Gradients of a per-tensor fake quantize (clipped STE for x, LSQ/LSQ+ for the scale
     and zero point, see :meth:`FakeQuantize.backward`), without the LSQ gradient scale.
 
@@ -717,7 +724,8 @@ def lsq_backward_array(x, grad_out, scale, zero_point, qmin, qmax, *,
     return (grad_in if grad_in is not None else gin.reshape(shape)), d_scale, d_zp
 
 
-def ste_backward_array(grad_out, mask, *, out=None) -> np.ndarray:
+def ste_backward_array(grad_out: ArrayLike, mask: npt.NDArray[np.uint8], *,
+                       out: Optional[F32Array] = None) -> F32Array:
     """Clipped straight-through backward ``grad_out * mask`` (float multiply, as torch's
     fake-quantize backward computes it: a negative gradient outside the range gives -0.0).
 

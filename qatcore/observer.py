@@ -7,6 +7,7 @@ from array import array
 from typing import Any, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._checks import as_float32, raise_nonfinite
@@ -303,8 +304,8 @@ def _qparams(min_val, max_val, count, config) -> Tuple[float, float]:
     if count == 0:
         return 1.0, 0.0
     if config.numerics != "aprender":
-        scale, zp = qparams_arrays(np.array([min_val], F32), np.array([max_val], F32), config)
-        return float(scale[0]), float(zp[0])
+        s_arr, z_arr = qparams_arrays(np.array([min_val], F32), np.array([max_val], F32), config)
+        return float(s_arr[0]), float(z_arr[0])
     qmin, qmax = (F32(v) for v in config.quant_range())
     min_val, max_val = F32(min_val), F32(max_val)
     if config.symmetric:
@@ -330,7 +331,9 @@ _TORCH_EPS = F32(np.finfo(np.float32).eps)
 _F32_TINY = float(np.finfo(np.float32).tiny)
 
 
-def qparams_arrays(min_val, max_val, config: FakeQuantConfig):
+def qparams_arrays(min_val: npt.ArrayLike, max_val: npt.ArrayLike,
+                   config: FakeQuantConfig) -> Tuple[npt.NDArray[np.float32],
+                                                     npt.NDArray[np.float32]]:
     """Per-channel ``(scale, zero_point)`` float32 arrays from arrays of observed ranges,
     in `config`'s numerics (one channel per element; used for per-channel quantizers).
 
@@ -365,8 +368,8 @@ def qparams_arrays(min_val, max_val, config: FakeQuantConfig):
     """
     if not isinstance(config, FakeQuantConfig):
         raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
-    lo = np.asarray(min_val, dtype=F32)
-    hi = np.asarray(max_val, dtype=F32)
+    lo: Any = np.asarray(min_val, dtype=F32)
+    hi: Any = np.asarray(max_val, dtype=F32)
     if lo.shape != hi.shape:
         raise ValueError(f"min_val and max_val differ in shape: {lo.shape} vs {hi.shape}")
     qmin, qmax = (F32(v) for v in config.quant_range())
