@@ -469,17 +469,34 @@ class FakeQuantize(nn.Module):
         self._update_qparams()
         self.calibrating_flag.fill_(False)
 
+    def get_extra_state(self):
+        """The per-tensor observer's own state (``QuantObserver.state_dict()``, JSON-safe:
+        it includes what MOVING_AVERAGE needs to merge), stored in ``state_dict()``."""
+        return {"observer": self._observer.state_dict()} if self.axis is None else {}
+
+    def set_extra_state(self, state) -> None:
+        """Restore what :meth:`get_extra_state` stored (validated by the observer)."""
+        if self.axis is None:
+            if not isinstance(state, dict) or "observer" not in state:
+                raise ValueError("FakeQuantize extra state: expected {'observer': ...}")
+            self._observer.load_state_dict(state["observer"])
+
     def _observer_state(self) -> QuantObserver:
-        """The per-tensor QuantObserver, re-synchronised with the buffers (which
-        load_state_dict may have replaced)."""
+        """The per-tensor QuantObserver; if the buffers were changed without its state
+        (a state_dict without extra state), rebuilt from them."""
         obs = self._observer
         lo, hi = float(self.min_val[0]), float(self.max_val[0])
         count = int(self.obs_count)
         if obs.range() != (lo, hi) or obs.count != count:
-            state = obs.__getstate__()
-            state.update(_min=lo, _max=hi, _avg_min=np.float32(lo if count else 0.0),
-                         _avg_max=np.float32(hi if count else 0.0), _count=count, _qcache=None)
-            obs.__setstate__(state)
+            state = {"format": "qatcore-observer/1", "method": obs.method.value, "count": count,
+                     "range": [lo, hi] if count else None}
+            if obs.method is ObserverMethod.MOVING_AVERAGE:
+                # the average is the range; one batch at it reproduces the next update
+                state.update(count=min(count, 1), batch_ranges=[[lo, hi]] if count else [])
+                obs.load_state_dict(state)
+                obs.__setstate__({**obs.__getstate__(), "_count": count})
+            else:
+                obs.load_state_dict(state)
         return obs
 
     def _resize(self, c: int) -> None:

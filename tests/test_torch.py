@@ -427,3 +427,34 @@ def test_bench_torch_smoke(capsys):
         torch.set_num_threads(threads)
     out = capsys.readouterr().out
     assert "fake_quantize fwd+bwd n=1000" in out and "QAT step" in out
+
+
+@pytest.mark.parametrize("observer", ["min_max", "moving_average", "percentile"])
+def test_module_observer_state_round_trip(observer, tmp_path):
+    cfg = qt.default_activation_config().with_observer(observer)
+    mod = qt.FakeQuantize(cfg)
+    g = torch.Generator().manual_seed(8)
+    for _ in range(3):
+        mod(torch.randn(500, generator=g))
+    path = tmp_path / "fq.pt"
+    torch.save(mod.state_dict(), path)
+    fresh = qt.FakeQuantize(cfg)
+    fresh.load_state_dict(torch.load(path))                 # weights_only: plain data
+    assert fresh._observer.state_dict() == mod._observer.state_dict()
+    x = torch.randn(500, generator=g) * 3
+    np.testing.assert_array_equal(bits(fresh(x)), bits(mod(x)))
+    assert fresh._observer.state_dict() == mod._observer.state_dict()
+
+
+def test_kernel_reads_and_writes_tensor_memory(monkeypatch):
+    seen = {}
+    real = qt.fake_quantize_array
+
+    def spy(x, *args, out=None, mask=None, **kw):
+        seen["x"], seen["out"] = x.ctypes.data, out.ctypes.data
+        return real(x, *args, out=out, mask=mask, **kw)
+
+    monkeypatch.setattr(qt, "fake_quantize_array", spy)
+    x = torch.randn(4096, requires_grad=True)
+    y = qt.fake_quantize(x, 0.02, 0, -127, 127)
+    assert seen["x"] == x.data_ptr() and seen["out"] == y.data_ptr()   # no copies
