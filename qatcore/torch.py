@@ -900,8 +900,11 @@ def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False):
                              "(prepare_qat(..., quantize_output=True))")
         qlayers = [_quantized_linear(layer) for layer in layers]
         o_scale, o_zp, _ = _quant_params(layers[-1].output_fq)
-        return _sequential_class()(qlayers, activations=acts, output_scale=o_scale,
-                                   output_zero_point=o_zp)
+        cls = _sequential_class()
+        extra = {"input_numerics": layers[0].input_fq.config.numerics} \
+            if cls is IntegerSequential else {}
+        return cls(qlayers, activations=acts, output_scale=o_scale, output_zero_point=o_zp,
+                   **extra)
     if not inplace:
         model = copy.deepcopy(model)
     if isinstance(model, QATLinear):
@@ -962,9 +965,12 @@ class IntegerSequential:
     activations : sequence of {None, "relu", "relu6"}, optional
     output_scale : float
     output_zero_point : int
+    input_numerics : {"aprender", "torch", "onnx"}, default "aprender"
+        How :meth:`forward` rounds float input to layer 0's codes.
     """
 
-    def __init__(self, layers, activations=None, output_scale=None, output_zero_point=0):
+    def __init__(self, layers, activations=None, output_scale=None, output_zero_point=0, *,
+                 input_numerics: str = "aprender"):
         layers = list(layers)
         if not layers or not all(isinstance(l, QuantizedLinear) for l in layers):
             raise TypeError("layers must be a non-empty sequence of QuantizedLinear")
@@ -984,6 +990,9 @@ class IntegerSequential:
         self.activations = activations
         self.output_scale = float(np.float32(output_scale))
         self.output_zero_point = int(output_zero_point)
+        if input_numerics not in _NUMERICS:
+            raise ValueError(f"input_numerics must be one of {_NUMERICS}, got {input_numerics!r}")
+        self.input_numerics = input_numerics
 
     def _out_q(self, i):
         if i + 1 < len(self.layers):
@@ -1009,7 +1018,9 @@ class IntegerSequential:
         """int8 codes of float input with layer 0's input scale and zero point."""
         first = self.layers[0]
         x = np.asarray(x, np.float32).reshape(-1, first.in_features)
-        return _input_codes(x, first.input_scale, first.input_zero_point, -128, 127, "aprender")
+        lo, hi = (int(v) for v in first.state_dict()["input_qrange"])
+        return _input_codes(x, first.input_scale, first.input_zero_point, lo, hi,
+                            self.input_numerics)
 
     def forward(self, x) -> np.ndarray:
         """Float in, float out: quantize, forward_int8, dequantize."""

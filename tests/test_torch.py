@@ -317,6 +317,8 @@ def test_digits_qat_convert_and_state_dict():
         np.testing.assert_array_equal(codes, conv[0].quantize_input(Xte.numpy()))
         out_q = integer.forward_int8(codes)
         assert out_q.dtype == np.int8
+        y_int = integer.forward(Xte.numpy())                  # float in, float out
+        assert (np.asarray(y_int).argmax(1) == pred_qat.numpy()).mean() >= 0.995
         assert (out_q.argmax(1) == pred_qat.numpy()).mean() >= 0.995
 
         state = qat.state_dict()
