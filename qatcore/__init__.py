@@ -7,7 +7,8 @@ kernels: the same structs under the same names, the same numbers bit for bit.
 from ._backend import get_num_threads, set_num_threads
 from .config import FakeQuantConfig, ObserverMethod
 from .dynamic import DynamicQuantizer
-from .fake_quantize import FakeQuantize, Module
+from .fake_quantize import (FakeQuantize, Module, fake_quantize_array, lsq_backward_array,
+                            ste_backward_array)
 from .linear import QuantizedLinear
 from .mixed_precision import MixedPrecision
 from .observer import QuantObserver
@@ -23,6 +24,9 @@ __all__ = [
     "ObserverMethod",
     "QuantObserver",
     "QuantizedLinear",
+    "fake_quantize_array",
+    "lsq_backward_array",
+    "ste_backward_array",
     "get_num_threads",
     "set_num_threads",
     "__version__",

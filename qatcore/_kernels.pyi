@@ -80,3 +80,30 @@ def requantize_fixed_point(acc: npt.NDArray[np.int32],         # const int32_t[:
                            zero_point: int, qmin: int, qmax: int,
                            out: npt.NDArray[np.int8],          # int8_t[:, ::1]
                            n_threads: int = 1) -> None: ...
+
+# --- numerics presets (torch / onnx arithmetic, _k_presets.pxi) ------------------------
+PRESET_TORCH: int            # torch.fake_quantize_per_tensor_affine
+PRESET_ONNX: int             # QuantizeLinear -> DequantizeLinear
+PRESET_TORCH_CHANNEL: int    # torch.fake_quantize_per_channel_affine
+def fake_quantize_preset(x: npt.NDArray[np.float32],     # ndarray, C-contiguous float32
+                         out: npt.NDArray[np.float32],   # ndarray, writable float32, same size
+                         scale: float, zero_point: float, qmin: float, qmax: float, mode: int,
+                         mask: Optional[npt.NDArray[np.uint8]] = None,  # writable uint8 or None
+                         n_threads: int = 1) -> int:
+    """0, or 1 (nothing written) when out partially overlaps x."""
+def fake_quantize_preset_channels(x: npt.NDArray[np.float32],     # ndarray, C-contiguous
+                                  out: npt.NDArray[np.float32],   # ndarray, same size
+                                  scale: npt.NDArray[np.float32],       # const float[::1], (C,)
+                                  zero_point: npt.NDArray[np.float32],  # const float[::1], (C,)
+                                  outer: int, inner: int, qmin: float, qmax: float, mode: int,
+                                  mask: Optional[npt.NDArray[np.uint8]] = None) -> int:
+    """x viewed as (outer, C, inner); 0, or 1 when out partially overlaps x."""
+def lsq_backward_preset(x: npt.NDArray[np.float32], grad: npt.NDArray[np.float32],
+                        grad_in: npt.NDArray[np.float32], scale: float, zero_point: float,
+                        qmin: float, qmax: float, mode: int,
+                        identity: bool = False) -> Tuple[int, float, float, float]:
+    """(first non-finite grad index or -1, sum inside, sum below, sum above)."""
+def grad_times_mask(grad: npt.NDArray[np.float32],   # ndarray, C-contiguous float32
+                    mask: npt.NDArray[np.uint8],     # ndarray, C-contiguous uint8, same size
+                    out: npt.NDArray[np.float32]) -> None:
+    """out = grad * mask (torch's clipped-STE backward)."""

@@ -40,6 +40,8 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 _FORWARDED = {"bench": ("qatcore._bench", "the benchmark suite"),
               "demo": ("qatcore.demo", "the demo"),
               "examples": ("qatcore._examples", "the example files writer")}
+#: `qatcore demo --torch`: the digits demo trained in PyTorch (qatcore.torch).
+_TORCH_DEMO = ("qatcore._demo_torch", "the PyTorch demo")
 
 _EPILOG = """\
 examples:
@@ -53,6 +55,8 @@ examples:
       run the benchmark suite on CI-sized inputs
   qatcore demo
       run the end-to-end demo (quantization-aware training to int8 inference)
+  qatcore demo --torch
+      the same trained in PyTorch with qatcore.torch (needs torch)
   qatcore examples DIR
       write the files these examples (and the README's) use into DIR
 
@@ -89,6 +93,9 @@ def main(argv=None) -> int:
     """Run the ``qatcore`` command with `argv` (default ``sys.argv[1:]``); returns the exit
     status."""
     argv = list(sys.argv[1:] if argv is None else argv)
+    if argv and argv[0] == "demo" and "--torch" in argv[1:]:
+        rest = [a for a in argv[1:] if a != "--torch"]
+        return _forward("demo --torch", rest)
     if argv and argv[0] in _FORWARDED:
         return _forward(argv[0], argv[1:])
     parser = _build_parser()
@@ -230,7 +237,7 @@ def _command_parser(parser: argparse.ArgumentParser, command) -> argparse.Argume
 def _forward(cmd: str, argv) -> int:
     import importlib
 
-    modname, what = _FORWARDED[cmd]
+    modname, what = _TORCH_DEMO if cmd == "demo --torch" else _FORWARDED[cmd]
     try:
         mod = importlib.import_module(modname)
     except ModuleNotFoundError as exc:

@@ -6,7 +6,10 @@ import dataclasses
 import enum
 from typing import TYPE_CHECKING, Tuple, Union
 
-__all__ = ["FakeQuantConfig", "ObserverMethod"]
+__all__ = ["FakeQuantConfig", "ObserverMethod", "NUMERICS"]
+
+#: Numerics presets: whose arithmetic a fake quantize reproduces bit for bit.
+NUMERICS = ("aprender", "torch", "onnx")
 
 
 class ObserverMethod(enum.Enum):
@@ -60,6 +63,18 @@ class FakeQuantConfig:
         Learn the scale (and asymmetric zero point) with LSQ.
     observer : ObserverMethod or str, default ObserverMethod.MIN_MAX
         How calibration turns data into a range.
+    numerics : {"aprender", "torch", "onnx"}, default "aprender"
+        Whose arithmetic fake quantization reproduces bit for bit. ``"aprender"``: the
+        Rust code (division, round half away from zero, float zero point, Rust qparams).
+        ``"torch"``: ``torch.fake_quantize_per_tensor_affine`` /
+        ``_per_channel_affine`` (``x * (1.0f / scale)``, round half to even, integer
+        zero point, mask on the rounded value) with qparams as torch's
+        ``MinMaxObserver`` computes them (range widened to include 0, scale floored at
+        float32 eps, ``zp = qmin - round(min / scale)`` clamped). ``"onnx"``: ONNX
+        ``QuantizeLinear`` -> ``DequantizeLinear`` (true division, half to even,
+        integer zero point, saturation; NaN gives qmin as in onnxruntime) with qparams
+        as onnxruntime's quantizer computes them (``compute_scale_zp``). The observed
+        range itself (min/max, percentile, ...) is the same in every preset.
 
     Raises
     ------
@@ -76,12 +91,15 @@ class FakeQuantConfig:
     (0.0, 255.0)
     >>> FakeQuantConfig().with_observer(ObserverMethod.PERCENTILE).observer
     <ObserverMethod.PERCENTILE: 'percentile'>
+    >>> FakeQuantConfig(numerics="torch").numerics
+    'torch'
     """
 
     bits: int = 8
     symmetric: bool = True
     learnable: bool = False
     observer: ObserverMethod = ObserverMethod.MIN_MAX
+    numerics: str = "aprender"
 
     if TYPE_CHECKING:
         # What type checkers see as the constructor: the observer may be given by name
@@ -106,6 +124,10 @@ class FakeQuantConfig:
             raise ValueError(f"bits must be in {low}..=16 for a {kind} config, got {bits}")
         object.__setattr__(self, "bits", bits)
         object.__setattr__(self, "observer", _coerce_observer(self.observer))
+        if not isinstance(self.numerics, str):
+            raise TypeError(f"numerics must be a str, got {type(self.numerics).__name__}")
+        if self.numerics not in NUMERICS:
+            raise ValueError(f"numerics must be one of {NUMERICS}, got {self.numerics!r}")
 
     @classmethod
     def int8(cls) -> "FakeQuantConfig":
@@ -124,6 +146,10 @@ class FakeQuantConfig:
     def with_observer(self, observer: Union[ObserverMethod, str]) -> "FakeQuantConfig":
         """A copy with another observer method."""
         return dataclasses.replace(self, observer=_coerce_observer(observer))
+
+    def with_numerics(self, numerics: str) -> "FakeQuantConfig":
+        """A copy with another numerics preset (``"aprender"``, ``"torch"``, ``"onnx"``)."""
+        return dataclasses.replace(self, numerics=numerics)
 
     def quant_range(self) -> Tuple[float, float]:
         """``(qmin, qmax)`` as floats: ±(2^(bits-1) - 1) symmetric, [0, 2^bits - 1] otherwise."""

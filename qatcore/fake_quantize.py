@@ -4,19 +4,21 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import Any, Dict, List, Mapping, Optional, TypeVar
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar, Union, cast
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
-from ._checks import as_float32, check_finite, check_out
+from ._checks import as_float32, check_finite, check_out, check_scale
 from ._typing import ArrayLike, F32Array, Integer, Real
 from .config import FakeQuantConfig
 from .observer import QuantObserver
 
 _M = TypeVar("_M", bound="Module")
 
-__all__ = ["Module", "FakeQuantize", "SCALE_FLOOR"]
+__all__ = ["Module", "FakeQuantize", "SCALE_FLOOR", "fake_quantize_array", "lsq_backward_array",
+           "ste_backward_array"]
 
 _F32 = np.dtype(np.float32)
 _OVERLAP = "out overlaps x without being x itself"
@@ -27,6 +29,14 @@ _OVERLAP = "out overlaps x without being x itself"
 SCALE_FLOOR = float(np.finfo(np.float32).tiny)
 
 _STE_MODES = ("clipped", "identity")
+
+
+def _preset_mode(numerics: str) -> Optional[int]:
+    """Kernel mode of a numerics preset (None for the Rust arithmetic)."""
+    if numerics == "aprender":
+        return None
+    kernels = _backend.kernels
+    return int(kernels.PRESET_TORCH if numerics == "torch" else kernels.PRESET_ONNX)
 
 
 class Module:
@@ -64,6 +74,11 @@ class FakeQuantize(Module):
 
         q = clamp(round_half_away(x / scale + zero_point), qmin, qmax)
         y = (q - zero_point) * scale
+
+    or, with ``config.numerics`` ``"torch"`` / ``"onnx"``, exactly as
+    ``torch.fake_quantize_per_tensor_affine`` / ONNX QuantizeLinear -> DequantizeLinear
+    compute it (see :class:`FakeQuantConfig`; the STE mask and the LSQ gradients then use
+    that arithmetic too).
 
     Training: ``backward(grad_out)`` is the straight-through estimator (clipped by
     default, ``ste="identity"`` for the unclipped variant). With a learnable config
@@ -118,6 +133,8 @@ class FakeQuantize(Module):
         self._zero_point = 0.0
         self._calibrating = True
         self.training = True
+        # Kernel mode of the numerics preset (None: the Rust arithmetic).
+        self._mode = _preset_mode(config.numerics)
         self._mask = None           # STE mask written by the last training forward
         self._mask_shape = None
         if ste not in _STE_MODES:
@@ -286,6 +303,11 @@ class FakeQuantize(Module):
         if s < SCALE_FLOOR:
             s = SCALE_FLOOR
             self._scale_param[0] = s
+        if self._mode is not None and z != 0.0:
+            # Presets use an integer zero point: a learned one is rounded half to even and
+            # clamped to [qmin, qmax] for the forward, as torch's learnable fake quantize.
+            qmin, qmax = self._qrange
+            z = min(max(float(np.round(np.float32(z))), qmin), qmax)
         self._scale, self._zero_point = s, z
 
     # --- forward -------------------------------------------------------------------
@@ -349,8 +371,14 @@ class FakeQuantize(Module):
             if self._learnable:     # LSQ's backward needs x itself (copied if out is x)
                 saved = data.copy() if np.may_share_memory(dst, data) else data
         nt = self._observer.n_threads
-        if _backend.kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
-                                          mask, nt):
+        kernels = _backend.kernels
+        if self._mode is None:
+            status = kernels.fake_quantize(data, dst, self._scale, self._zero_point, qmin, qmax,
+                                           mask, nt)
+        else:
+            status = kernels.fake_quantize_preset(data, dst, self._scale, self._zero_point,
+                                                  qmin, qmax, self._mode, mask, nt)
+        if status:
             raise ValueError(_OVERLAP)
         if saved is not None:
             self._x_saved = saved
@@ -413,10 +441,19 @@ class FakeQuantize(Module):
         if self._learnable:
             scale, zp = self._scale, self._zero_point
             qmin, qmax = self._qrange
-            bad, s_in, s_lo, s_hi = kernels.lsq_backward(self._x_saved, grad, grad_in, scale,
-                                                         zp, qmin, qmax, identity)
-        else:
+            if self._mode is None:
+                bad, s_in, s_lo, s_hi = kernels.lsq_backward(self._x_saved, grad, grad_in,
+                                                             scale, zp, qmin, qmax, identity)
+            else:
+                bad, s_in, s_lo, s_hi = kernels.lsq_backward_preset(
+                    self._x_saved, grad, grad_in, scale, zp, qmin, qmax, self._mode, identity)
+        elif self._mode is None or identity:
             bad = kernels.ste_backward(grad, None if identity else self._mask, grad_in)
+        else:
+            # torch's backward is grad * mask (a negative gradient becomes -0.0 outside)
+            bad = kernels.ste_backward(grad, None, grad_in)
+            if bad < 0:
+                np.multiply(grad_in, self._mask, out=grad_in)
         if bad >= 0:
             raise ValueError(f"backward: grad_out contains a non-finite value at flat index {bad}")
         if self._learnable:
@@ -515,3 +552,209 @@ class FakeQuantize(Module):
     def __repr__(self) -> str:
         return (f"FakeQuantize(config={self._config!r}, scale={self._scale!r}, "
                 f"zero_point={self._zero_point!r}, calibrating={self._calibrating})")
+
+
+# --- stateless forms (used by the framework integrations) -----------------------------
+
+def _preset_code(numerics: str, per_channel: bool) -> Optional[int]:
+    if numerics not in ("aprender", "torch", "onnx"):
+        raise ValueError(f"numerics must be 'aprender', 'torch' or 'onnx', got {numerics!r}")
+    mode = _preset_mode(numerics)
+    if per_channel and numerics == "torch":
+        mode = int(_backend.kernels.PRESET_TORCH_CHANNEL)
+    return mode
+
+
+def _check_range(qmin: Real, qmax: Real) -> Tuple[float, float]:
+    qmin, qmax = check_finite(qmin, "qmin"), check_finite(qmax, "qmax")
+    if not (qmin <= qmax and qmin == int(qmin) and qmax == int(qmax)
+            and abs(qmin) <= 1 << 24 and abs(qmax) <= 1 << 24):
+        raise ValueError(f"qmin/qmax must be integers with qmin <= qmax, got {qmin!r}, {qmax!r}")
+    return qmin, qmax
+
+
+def _check_zero_points(zp: ArrayLike, numerics: str, name: str = "zero_point") -> F32Array:
+    zp = np.asarray(zp, dtype=np.float32)
+    if not np.isfinite(zp).all():
+        raise ValueError(f"{name} must be finite")
+    if numerics != "aprender" and not (zp == np.rint(zp)).all():
+        raise ValueError(f"{name} must hold integers for numerics={numerics!r}")
+    return zp
+
+
+def fake_quantize_array(x: ArrayLike, scale: Union[Real, ArrayLike],
+                        zero_point: Union[Real, ArrayLike], qmin: Real, qmax: Real, *,
+                        numerics: str = "aprender", axis: Optional[Integer] = None,
+                        out: Optional[F32Array] = None,
+                        mask: Optional[npt.NDArray[np.uint8]] = None,
+                        n_threads: Optional[Integer] = None) -> F32Array:
+    """Fake-quantize an array with given quantization parameters (no observer, no state).
+
+    Parameters
+    ----------
+    x : array_like
+        Real numbers, any shape (converted to C-contiguous float32 only when needed).
+    scale, zero_point : float, or 1-D arrays of ``x.shape[axis]`` values when `axis` is set
+        Positive finite scales; zero points must be integers for the torch/onnx presets.
+    qmin, qmax : int or float
+        Integer code range.
+    numerics : {"aprender", "torch", "onnx"}
+        Whose arithmetic (see :class:`FakeQuantConfig`). With ``axis``, ``"torch"`` is
+        ``torch.fake_quantize_per_channel_affine``.
+    axis : int, optional
+        Quantization axis (per channel); None for one scale and zero point.
+    out : numpy.ndarray, optional
+        Writable C-contiguous float32 array of x's shape (may be `x` itself).
+    mask : numpy.ndarray, optional
+        Writable C-contiguous uint8 array of x's shape: 1 where the rounded value lay in
+        [qmin, qmax] (the clipped-STE mask).
+    n_threads : int, optional
+        Threads for large per-tensor arrays.
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, x's shape (`out` when given).
+
+    Raises
+    ------
+    TypeError, ValueError
+        Bad arrays, scales, zero points, range or axis (nothing is written).
+
+    Examples
+    --------
+    >>> import numpy as np
+    >>> from qatcore import fake_quantize_array
+    >>> fake_quantize_array(np.array([0.25, 0.75, -0.25], np.float32), 0.5, 0, -127, 127,
+    ...                     numerics="torch")
+    array([0., 1., 0.], dtype=float32)
+    """
+    data, shape = as_float32(x)
+    qmin, qmax = _check_range(qmin, qmax)
+    per_channel = axis is not None
+    mode = _preset_code(numerics, per_channel)
+    dst = np.empty(data.shape[0], dtype=np.float32) if out is None else check_out(out, shape, _F32)
+    m = None if mask is None else check_out(mask, shape, np.dtype(np.uint8), "mask")
+    if m is not None and (m.base is not None or dst.base is not None) \
+            and np.may_share_memory(m, dst):     # two arrays owning their data cannot overlap
+        raise ValueError("mask overlaps out")
+    kernels = _backend.kernels
+    nt = _backend.get_num_threads() if n_threads is None else _backend.check_threads(n_threads)
+    if not per_channel:
+        scale = check_scale(scale)
+        if isinstance(zero_point, (int, float)) and not isinstance(zero_point, bool):
+            zp = float(zero_point)                      # the common case, cheaply
+            if not (math.isfinite(zp) and (mode is None or zp == round(zp))):
+                _check_zero_points(zp, numerics)        # raises the error
+        elif np.size(zero_point) == 1:
+            zp = float(_check_zero_points(zero_point, numerics).reshape(-1)[0])
+        else:
+            raise ValueError("zero_point must be a scalar when axis is None")
+        if mode is None:
+            status = kernels.fake_quantize(data, dst, scale, zp, qmin, qmax, m, nt)
+        else:
+            status = kernels.fake_quantize_preset(data, dst, scale, zp, qmin, qmax, mode, m, nt)
+        if status:
+            raise ValueError(_OVERLAP)
+        return out if out is not None else dst.reshape(shape)
+    if isinstance(axis, bool) or not hasattr(axis, "__index__"):
+        raise TypeError(f"axis must be an integer or None, got {type(axis).__name__}")
+    ndim = len(shape)
+    axis = int(cast(Integer, axis).__index__())
+    if not -ndim <= axis < ndim:
+        raise ValueError(f"axis {axis} is out of range for an array of {ndim} dimensions")
+    axis %= ndim
+    C = shape[axis]
+    scales = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
+    zps = np.ascontiguousarray(_check_zero_points(zero_point, numerics), np.float32).reshape(-1)
+    if scales.size != C or zps.size != C:
+        raise ValueError(f"scale and zero_point need {C} values (x.shape[{axis}]), got "
+                         f"{scales.size} and {zps.size}")
+    if not (np.isfinite(scales).all() and (scales > 0).all()):
+        raise ValueError("scale must be finite and positive")
+    outer = int(np.prod(shape[:axis], dtype=np.int64))
+    inner = int(np.prod(shape[axis + 1:], dtype=np.int64))
+    if mode is None:
+        # The Rust arithmetic has one scale per call: one kernel call per channel slice.
+        if dst is not data and np.may_share_memory(dst, data):
+            raise ValueError(_OVERLAP)
+        x3 = data.reshape(outer, C, inner)
+        y3 = dst.reshape(outer, C, inner)
+        m3 = None if m is None else m.reshape(outer, C, inner)
+        for o in range(outer):
+            for c in range(C):
+                kernels.fake_quantize(np.ascontiguousarray(x3[o, c]), y3[o, c], float(scales[c]),
+                                      float(zps[c]), qmin, qmax,
+                                      None if m3 is None else m3[o, c], 1)
+    elif kernels.fake_quantize_preset_channels(data, dst, scales, zps, outer, inner, qmin, qmax,
+                                               mode, m):
+        raise ValueError(_OVERLAP)
+    return out if out is not None else dst.reshape(shape)
+
+
+def lsq_backward_array(x: ArrayLike, grad_out: ArrayLike, scale: Real, zero_point: Real,
+                       qmin: Real, qmax: Real, *, numerics: str = "aprender",
+                       grad_in: Optional[F32Array] = None,
+                       identity: bool = False) -> Tuple[F32Array, float, float]:
+    """Gradients of a per-tensor fake quantize (clipped STE for x, LSQ/LSQ+ for the scale
+    and zero point, see :meth:`FakeQuantize.backward`), without the LSQ gradient scale.
+
+    Returns ``(grad_in, d_scale, d_zero_point)``: ``grad_in`` float32 of x's shape (into
+    `grad_in` when given), the two sums as Python floats (float64 accumulation).
+
+    Raises
+    ------
+    ValueError
+        Shapes differ, bad scale / zero point / range, or `grad_out` holds NaN/±Inf.
+    """
+    data, shape = as_float32(x)
+    grad, gshape = as_float32(grad_out, "grad_out")
+    if tuple(gshape) != tuple(shape):
+        raise ValueError(f"grad_out has shape {tuple(gshape)}, x has {tuple(shape)}")
+    qmin, qmax = _check_range(qmin, qmax)
+    mode = _preset_code(numerics, False)
+    scale = check_scale(scale)
+    zp = float(_check_zero_points(zero_point, numerics))
+    gin = np.empty(data.shape[0], np.float32) if grad_in is None else \
+        check_out(grad_in, shape, _F32, "grad_in")
+    kernels = _backend.kernels
+    if mode is None:
+        bad, s_in, s_lo, s_hi = kernels.lsq_backward(data, grad, gin, scale, zp, qmin, qmax,
+                                                     bool(identity))
+    else:
+        bad, s_in, s_lo, s_hi = kernels.lsq_backward_preset(data, grad, gin, scale, zp, qmin,
+                                                            qmax, mode, bool(identity))
+    if bad >= 0:
+        raise ValueError(f"backward: grad_out contains a non-finite value at flat index {bad}")
+    d_scale = s_in + (qmin - zp) * s_lo + (qmax - zp) * s_hi
+    d_zp = -float(np.float32(scale)) * (s_lo + s_hi)
+    return (grad_in if grad_in is not None else gin.reshape(shape)), d_scale, d_zp
+
+
+def ste_backward_array(grad_out: ArrayLike, mask: npt.NDArray[np.uint8], *,
+                       out: Optional[F32Array] = None) -> F32Array:
+    """Clipped straight-through backward ``grad_out * mask`` (float multiply, as torch's
+    fake-quantize backward computes it: a negative gradient outside the range gives -0.0).
+
+    Parameters
+    ----------
+    grad_out : array_like of float32
+    mask : numpy.ndarray of uint8, same shape
+        The mask a forward wrote (``fake_quantize_array(..., mask=...)``).
+    out : numpy.ndarray, optional
+        Writable C-contiguous float32 array of that shape (may be `grad_out` itself).
+
+    Returns
+    -------
+    numpy.ndarray
+        float32, `grad_out`'s shape (`out` when given).
+    """
+    grad, shape = as_float32(grad_out, "grad_out")
+    m = check_out(mask, shape, np.dtype(np.uint8), "mask") if not (
+        type(mask) is np.ndarray and mask.dtype == np.uint8 and mask.flags.c_contiguous
+        and mask.shape == tuple(shape)) else mask
+    dst = np.empty(grad.shape[0], np.float32) if out is None else check_out(out, shape, _F32)
+    if dst is not grad and dst.ctypes.data != grad.ctypes.data and np.may_share_memory(dst, grad):
+        raise ValueError("out overlaps grad_out without being grad_out itself")
+    _backend.kernels.grad_times_mask(grad, m, dst)
+    return out if out is not None else dst.reshape(shape)

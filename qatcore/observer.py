@@ -7,13 +7,14 @@ from array import array
 from typing import Any, Dict, Mapping, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._checks import as_float32, raise_nonfinite
 from ._typing import ArrayLike, Integer, ObserverLike
 from .config import FakeQuantConfig, ObserverMethod, _coerce_observer
 
-__all__ = ["QuantObserver"]
+__all__ = ["QuantObserver", "qparams_arrays"]
 
 F32 = np.float32
 _INF = float("inf")
@@ -304,6 +305,9 @@ class QuantObserver:
 def _qparams(min_val, max_val, count, config) -> Tuple[float, float]:
     if count == 0:
         return 1.0, 0.0
+    if config.numerics != "aprender":
+        s_arr, z_arr = qparams_arrays(np.array([min_val], F32), np.array([max_val], F32), config)
+        return float(s_arr[0]), float(z_arr[0])
     qmin, qmax = (F32(v) for v in config.quant_range())
     min_val, max_val = F32(min_val), F32(max_val)
     if config.symmetric:
@@ -323,3 +327,89 @@ def _qparams(min_val, max_val, count, config) -> Tuple[float, float]:
         scale = F32(1.0)
     zero_point = qmin - min_val / scale
     return float(scale), float(zero_point)
+
+
+_TORCH_EPS = F32(np.finfo(np.float32).eps)
+_F32_TINY = float(np.finfo(np.float32).tiny)
+
+
+def qparams_arrays(min_val: npt.ArrayLike, max_val: npt.ArrayLike,
+                   config: FakeQuantConfig) -> Tuple[npt.NDArray[np.float32],
+                                                     npt.NDArray[np.float32]]:
+    """Per-channel ``(scale, zero_point)`` float32 arrays from arrays of observed ranges,
+    in `config`'s numerics (one channel per element; used for per-channel quantizers).
+
+    ``"aprender"``: the Rust formulas of :meth:`QuantObserver.compute_qparams`.
+    ``"torch"``: torch's ``MinMaxObserver._calculate_qparams`` in float32 -- the range
+    widened to include 0; symmetric ``scale = max(-min, max) / ((qmax - qmin) / 2)``,
+    zero point 0; affine ``scale = (max - min) / (qmax - qmin)``,
+    ``zp = clamp(qmin - round_half_even(min / scale), qmin, qmax)``; scale at least
+    float32 eps.  ``"onnx"``: onnxruntime's ``compute_scale_zp`` -- the range widened to
+    include 0 (symmetrized when symmetric), ``scale = (max - min) / (qmax - qmin)`` in
+    float64 (1.0 with zero point 0 below float32's smallest normal), ``zp =
+    round_half_even(qmin - min / scale)`` in float64 (``(qmin + qmax) / 2`` rounded when
+    symmetric), the scale then stored as float32.  Zero points of the presets are
+    integers (held in float32).
+
+    Parameters
+    ----------
+    min_val, max_val : array_like of float32
+        Observed range ends (finite), same shape.
+    config : FakeQuantConfig
+
+    Returns
+    -------
+    (numpy.ndarray, numpy.ndarray)
+        float32 scale and zero point, the shape of `min_val`.
+
+    Examples
+    --------
+    >>> from qatcore import FakeQuantConfig
+    >>> qparams_arrays([-1.0, 0.5], [2.0, 1.0], FakeQuantConfig(symmetric=False, numerics="torch"))
+    (array([0.01176471, 0.00392157], dtype=float32), array([85.,  0.], dtype=float32))
+    """
+    if not isinstance(config, FakeQuantConfig):
+        raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
+    lo: Any = np.asarray(min_val, dtype=F32)
+    hi: Any = np.asarray(max_val, dtype=F32)
+    if lo.shape != hi.shape:
+        raise ValueError(f"min_val and max_val differ in shape: {lo.shape} vs {hi.shape}")
+    qmin, qmax = (F32(v) for v in config.quant_range())
+    numerics = config.numerics
+    if numerics == "aprender":
+        pairs = [_qparams(a, b, 1, config) for a, b in zip(lo.ravel().tolist(), hi.ravel().tolist())]
+        scale = np.array([p[0] for p in pairs], F32).reshape(lo.shape)
+        zp = np.array([p[1] for p in pairs], F32).reshape(lo.shape)
+        return scale, zp
+    lo = np.minimum(lo, F32(0))
+    hi = np.maximum(hi, F32(0))
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        if numerics == "torch":
+            if config.symmetric:
+                hi = np.maximum(-lo, hi)
+                scale = (hi / F32((float(qmax) - float(qmin)) / 2)).astype(F32)
+                scale = np.maximum(scale, _TORCH_EPS)
+                zp = np.zeros(lo.shape, F32)
+            else:
+                diff = hi - lo
+                # A range wider than float32 holds: torch's scale would be infinite.
+                wide = ~np.isfinite(diff)
+                scale = np.where(wide, ((hi.astype(np.float64) - lo) / float(qmax - qmin)
+                                        ).astype(F32), diff / F32(qmax - qmin)).astype(F32)
+                scale = np.maximum(scale, _TORCH_EPS)
+                zp = qmin - np.round(lo / scale).astype(F32)
+                zp = np.clip(zp, qmin, qmax).astype(F32)
+            return scale, zp
+        # onnx
+        if config.symmetric:
+            absmax = np.maximum(np.abs(lo), np.abs(hi))
+            lo, hi = -absmax, absmax
+        scale64 = (hi.astype(np.float64) - lo.astype(np.float64)) / (float(qmax) - float(qmin))
+        small = scale64 < _F32_TINY
+        if config.symmetric:
+            zp = np.full(lo.shape, np.round((float(qmin) + float(qmax)) / 2.0), np.float64)
+        else:
+            zp = np.round(float(qmin) - lo.astype(np.float64) / np.where(small, 1.0, scale64))
+        scale = np.where(small, F32(1.0), scale64.astype(F32)).astype(F32)
+        zp = np.where(small, 0.0, zp).astype(F32)
+    return scale, zp

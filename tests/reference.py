@@ -251,3 +251,72 @@ def requantize_ref(acc, multiplier, shift, zero_point, qmin=-128, qmax=127):
         v = multiply_by_quantized_multiplier_ref(int(a), int(multiplier[j]), int(shift[j]))
         out[i, j] = min(max(v + int(zero_point), qmin), qmax)
     return out
+
+
+# --- numerics presets (qatcore/_k_presets.pxi, src/qc_presets.h) -----------------------
+# Written from the ATen CPU kernels (fake_quantize_tensor_cachemask_kernel,
+# fake_quant_per_channel_cachemask_cpu) and onnxruntime's QuantizeLinear/DequantizeLinear.
+
+def fake_quantize_torch_ref(x, scale, zero_point, qmin, qmax, per_channel=False):
+    """torch.fake_quantize_per_tensor_affine (per_channel=False) or one channel of
+    _per_channel_affine: y and the mask, float32.  `scale`/`zero_point` broadcast."""
+    x = np.asarray(x, dtype=np.float32)
+    scale = np.asarray(scale, dtype=np.float32)
+    zp = np.asarray(zero_point, dtype=np.float32)
+    inv = (F32(1) / scale).astype(np.float32)
+    with np.errstate(over="ignore", invalid="ignore"):
+        q = (zp + np.rint(x * inv)).astype(np.float32)    # np.rint: ties to even
+    if per_channel:
+        # static_cast<int64_t>: NaN and |q| >= 2^63 become INT64_MIN on x86
+        q = np.where(q < F32(2.0 ** 63), q, F32(-np.inf)).astype(np.float32)
+    mask = (q >= F32(qmin)) & (q <= F32(qmax))
+    c = np.where(q > F32(qmin), q, F32(qmin))               # std::fmax: NaN -> qmin
+    c = np.where(c < F32(qmax), c, F32(qmax)).astype(np.float32)
+    return ((c - zp) * scale).astype(np.float32), mask
+
+
+def fake_quantize_onnx_ref(x, scale, zero_point, qmin, qmax):
+    """QuantizeLinear -> DequantizeLinear: saturate(rint(x / scale) + zp), then
+    (q - zp) * scale; NaN saturates to qmin (onnxruntime/MLAS)."""
+    x = np.asarray(x, dtype=np.float32)
+    scale = np.asarray(scale, dtype=np.float32)
+    zp = np.asarray(zero_point, dtype=np.float32)
+    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
+        q = (np.rint(x / scale) + zp).astype(np.float32)
+    mask = (q >= F32(qmin)) & (q <= F32(qmax))
+    c = np.where(np.isnan(q), F32(qmin), np.clip(q, F32(qmin), F32(qmax))).astype(np.float32)
+    return ((c - zp) * scale).astype(np.float32), mask
+
+
+def lsq_backward_preset_ref(x, grad, scale, zero_point, qmin, qmax, numerics,
+                            identity=False):
+    """LSQ backward in a preset's arithmetic (no gradient scale): (grad_in, dL/ds, dL/dz)."""
+    x = np.asarray(x, np.float32)
+    grad = np.asarray(grad, np.float32)
+    s, z = np.float32(scale), np.float32(zero_point)
+    with np.errstate(over="ignore", invalid="ignore"):
+        v = (x * (F32(1) / s)) if numerics == "torch" else x / s
+        v = v.astype(np.float32)
+        r = np.rint(v).astype(np.float32)
+        q = (z + r).astype(np.float32)
+    lo, hi = ~(q >= qmin), q > qmax
+    inside = ~(lo | hi)
+    grad_in = grad.copy() if identity else np.where(inside, grad, np.float32(0))
+    g = grad.astype(np.float64)
+    d = np.where(inside, (r - v).astype(np.float64), 0.0)
+    d[lo] = float(qmin) - float(z)
+    d[hi] = float(qmax) - float(z)
+    return grad_in, float(np.sum(g * d)), float(-float(s) * np.sum(g[~inside]))
+
+
+def torch_qparams_ref(min_val, max_val, qmin, qmax, symmetric):
+    """torch MinMaxObserver._calculate_qparams, float32, written out scalar by scalar."""
+    lo, hi = min(F32(min_val), F32(0)), max(F32(max_val), F32(0))
+    eps = np.finfo(np.float32).eps
+    if symmetric:
+        hi = max(-lo, hi)
+        scale = max(F32(hi / F32((qmax - qmin) / 2)), eps)
+        return float(scale), 0.0
+    scale = max(F32((hi - lo) / F32(qmax - qmin)), eps)
+    zp = qmin - float(np.round(F32(lo / F32(scale))))
+    return float(scale), float(min(max(zp, qmin), qmax))
