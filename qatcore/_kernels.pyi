@@ -80,3 +80,9 @@ def requantize_fixed_point(acc: npt.NDArray[np.int32],         # const int32_t[:
                            zero_point: int, qmin: int, qmax: int,
                            out: npt.NDArray[np.int8],          # int8_t[:, ::1]
                            n_threads: int = 1) -> None: ...
+
+# --- histogram (qatcore/histogram.py) --------------------------------------------------
+def hist_fill(x: npt.NDArray[np.float32],       # const float[::1], finite, |v|*inv_width < h
+              inv_width: float,                 # 1 / bin width, a power of two
+              counts: npt.NDArray[np.int64]     # int64_t[::1], 2h sign-magnitude bins
+              ) -> None: ...
