@@ -8,6 +8,7 @@ from ._backend import get_num_threads, set_num_threads
 from .config import FakeQuantConfig, ObserverMethod
 from .dynamic import DynamicQuantizer
 from .fake_quantize import FakeQuantize, Module
+from .histogram import ChannelObserver, HistogramObserver
 from .linear import QuantizedLinear
 from .mixed_precision import MixedPrecision
 from .observer import QuantObserver
@@ -15,9 +16,11 @@ from .observer import QuantObserver
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelObserver",
     "DynamicQuantizer",
     "FakeQuantConfig",
     "FakeQuantize",
+    "HistogramObserver",
     "MixedPrecision",
     "Module",
     "ObserverMethod",
