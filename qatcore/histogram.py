@@ -115,73 +115,123 @@ def entropy_amax_modelopt(hist, edges, num_bits=8, unsigned=False, stride=1, sta
     return float(edges[int(stops[best])])
 
 
-def _smooth(p, eps=1e-4):
-    """onnxruntime's ``smooth_distribution`` (float32), or None when p is all zero."""
-    is_zero = p == 0
-    n_zero = int(is_zero.sum())
-    n_nonzero = p.size - n_zero
-    if not n_nonzero:
-        return None
-    eps1 = eps * float(n_zero) / float(n_nonzero)
-    return p.astype(F32) + (eps * is_zero.astype(F32) + (-eps1) * (~is_zero).astype(F32))
-
-
-def _kl(p, q):
-    p = p / p.sum()
-    q = q / q.sum()
-    with np.errstate(divide="ignore", invalid="ignore"):
-        terms = np.where(p > 0, p * np.log(p / q), 0.0)
-    return float(terms.sum())
-
-
 def entropy_threshold_onnxruntime(hist, edges, min_value, max_value, num_quantized_bins=128):
     """onnxruntime's signed KL threshold on a histogram of x on ``[-t, t]``.
 
     The algorithm of ``HistogramCollector.get_entropy_threshold``
     (``onnxruntime/python/tools/quantization/calibrate.py``): for ``i`` from
     ``num_quantized_bins // 2`` to the zero bin, the bins ``[zero - i, zero + i + 1)``
-    (outliers folded into the end bins) are merged into `num_quantized_bins` groups,
-    each group's integer mean spread over its non-empty bins, both distributions
-    smoothed (eps 1e-4), and the first ``i`` of least KL divergence gives
-    ``(edges[zero - i], edges[zero + i + 1])``, clipped to ``[min_value, max_value]``.
-    The KL is computed in float64 here (onnxruntime rounds it to float32, so where two
-    stops tie to float32 precision the two may choose different ones).
+    (outliers folded into the end bins) are merged into `num_quantized_bins` groups of
+    ``len // num_quantized_bins`` bins (the remainder joins the last group's count but
+    gets no level), each group's integer-truncated mean count is spread over the whole
+    group, both distributions are smoothed (``smooth_distribution``, eps 1e-4), and the
+    first ``i`` of least KL divergence gives ``(edges[zero - i], edges[zero + i + 1])``,
+    clipped to ``[min_value, max_value]``.
+
+    onnxruntime evaluates each stop with Python loops (O(bins^2)); here all stops are
+    evaluated at once from prefix sums, the smoothed ``y log y`` terms of the interior
+    bins by a third-order expansion in the smoothing shift (relative error far below
+    float32's), in float64; the divergences are rounded to float32 before the argmin, as
+    onnxruntime stores them.  Where two stops tie to float32 precision the two
+    implementations may pick different ones (tests: reference.py).
 
     Returns
     -------
     (float, float)
     """
-    hist = np.asarray(hist, dtype=np.int64)
+    h = np.asarray(hist, dtype=np.float64)
     edges = np.asarray(edges, dtype=np.float64)
-    nbins = hist.size
+    nbins = h.size
+    nq = int(num_quantized_bins)
     zero = nbins // 2
-    half = num_quantized_bins // 2
-    if edges.size != nbins + 1 or zero < half:
+    half = nq // 2
+    if edges.size != nbins + 1 or zero < half or nq < 2:
         raise ValueError(f"hist needs at least num_quantized_bins={num_quantized_bins} bins "
                          f"and edges one more, got {nbins} and {edges.size}")
-    csum = np.concatenate(([0], np.cumsum(hist)))
-    best_kl, best = math.inf, None
-    for i in range(half, zero + 1):
-        start = zero - i
-        end = min(zero + i + 1, nbins)
-        sliced = hist[start:end]
-        p = sliced.copy()
-        p[0] += csum[start]
-        p[-1] += csum[nbins] - csum[end]
-        nonzero = p != 0
-        m = sliced.size // num_quantized_bins
-        groups = sliced[:num_quantized_bins * m].reshape(num_quantized_bins, m).sum(axis=1)
-        groups[-1] += sliced[num_quantized_bins * m:].sum()
-        norm = nonzero[:num_quantized_bins * m].reshape(num_quantized_bins, m).sum(axis=1)
-        q = np.zeros(p.size, dtype=np.int64)
-        with np.errstate(divide="ignore", invalid="ignore"):
-            level = np.where(norm != 0, groups / np.where(norm != 0, norm, 1), 0).astype(np.int64)
-        q[:num_quantized_bins * m] = np.repeat(level, m)
-        ps, qs = _smooth(p), _smooth(q)
-        kl = math.inf if ps is None or qs is None else _kl(ps.astype(np.float64), qs.astype(np.float64))
-        if kl < best_kl or best is None:
-            best_kl, best = kl, (float(edges[start]), float(edges[end]))
-    lo, hi = best
+    eps = 1e-4
+    nz = h != 0
+    safe = np.where(nz, h, 1.0)
+
+    def prefix(v):
+        return np.concatenate(([0.0], np.cumsum(v)))
+
+    C = prefix(h)                                         # counts
+    Z = prefix(nz.astype(np.float64))                     # non-empty bins
+    G0 = prefix(np.where(nz, h * np.log(safe), 0.0))      # y log y
+    G1 = prefix(np.where(nz, np.log(safe) + 1.0, 0.0))    # d/dy
+    G2 = prefix(np.where(nz, 1.0 / safe, 0.0))            # d2/dy2
+    G3 = prefix(np.where(nz, 1.0 / (safe * safe), 0.0))   # -d3/dy3
+    total = C[nbins]
+
+    i = np.arange(half, zero + 1, dtype=np.int64)
+    start = zero - i
+    end = np.minimum(zero + i + 1, nbins)
+    L = end - start
+    m = L // nq
+    rem = L - nq * m
+    left_out = C[start]
+    right_out = total - C[end]
+    p0 = h[start] + left_out
+    pl = h[end - 1] + right_out
+    # non-empty bins of p (the slice with its end bins holding the outliers)
+    nnz_p = (Z[end] - Z[start]) - nz[start] - nz[end - 1] + (p0 != 0) + (pl != 0)
+    nz_count_p = L - nnz_p
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e1p = np.where(nnz_p > 0, eps * nz_count_p / np.where(nnz_p > 0, nnz_p, 1), 0.0)
+
+    # groups: [start + k m, start + (k+1) m) for k < nq, remainder [start + nq m, end)
+    k = np.arange(nq + 1, dtype=np.int64)
+    b = start[:, None] + k[None, :] * m[:, None]           # (stops, nq + 1) group bounds
+    sliced_sum = C[b[:, 1:]] - C[b[:, :-1]]                # sum of the sliced hist per group
+    rem_sum = C[end] - C[b[:, -1]]
+    levels_total = sliced_sum.copy()
+    levels_total[:, -1] += rem_sum
+    nnz_g = Z[b[:, 1:]] - Z[b[:, :-1]]                     # non-empty bins of h per group
+    rows = np.arange(i.size)
+    # p differs from h in its first bin (group 0) and last bin (last group or remainder)
+    d0 = (p0 != 0).astype(np.float64) - nz[start]
+    dl = (pl != 0).astype(np.float64) - nz[end - 1]
+    nnz_g[:, 0] += d0
+    last_in_rem = rem > 0
+    nnz_g[rows[~last_in_rem], nq - 1] += dl[~last_in_rem]
+    nnz_rem = (Z[end] - Z[b[:, -1]]) + np.where(last_in_rem, dl, 0.0)
+    with np.errstate(divide="ignore", invalid="ignore"):
+        level = np.where(nnz_g > 0, np.trunc(levels_total / np.where(nnz_g > 0, nnz_g, 1)), 0.0)
+    q_total = (level * m[:, None]).sum(axis=1)
+    nz_count_q = (level == 0).sum(axis=1) * m + rem
+    nnz_q = L - nz_count_q
+    with np.errstate(divide="ignore", invalid="ignore"):
+        e1q = np.where(nnz_q > 0, eps * nz_count_q / np.where(nnz_q > 0, nnz_q, 1), 0.0)
+
+        # A = sum of ps log ps: interior bins by expansion, the two end bins exactly
+        lo_j, hi_j = start + 1, end - 1                    # interior [lo_j, hi_j)
+        e = e1p
+        interior = (G0[hi_j] - G0[lo_j]) - e * (G1[hi_j] - G1[lo_j]) \
+            + e * e / 2 * (G2[hi_j] - G2[lo_j]) + e ** 3 / 6 * (G3[hi_j] - G3[lo_j])
+        interior_zeros = (hi_j - lo_j) - (Z[hi_j] - Z[lo_j])
+
+        def g(y):
+            return np.where(y > 0, y * np.log(np.where(y > 0, y, 1.0)), 0.0)
+
+        def smoothed(p):
+            return np.where(p != 0, p - e, eps)
+
+        A = interior + interior_zeros * (eps * np.log(eps)) + g(smoothed(p0)) + g(smoothed(pl))
+
+        # B = sum of ps log qs: per group, qs is constant
+        ps_group = sliced_sum.copy()
+        ps_group[:, 0] += left_out
+        ps_group[rows[~last_in_rem], nq - 1] += right_out[~last_in_rem]
+        size_g = np.broadcast_to(m[:, None], ps_group.shape)
+        ps_group = ps_group + eps * (size_g - nnz_g) - e[:, None] * nnz_g
+        ps_rem = rem_sum + np.where(last_in_rem, right_out, 0.0)
+        ps_rem = ps_rem + eps * (rem - nnz_rem) - e * nnz_rem
+        qs = np.where(level > 0, level - e1q[:, None], eps)
+        B = (ps_group * np.log(qs)).sum(axis=1) + ps_rem * np.log(eps)
+        kl = (A - B) / total + np.log(q_total / total)
+    kl = np.where((nnz_p == 0) | (nnz_q == 0) | ~np.isfinite(kl), np.inf, kl)
+    best = int(np.argmin(kl.astype(np.float32)))
+    lo, hi = float(edges[start[best]]), float(edges[end[best]])
     return max(lo, float(min_value)), min(hi, float(max_value))
 
 
