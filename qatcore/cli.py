@@ -38,7 +38,8 @@ WINDOW_ELEMS = 1 << 25
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
 _FORWARDED = {"bench": ("qatcore._bench", "the benchmark suite"),
-              "demo": ("qatcore.demo", "the demo")}
+              "demo": ("qatcore.demo", "the demo"),
+              "calibrate-model": ("qatcore._cli_model", "whole-ONNX-model calibration")}
 
 _EPILOG = """\
 examples:

@@ -124,8 +124,13 @@ def iter_inputs(data, input_names, image_size=None, image_mean=(0.5, 0.5, 0.5),
     except TypeError:
         raise TypeError(f"data must be a path, an array, a dict or an iterable of them, "
                         f"got {type(data).__name__}") from None
-    for i, item in enumerate(it):
-        yield _as_feed(item, input_names, f"data item {i}")
+    i = 0
+    for item in it:                  # (not enumerate: its cached result tuple keeps the item)
+        feed = _as_feed(item, input_names, f"data item {i}")
+        item = None                  # hold no batch while suspended: one batch in memory
+        yield feed
+        feed = None
+        i += 1
 
 
 def _as_feed(item, input_names, what):
@@ -182,7 +187,7 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
                     bins=2048, op_types=None, image_size=None, image_mean=(0.5, 0.5, 0.5),
                     image_std=(0.5, 0.5, 0.5), json_path=None, qdq_path=None,
                     per_channel=True, preprocess=True, progress=False,
-                    providers=None) -> CalibrationResult:
+                    providers=None, session_options=None) -> CalibrationResult:
     """Calibrate every activation of an ONNX model over `data`; optionally write QDQ.
 
     Parameters
@@ -229,6 +234,10 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
         A progress line on stderr.
     providers : list, optional
         onnxruntime execution providers (default CPU).
+    session_options : onnxruntime.SessionOptions, optional
+        For the calibration session (default: onnxruntime's defaults, all graph
+        optimizations on; onnxruntime's own calibrators turn them off, which changes
+        activations in the last float digits).
 
     Returns
     -------
@@ -256,10 +265,16 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
             _raise_opset(onnx, pre)
             return _calibrate(onnx, ort, pre, model_path, data, method, percentile, symmetric,
                               bins, op_types, image_size, image_mean, image_std, json_path,
-                              qdq_path, per_channel, progress, providers)
+                              qdq_path, per_channel, progress, providers, session_options)
     return _calibrate(onnx, ort, model_path, model_path, data, method, percentile, symmetric,
                       bins, op_types, image_size, image_mean, image_std, json_path, qdq_path,
-                      per_channel, progress, providers)
+                      per_channel, progress, providers, session_options)
+
+
+def _check_finite_inputs(feed, batch):
+    for name, value in feed.items():
+        if value.dtype.kind == "f" and not np.isfinite(value).all():
+            raise ValueError(f"data batch {batch}: input {name!r} contains a non-finite value")
 
 
 def _raise_opset(onnx, path, opset=13):
@@ -272,7 +287,7 @@ def _raise_opset(onnx, path, opset=13):
 
 def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, symmetric, bins,
                op_types, image_size, image_mean, image_std, json_path, qdq_path, per_channel,
-               progress, providers):
+               progress, providers, session_options):
     model = onnx.load(str(model_path))
     names, value_infos = tensors_to_calibrate(model, op_types)
     outputs_now = {o.name for o in model.graph.output}
@@ -287,7 +302,7 @@ def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, sym
         if len(dims) == 4 and all(d.HasField("dim_value") and d.dim_value > 0 for d in dims[2:]):
             image_size = (dims[2].dim_value, dims[3].dim_value)
 
-    so = ort.SessionOptions()
+    so = ort.SessionOptions() if session_options is None else session_options
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so,
                                 providers=providers or ["CPUExecutionProvider"])
@@ -305,6 +320,7 @@ def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, sym
     for feed in iter_inputs(data, input_names, image_size, image_mean, image_std):
         feed = {k: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
                 for k, v in feed.items()}
+        _check_finite_inputs(feed, batches)
         try:
             values = sess.run(wanted, feed)
         except Exception as exc:   # onnxruntime raises its own exception types
@@ -315,10 +331,11 @@ def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, sym
                 observers[name].observe(value)
             except ValueError as exc:
                 raise ValueError(f"tensor {name!r} in batch {batches}: {exc}") from None
-        del values
+        del values                   # memory stays at one batch's activations
         batches += 1
         first = next(iter(feed.values()))
         samples += int(first.shape[0]) if first.ndim else 1
+        del feed, first
         if progress:
             _progress(batches, total, t0, stream)
     if progress:
