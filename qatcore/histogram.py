@@ -326,8 +326,9 @@ class HistogramObserver:
         (:func:`entropy_threshold_onnxruntime`); ``mse``: ModelOpt's MSE search on
         ``|x|`` (:func:`mse_amax_modelopt`); ``percentile``: the `percentile` of the
         whole stream (:func:`percentile_threshold`), of ``|x|`` when `symmetric`, else one
-        cut per side. Every range is clipped to the observed ``[min, max]`` (as
-        onnxruntime does), so a non-negative tensor gets ``(0, amax)``.
+        cut per side. Every range is clipped to the observed ``[min, max]`` widened to
+        hold 0 (onnxruntime clips to ``[min, max]``), so a non-negative tensor gets
+        ``(0, amax)``.
     bins : int, default 2048
         Power of two; the grid has ``2·bins`` bins per side, of which between `bins` and
         ``2·bins`` cover ``[0, max|x|]``. Memory: ``4·bins`` int64 counts.
@@ -526,7 +527,10 @@ class HistogramObserver:
                 result = (-amax, amax)
             elif m == "entropy_signed":
                 hist, edges = self.histogram()
-                result = entropy_threshold_onnxruntime(hist, edges, lo_obs, hi_obs,
+                # clipped to [min, max] widened to hold 0, as below (onnxruntime's quantizer
+                # widens its ranges to hold 0 too; its plain [min, max] clip can invert)
+                result = entropy_threshold_onnxruntime(hist, edges, min(lo_obs, 0.0),
+                                                       max(hi_obs, 0.0),
                                                        min(self._nqb, hist.size))
             else:
                 if self._symmetric:
@@ -536,7 +540,11 @@ class HistogramObserver:
                 else:
                     hist, edges = self.histogram()
                     result = percentile_threshold(hist, edges, self._percentile, False)
-            result = (max(result[0], lo_obs), min(result[1], hi_obs))
+            # Clip to the observed range, which is widened to hold 0 (as quantized ranges
+            # are): a tensor whose values all lie above the method's amax (a saturated
+            # gate, say) gets (0, amax), everything clipped to amax as the method means,
+            # never an inverted range.
+            result = (max(result[0], min(lo_obs, 0.0)), min(result[1], max(hi_obs, 0.0)))
         self._cache = (float(F32(result[0])), float(F32(result[1])))
         return self._cache
 

@@ -162,14 +162,14 @@ def test_percentile_vs_reference_and_exact_quantile(kind, p, symmetric):
     assert t == ref.percentile_threshold_ref(hist, edges, p, symmetric)
     w = obs.bin_width
     lo, hi = obs.range()
-    assert x.min() <= lo <= hi <= x.max()
+    assert min(x.min(), 0) <= lo <= hi <= max(x.max(), 0)
     if symmetric and p < 100:
         # the left edge of the bin holding the order statistic of rank ceil(p n) of |x|
         # (or of the next rank: the float cumulative sum may fall one ulp short of p)
         a = np.sort(np.abs(x).astype(np.float64))
         k = math.ceil(p / 100 * x.size)
         assert a[k - 1] - w <= t <= a[min(k, x.size - 1)]
-        assert (lo, hi) == (max(-t, x.min()), min(t, x.max()))
+        assert (lo, hi) == (max(-t, min(x.min(), 0)), min(t, max(x.max(), 0)))
 
 
 # --- against onnxruntime's HistogramCollector ----------------------------------------------
@@ -325,3 +325,15 @@ def test_channel_observer_errors():
         ChannelObserver("min_max", axis=1, bins=64)
     with pytest.raises(ValueError):
         ChannelObserver("nope", axis=0)
+
+
+@pytest.mark.parametrize("method", ["entropy", "mse", "percentile", "entropy_signed"])
+def test_saturated_positive_tensor_never_gets_an_inverted_range(method):
+    """A gate saturated near 1 (HardSigmoid outputs): TensorRT's KL picks a tiny amax
+    (its known weakness on such tensors); the range is (0, amax), never lo > hi."""
+    rng = np.random.default_rng(5)
+    x = np.minimum(1.0, 0.97 + rng.random(20_000) * 0.1).astype(np.float32)
+    obs = HistogramObserver(method, bins=256)
+    obs.observe(x)
+    lo, hi = obs.range()
+    assert 0.0 <= lo <= hi <= 1.0
