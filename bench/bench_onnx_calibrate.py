@@ -53,12 +53,12 @@ def batches(kind, n, seed):
     from ocr_lines import text_lines
     for b0 in range(0, n, BATCH):
         x, _ = text_lines(min(BATCH, n - b0), seed=seed * 100_003 + b0)
-        if kind == "det":     # 6 lines stacked into a 288 x 384 page (det needs multiples of 32)
+        if kind == "det":     # 2 x 6 lines make a 288 x 384 page (det needs multiples of 32)
             pages = []
             for j in range(x.shape[0]):
-                rows = [np.roll(x, -k, axis=0)[j] for k in range(6)]
-                page = np.concatenate([np.concatenate(rows[:3], axis=1),
-                                       np.concatenate(rows[3:], axis=1)], axis=2)
+                rows = [x[(j + k) % x.shape[0]] for k in range(12)]
+                page = np.concatenate([np.concatenate(rows[:6], axis=1),      # 6 lines: H 288
+                                       np.concatenate(rows[6:], axis=1)], axis=2)  # W 384
                 pages.append(page)
             x = np.stack(pages).astype(np.float32)
         yield x
@@ -180,6 +180,8 @@ def main():
               f"{'qat s':>7s} {'qat MiB':>8s} {'qat top1':>8s} {'qat dB':>7s} | speed-up | write s")
         for n in args.n:
             r = run_child("infer", "-", {}, args.model, pre, n, "-")
+            if "error" in r:
+                raise SystemExit(f"the float model does not run on these inputs: {r['error']}")
             print(f"{'(float inference + input generation only)':32s} {n:5d} | {r['seconds']:7.2f} "
                   f"{r['peak_mib']:8.0f}", flush=True)
         for label, ort_side, qat_side in PAIRS:

@@ -382,8 +382,14 @@ def write_qdq(model_path, ranges: Mapping[str, Tuple[float, float]], qdq_path, *
     with tempfile.TemporaryDirectory(prefix="qatcore.qdq.") as tmp:
         cache = Path(tmp) / "ranges.json"
         save_tensors_data(TensorsData(CalibrationMethod.MinMax, data), cache)
-        quantize_static(str(model_path), str(qdq_path), calibration_data_reader=None,
-                        quant_format=QuantFormat.QDQ, per_channel=per_channel,
-                        activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
-                        calibrate_method=CalibrationMethod.MinMax,
-                        calibration_cache_path=str(cache))
+        import logging
+        previous = logging.root.manager.disable
+        logging.disable(logging.WARNING)     # its "consider pre-processing" advice, via root
+        try:
+            quantize_static(str(model_path), str(qdq_path), calibration_data_reader=None,
+                            quant_format=QuantFormat.QDQ, per_channel=per_channel,
+                            activation_type=QuantType.QInt8, weight_type=QuantType.QInt8,
+                            calibrate_method=CalibrationMethod.MinMax,
+                            calibration_cache_path=str(cache))
+        finally:
+            logging.disable(previous)
