@@ -219,3 +219,13 @@ def test_errors(lines, tmp_path):
     np.save(p, np.array([{"a": 1}], dtype=object), allow_pickle=True)
     with pytest.raises(ValueError):                # never unpickled
         calibrate_model(MODEL, p)
+
+
+def test_batches_of_changing_shape(lines, pre):
+    """Reused output buffers (same input shape) and fresh ones (a new shape) both work."""
+    cal, _, _ = lines
+    mixed = calibrate_model(pre, [cal[:8], cal[8:12], cal[12:20], cal[20:24]], preprocess=False)
+    whole = calibrate_model(pre, [cal[:24]], preprocess=False)
+    assert set(mixed) == set(whole)
+    for name in whole:
+        np.testing.assert_allclose(mixed[name], whole[name], rtol=1e-4, atol=1e-12)
