@@ -10,8 +10,39 @@ from __future__ import annotations
 import importlib
 import os
 from types import ModuleType
+from typing import TYPE_CHECKING, Any, Optional
 
-from . import _kernels as _baseline
+if TYPE_CHECKING:
+    import numpy as np
+
+
+
+def _source_tree_error(exc: ImportError) -> ImportError:
+    """The error for a qatcore folder that has the sources but no compiled kernels: the
+    usual cause is ``python -c "import qatcore"`` run in the root of a clone, where the
+    source folder shadows the installed package."""
+    import importlib.machinery
+
+    here = os.path.dirname(os.path.abspath(__file__))
+    built = [f for f in os.listdir(here)
+             if f.startswith("_kernels") and f.endswith(tuple(importlib.machinery.EXTENSION_SUFFIXES))]
+    if built or not os.path.exists(os.path.join(here, "_kernels.pyx")):
+        return exc
+    root = os.path.dirname(here)
+    return ImportError(
+        f"qatcore was imported from its source folder {here}, which holds no compiled "
+        f"kernels (qatcore/_kernels*.so). Python found it before the installed package because "
+        f"{root} is on sys.path (the current directory is, for `python -c`, `python -m` "
+        f"and `python -m pytest`). Either run Python from another folder (the "
+        f"installed qatcore is used there), or build the kernels into the source tree: "
+        f"`pip install -e .` (editable install) or `python setup.py build_ext --inplace` "
+        f"in {root}. A C compiler is needed for both.")
+
+
+try:
+    from . import _kernels as _baseline
+except ImportError as _exc:
+    raise _source_tree_error(_exc) from None
 
 #: Targets from the most to the least capable.
 ALL_TARGETS = ("avx512", "avx2", "baseline")
@@ -24,7 +55,7 @@ def _module_name(target: str) -> str:
     return "qatcore._kernels" if target == "baseline" else f"qatcore._kernels_{target}"
 
 
-def available_targets() -> list[str]:
+def available_targets() -> "list[str]":
     """Targets that were built and that this CPU can run, best first."""
     found = []
     for target in ALL_TARGETS:
@@ -68,7 +99,7 @@ def get_num_threads() -> int:
     return _num_threads
 
 
-def set_num_threads(n: int) -> None:
+def set_num_threads(n: "int | np.integer[Any]") -> None:
     """Set the library-wide default thread count for kernels.
 
     One thread is the default: on a machine with few cores a preempted worker thread can
@@ -78,12 +109,12 @@ def set_num_threads(n: int) -> None:
     _num_threads = check_threads(n, "n")
 
 
-def resolve_threads(n_threads) -> int:
+def resolve_threads(n_threads: "Optional[int]") -> int:
     """An object's thread setting (None = follow the library-wide default)."""
     return _num_threads if n_threads is None else n_threads
 
 
-def check_threads(n_threads, name: str = "n_threads") -> int:
+def check_threads(n_threads: object, name: str = "n_threads") -> int:
     """Validate a thread count (None means the library-wide default)."""
     if n_threads is None:
         return _num_threads

@@ -39,6 +39,7 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
 _FORWARDED = {"bench": ("qatcore._bench", "the benchmark suite"),
               "demo": ("qatcore.demo", "the demo"),
+              "examples": ("qatcore._examples", "the example files writer"),
               "calibrate-model": ("qatcore._cli_model", "whole-ONNX-model calibration")}
 
 _EPILOG = """\
@@ -53,6 +54,8 @@ examples:
       run the benchmark suite on CI-sized inputs
   qatcore demo
       run the end-to-end demo (quantization-aware training to int8 inference)
+  qatcore examples DIR
+      write the files these examples (and the README's) use into DIR
 
 Run `qatcore COMMAND --help` for the options of a command."""
 
@@ -89,7 +92,11 @@ def main(argv=None) -> int:
         return _forward(argv[0], argv[1:])
     parser = _build_parser()
     try:
-        args = parser.parse_args(argv)
+        args, extra = parser.parse_known_args(argv)
+        if extra:
+            # A typo'd option of a command gets that command's usage, not the top-level one.
+            sub = _SUBPARSERS.get(getattr(args, "command", None), parser)
+            sub.error(f"unrecognized arguments: {' '.join(extra)}")
     except SystemExit as exc:          # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
@@ -130,6 +137,16 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+#: The sub-command parsers of the last _build_parser() call, by command name.
+_SUBPARSERS: dict = {}
+
+
+def _observer_name(text: str) -> str:
+    """``--observer`` value: case and ``-``/``_`` do not matter (``PERCENTILE``,
+    ``mean-std``), as in the Python API."""
+    return text.strip().lower().replace("-", "_")
+
+
 def _build_parser() -> argparse.ArgumentParser:
     import textwrap
 
@@ -152,9 +169,9 @@ def _build_parser() -> argparse.ArgumentParser:
                          "bit for bit. A table goes to stdout, a progress bar to stderr when "
                          "it is a terminal."))
     cal.add_argument("paths", nargs="+", metavar="PATH", help=".npy/.npz/.safetensors file or folder")
-    cal.add_argument("--observer", default="min_max",
+    cal.add_argument("--observer", default="min_max", type=_observer_name,
                      choices=["min_max", "percentile", "moving_average", "mean_std"],
-                     help="observer method (default: min_max)")
+                     help="observer method, any case, - or _ (default: min_max)")
     cal.add_argument("--bits", type=int, default=8, help="code width (default: 8)")
     sym = cal.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
@@ -166,9 +183,21 @@ def _build_parser() -> argparse.ArgumentParser:
                           "is one batch)")
     cal.add_argument("--threads", type=int, default=None, metavar="N",
                      help="kernel threads (default: the CPUs available to this process)")
+    dist = cal.add_mutually_exclusive_group()
+    dist.add_argument("--dask-workers", type=int, default=None, metavar="N",
+                      help="calibrate on a local dask.distributed cluster of N worker "
+                           "processes (needs qatcore[dask]); same results")
+    dist.add_argument("--scheduler", default=None, metavar="ADDRESS",
+                      help="calibrate on a running dask.distributed scheduler, e.g. "
+                           "tcp://host:8786 (the workers must see the same files)")
     cal.add_argument("--json", dest="json_path", default=None, metavar="FILE",
                      help="also write the results as JSON to FILE ('-' for stdout, which "
                           "replaces the table); written atomically")
+    cal.add_argument("--merge-by-name", action="store_true",
+                     help="feed tensors of the same name in different files (batch_000.npz:"
+                          "relu1, batch_001.npz:relu1, ...; a .npy file's name is its file "
+                          "name without .npy) to one observer, one batch per file in file "
+                          "order (Rust multi-batch semantics); reported under the name")
     cal.add_argument("--keep-going", action="store_true",
                      help="skip bad tensors and calibrate the others (exit status stays 2)")
     cal.add_argument("-q", "--quiet", action="store_true",
@@ -189,6 +218,8 @@ def _build_parser() -> argparse.ArgumentParser:
     for cmd, (_, what) in _FORWARDED.items():
         p = sub.add_parser(cmd, add_help=False, help=f"run {what} (see `qatcore {cmd} --help`)")
         p.set_defaults(func=None)
+    _SUBPARSERS.clear()
+    _SUBPARSERS.update(calibrate=cal, inspect=ins)
     return parser
 
 
@@ -407,8 +438,9 @@ def _position_text(ref, c_flat: int) -> str:
     return f"index {c_flat} (position {ref.position(c_flat)})"
 
 
-def _calibrate_one(ref, config, batch_axis, n_threads, progress):
-    """Calibrate one tensor; returns (observer, batches)."""
+def _calibrate_one(ref, config, batch_axis, n_threads, progress, obs=None):
+    """Calibrate one tensor into `obs` (a new observer when None); returns (observer,
+    batches)."""
     import numpy as np
 
     from . import QuantObserver
@@ -416,7 +448,8 @@ def _calibrate_one(ref, config, batch_axis, n_threads, progress):
     from .config import ObserverMethod
 
     method = config.observer
-    obs = QuantObserver(method, n_threads=n_threads)
+    if obs is None:
+        obs = QuantObserver(method, n_threads=n_threads)
     total = ref.nbytes
 
     if batch_axis is None:
@@ -544,6 +577,7 @@ def _cmd_calibrate(args) -> int:
 
     old_term = signal.signal(signal.SIGTERM, on_term) if threading.current_thread() is threading.main_thread() else None
     progress = None
+    close_dask = None
     try:
         refs, errors = _preflight(args)
         for msg in errors:
@@ -555,21 +589,43 @@ def _cmd_calibrate(args) -> int:
         progress = _Progress(sum(r.nbytes for r in refs), show_progress)
         results = []
         t0 = time.perf_counter()
-        for ref in refs:
-            progress.label = os.path.basename(ref.name)
+        calibrate_one = _calibrate_one
+        if getattr(args, "dask_workers", None) is not None or getattr(args, "scheduler", None) is not None:
+            from ._cli_dask import dask_calibrator      # everything runs here, on the cluster
+
+            progress.label = "dask"
             try:
-                obs, batches = _calibrate_one(ref, config, args.batch_axis, n_threads, progress)
-            except (_Fail, _io_error()) as exc:
+                calibrate_one, close_dask = dask_calibrator(args, refs, config, progress)
+            except _Fail as exc:
                 progress.error(str(exc))
-                errors.append(str(exc))
-                if not args.keep_going:
-                    return EXIT_USAGE
+                return EXIT_USAGE
+        groups = _merge_groups(refs) if args.merge_by_name else [(None, [r]) for r in refs]
+        for key, members in groups:
+            obs, batches, failed = None, 0, False
+            for ref in members:
+                progress.label = os.path.basename(ref.name)
+                try:
+                    obs, nb = calibrate_one(ref, config, args.batch_axis, n_threads, progress,
+                                            obs)
+                except (_Fail, _io_error()) as exc:
+                    progress.error(str(exc))
+                    errors.append(str(exc))
+                    if not args.keep_going:
+                        return EXIT_USAGE
+                    failed = True       # a merged tensor is reported whole or not at all
+                    break
+                batches += nb
+            if failed:
                 continue
-            results.append(_result(ref, obs, batches, config))
+            result = _result(members[0], obs, batches, config)
+            if key is not None:
+                result.update(_merged_fields(key, members))
+            results.append(result)
         elapsed = time.perf_counter() - t0
         progress.close()
 
-        doc = _json_doc(config, args.batch_axis, n_threads, results, errors)
+        doc = _json_doc(config, args.batch_axis, n_threads, results, errors,
+                        args.merge_by_name)
         if json_path == "-":
             sys.stdout.write(_dumps(doc) + "\n")
         elif not args.quiet:
@@ -596,14 +652,89 @@ def _cmd_calibrate(args) -> int:
     finally:
         if progress is not None:
             progress.close()
+        if close_dask is not None:
+            close_dask()
         if old_term is not None:
             signal.signal(signal.SIGTERM, old_term)
+
+
+def _merge_key(ref) -> str:
+    """The name `--merge-by-name` groups by: the member name in a .npz/.safetensors file, the
+    file name without ``.npy`` for a .npy file."""
+    if ref.name != ref.path and ref.name.startswith(ref.path + ":"):
+        return ref.name[len(ref.path) + 1:]
+    base = os.path.basename(ref.path)
+    return base[:-4] if base.lower().endswith(".npy") else base
+
+
+def _merge_groups(refs):
+    """[(name, [refs in file order])] in order of first appearance."""
+    groups: dict = {}
+    for ref in refs:
+        groups.setdefault(_merge_key(ref), []).append(ref)
+    return list(groups.items())
+
+
+def _merged_fields(key, members) -> dict:
+    shapes = {tuple(r.shape) for r in members}
+    dtypes = {r.dtype_name for r in members}
+    return {
+        "name": key,
+        "files": [r.path for r in members],
+        "shape": list(members[0].shape) if len(shapes) == 1 else None,
+        "dtype": members[0].dtype_name if len(dtypes) == 1 else "mixed",
+        "count": sum(r.size for r in members),
+    }
 
 
 def _io_error():
     from ._io import InputError
 
     return InputError
+
+
+#: How the deployable (integer) form of a calibration is derived; written into the JSON.
+DEPLOY_CONVENTION = (
+    "int: q = clamp(round(x / deploy_scale) + zero_point_int, qmin, qmax) in code_dtype. "
+    "Symmetric: the Rust codes, zero point 0. Asymmetric: the Rust codes [0, 2^bits-1] "
+    "shifted by -2^(bits-1) into the signed range (8 bits: int8 [-128, 127], TFLite style), "
+    "zero_point_int = round_half_away(zero_point) - 2^(bits-1); when the range excludes 0 "
+    "(the rounded zero point falls outside the codes) the range is first widened to include "
+    "0 and deploy_scale differs from scale. code_dtype is int8 up to 8 bits, else int16.")
+
+
+def _deploy_qparams(obs, scale: float, zero_point: float, config) -> dict:
+    """The integer form a runtime stores (TFLite, ONNX QuantizeLinear): code dtype, integer
+    zero point inside the codes, code range (see DEPLOY_CONVENTION)."""
+    import math
+
+    import numpy as np
+
+    from . import QuantObserver
+
+    bits = config.bits
+    dtype = "int8" if bits <= 8 else "int16"
+    f = lambda v: float(np.float32(v))        # noqa: E731
+    if config.symmetric:
+        qmax = (1 << (bits - 1)) - 1
+        return {"code_dtype": dtype, "qmin": -qmax, "qmax": qmax, "deploy_scale": f(scale),
+                "zero_point_int": 0}
+    shift, top = 1 << (bits - 1), (1 << bits) - 1
+
+    def half_away(v: float) -> int:
+        return int(math.copysign(math.floor(abs(v) + 0.5), v))
+
+    zp = half_away(f(zero_point))
+    if not 0 <= zp <= top and obs.count:
+        # 0 must be a code (runtimes store the zero point in the code dtype): widen the
+        # range to include 0, as TFLite's and onnxruntime's calibrators do.
+        lo, hi = obs.range()
+        wide = QuantObserver("min_max")
+        wide.observe(np.array([min(lo, 0.0), max(hi, 0.0)], dtype=np.float32))
+        scale, zero_point = wide.compute_qparams(config)
+        zp = min(max(half_away(f(zero_point)), 0), top)
+    return {"code_dtype": dtype, "qmin": -shift, "qmax": top - shift,
+            "deploy_scale": f(scale), "zero_point_int": zp - shift}
 
 
 def _result(ref, obs, batches, config) -> dict:
@@ -622,10 +753,11 @@ def _result(ref, obs, batches, config) -> dict:
         "range": [f(lo), f(hi)] if obs.count else None,
         "scale": f(scale),
         "zero_point": f(zero_point),
+        **_deploy_qparams(obs, scale, zero_point, config),
     }
 
 
-def _json_doc(config, batch_axis, n_threads, results, errors) -> dict:
+def _json_doc(config, batch_axis, n_threads, results, errors, merge_by_name=False) -> dict:
     from . import __version__
 
     return {
@@ -635,7 +767,9 @@ def _json_doc(config, batch_axis, n_threads, results, errors) -> dict:
         "bits": config.bits,
         "symmetric": config.symmetric,
         "quant_range": list(config.quant_range()),
+        "deploy_convention": DEPLOY_CONVENTION,
         "batch_axis": batch_axis,
+        "merge_by_name": merge_by_name,
         "tensors": {r["name"]: r for r in results},
         "errors": list(errors),
     }
@@ -652,6 +786,8 @@ def _table(headers, rows, right=()) -> str:
 
 
 def _shape_text(shape) -> str:
+    if shape is None:
+        return "mixed"
     return "(" + ", ".join(str(s) for s in shape) + ("," if len(shape) == 1 else "") + ")"
 
 
@@ -714,10 +850,11 @@ def _inspect_json(path: str) -> None:
         rows.append([name, _shape_text(r.get("shape", [])), r.get("dtype", "?"),
                      r.get("batches", "?"), rng[0] if rng[0] == "-" else _f32(rng[0]),
                      rng[1] if rng[1] == "-" else _f32(rng[1]), _f32(r["scale"]),
-                     _f32(r["zero_point"])])
+                     _f32(r["zero_point"]), r.get("zero_point_int", "-"),
+                     r.get("code_dtype", "-")])
     print(f"  {len(rows)} tensor{'s' * (len(rows) != 1)}")
-    print(_table(["tensor", "shape", "dtype", "batches", "min", "max", "scale", "zero_point"],
-                 rows, right={3, 4, 5, 6, 7}))
+    print(_table(["tensor", "shape", "dtype", "batches", "min", "max", "scale", "zero_point",
+                  "zp_int", "codes"], rows, right={3, 4, 5, 6, 7, 8}))
     for e in doc.get("errors") or []:
         print(f"  error: {e}")
 
@@ -845,12 +982,18 @@ def _inspect_linear(path: str, members, bins: int) -> None:
                           f"{'per-channel' if per_channel else 'per-tensor'} symmetric"),
             ("weight_scale", _scales_text(ws)),
             ("input_scale", _f32(input_scale)),
-            ("output_scale", _scales_text(out_scale))]
+            ("output_scale", _scales_text(out_scale)
+             + "  (of the int32 accumulators: weight_scale · input_scale)")]
     if "input_zero_point" in members:
         qr = _read_small(members["input_qrange"]) if "input_qrange" in members else None
+        notes = []
+        zpf = _scalar(members, "input_zero_point_float")
+        if zpf is not None:
+            notes.append(f"float {_f32(zpf)} in the uint8 input quantizer")
+        if qr is not None and qr.size == 2:
+            notes.append(f"input codes {int(qr.reshape(-1)[0])}..{int(qr.reshape(-1)[1])}")
         info.append(("input_zero_point", f"{_scalar(members, 'input_zero_point')}"
-                     + (f"  (input codes {int(qr.reshape(-1)[0])}..{int(qr.reshape(-1)[1])})"
-                        if qr is not None and qr.size == 2 else "")))
+                     + (f"  ({', '.join(notes)})" if notes else "")))
     if "bias_q" in members:
         b = _read_small(members["bias_q"]).reshape(-1).astype(np.int64)
         info.append(("bias_q", f"{members['bias_q'].dtype_name} {_shape_text(b.shape)}, "
@@ -859,9 +1002,10 @@ def _inspect_linear(path: str, members, bins: int) -> None:
         info.append(("bias_q", "none"))
     if "output_quant_scale" in members:
         info.append(("int8 output", f"scale {_f32(_scalar(members, 'output_quant_scale'))}, "
-                     f"zero point {_scalar(members, 'output_quant_zero_point', 0)}"))
+                     f"zero point {_scalar(members, 'output_quant_zero_point', 0)}  "
+                     f"(forward_int8's default output_scale / output_zero_point)"))
     shown = {"weights_q", "weight_scale", "bits", "per_channel", "input_scale",
-             "input_zero_point", "input_qrange", "bias_q", "bias", "version",
+             "input_zero_point", "input_zero_point_float", "input_qrange", "bias_q", "bias", "version",
              "output_quant_scale", "output_quant_zero_point", "output_quant_qrange"}
     for key, r in members.items():
         if key not in shown:
@@ -874,7 +1018,8 @@ def _inspect_linear(path: str, members, bins: int) -> None:
     print(f"  weight codes: mean |q| {np.abs(flat).mean():.2f}, zeros "
           f"{100 * np.count_nonzero(flat == 0) / flat.size:.1f}%, at ±{qmax} "
           f"{100 * sat / flat.size:.2f}%, {np.unique(flat).size} of {2 * qmax + 1} levels used")
-    print(f"  weight code histogram ({bins} bins over [-{qmax}, {qmax}]):")
+    lo = -qmax if flat.size == 0 or flat.min() < 0 else 0
+    print(f"  weight code histogram ({bins} bins over [{lo}, {qmax}]):")
     for line in _histogram_lines(flat, qmax, bins):
         print(line)
 

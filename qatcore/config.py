@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import enum
-from typing import Tuple
+from typing import TYPE_CHECKING, Tuple, Union
 
 __all__ = ["FakeQuantConfig", "ObserverMethod"]
 
@@ -28,7 +28,7 @@ class ObserverMethod(enum.Enum):
     MEAN_STD = "mean_std"
 
 
-def _coerce_observer(value) -> ObserverMethod:
+def _coerce_observer(value: object) -> ObserverMethod:
     if isinstance(value, ObserverMethod):
         return value
     if isinstance(value, str):
@@ -83,6 +83,13 @@ class FakeQuantConfig:
     learnable: bool = False
     observer: ObserverMethod = ObserverMethod.MIN_MAX
 
+    if TYPE_CHECKING:
+        # What type checkers see as the constructor: the observer may be given by name
+        # (``observer="mean_std"``); __post_init__ turns it into an ObserverMethod.
+        # Keep in step with the fields (stubtest checks it against the runtime __init__).
+        def __init__(self, bits: int = 8, symmetric: bool = True, learnable: bool = False,
+                     observer: Union[ObserverMethod, str] = ObserverMethod.MIN_MAX) -> None: ...
+
     def __post_init__(self) -> None:
         bits = self.bits
         if isinstance(bits, bool) or not hasattr(bits, "__index__"):
@@ -114,7 +121,7 @@ class FakeQuantConfig:
         """A copy with learnable (LSQ) scale."""
         return dataclasses.replace(self, learnable=True)
 
-    def with_observer(self, observer) -> "FakeQuantConfig":
+    def with_observer(self, observer: Union[ObserverMethod, str]) -> "FakeQuantConfig":
         """A copy with another observer method."""
         return dataclasses.replace(self, observer=observer)
 

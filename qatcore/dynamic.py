@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
-from typing import Tuple
+from typing import Any, Optional, Tuple
 
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._checks import as_float32, check_finite, check_out, check_scale
+from ._typing import ArrayLike, F32Array, Integer, Real
 from .config import FakeQuantConfig
 from .observer import QuantObserver
 
@@ -16,7 +18,7 @@ __all__ = ["DynamicQuantizer"]
 _F32 = np.dtype(np.float32)
 
 
-def code_dtype(config: FakeQuantConfig) -> np.dtype:
+def code_dtype(config: FakeQuantConfig) -> "np.dtype[Any]":
     """Smallest integer dtype holding the config's codes: int8/uint8 up to 8 bits,
     int16/uint16 above (Rust casts everything to i8, which saturates at 127)."""
     if config.bits <= 8:
@@ -49,7 +51,8 @@ class DynamicQuantizer:
     array([-1.  ,  0.  ,  0.5 ,  1.27], dtype=float32)
     """
 
-    def __init__(self, config: FakeQuantConfig = None, *, n_threads=None):
+    def __init__(self, config: Optional[FakeQuantConfig] = None, *,
+                 n_threads: Optional[Integer] = None) -> None:
         if config is None:
             config = FakeQuantConfig()
         if not isinstance(config, FakeQuantConfig):
@@ -62,14 +65,15 @@ class DynamicQuantizer:
         return self._config
 
     @property
-    def code_dtype(self) -> np.dtype:
+    def code_dtype(self) -> "np.dtype[Any]":
         """dtype of the codes `quantize` returns and `dequantize` accepts."""
         return code_dtype(self._config)
 
     def _threads(self) -> int:
         return _backend.resolve_threads(self._n_threads)
 
-    def quantize(self, x, out=None) -> Tuple[np.ndarray, float, float]:
+    def quantize(self, x: ArrayLike, out: Optional[npt.NDArray[Any]] = None
+                 ) -> Tuple[npt.NDArray[Any], float, float]:
         """Observe `x`, compute its qparams and quantize it.
 
         Parameters
@@ -99,7 +103,8 @@ class DynamicQuantizer:
         _backend.kernels.quantize(data, dst, scale, zero_point, qmin, qmax, self._threads())
         return (out if out is not None else dst.reshape(shape)), scale, zero_point
 
-    def dequantize(self, q, scale, zero_point, out=None) -> np.ndarray:
+    def dequantize(self, q: npt.NDArray[Any], scale: Real, zero_point: Real,
+                   out: Optional[F32Array] = None) -> F32Array:
         """``(q - zero_point) * scale`` in float32.
 
         Parameters

@@ -4,14 +4,17 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import List
+from typing import Any, List, Optional, TypeVar
 
 import numpy as np
 
 from . import _backend
 from ._checks import as_float32, check_finite, check_out
+from ._typing import ArrayLike, F32Array, Integer, Real
 from .config import FakeQuantConfig
 from .observer import QuantObserver
+
+_M = TypeVar("_M", bound="Module")
 
 __all__ = ["Module", "FakeQuantize", "SCALE_FLOOR"]
 
@@ -32,22 +35,22 @@ class Module:
 
     training: bool = True
 
-    def forward(self, x, *args, **kwargs):  # pragma: no cover - abstract
+    def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
         raise NotImplementedError
 
-    def __call__(self, x, *args, **kwargs):
+    def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
         return self.forward(x, *args, **kwargs)
 
     def parameters(self) -> List[np.ndarray]:
         """Trainable parameters (none unless a subclass has some)."""
         return []
 
-    def train(self, mode: bool = True):
+    def train(self: _M, mode: bool = True) -> _M:
         """Set training mode (forward passes record what backward needs); returns self."""
         self.training = bool(mode)
         return self
 
-    def eval(self):
+    def eval(self: _M) -> _M:
         """Inference mode: forward passes record nothing for backward; returns self."""
         return self.train(False)
 
@@ -96,7 +99,8 @@ class FakeQuantize(Module):
     array([[ 1.       , -0.2857143]], dtype=float32)
     """
 
-    def __init__(self, config: FakeQuantConfig = None, *, n_threads=None, ste: str = "clipped"):
+    def __init__(self, config: Optional[FakeQuantConfig] = None, *,
+                 n_threads: Optional[Integer] = None, ste: str = "clipped") -> None:
         if config is None:
             config = FakeQuantConfig()
         if not isinstance(config, FakeQuantConfig):
@@ -168,7 +172,7 @@ class FakeQuantize(Module):
         return self._observer.n_threads
 
     @n_threads.setter
-    def n_threads(self, value) -> None:
+    def n_threads(self, value: Optional[Integer]) -> None:
         self._observer.n_threads = value
 
     def enable_calibration(self) -> None:
@@ -204,7 +208,7 @@ class FakeQuantize(Module):
                              f"got {scale!r} (in float32: {float(np.float32(scale))!r})")
         return float(np.float32(scale)), float(np.float32(check_finite(zero_point, "zero_point")))
 
-    def initialize(self, scale, zero_point=0.0) -> None:
+    def initialize(self, scale: Real, zero_point: Real = 0.0) -> None:
         """Set the LSQ parameters explicitly and stop calibrating (learnable configs).
 
         Parameters
@@ -230,7 +234,7 @@ class FakeQuantize(Module):
         self._zp_param[0] = zero_point
         self._calibrating = False
 
-    def parameters(self) -> List[np.ndarray]:
+    def parameters(self) -> List[F32Array]:
         """The learned parameters: ``[scale]`` (symmetric) or ``[scale, zero_point]``
         (asymmetric, LSQ+) for a learnable config, each a live float32 array of shape
         ``(1,)`` an optimizer updates in place; ``[]`` otherwise (Rust: no parameters).
@@ -245,7 +249,7 @@ class FakeQuantize(Module):
             return [self._scale_param]
         return [self._scale_param, self._zp_param]
 
-    def grads(self) -> List[np.ndarray]:
+    def grads(self) -> List[F32Array]:
         """Gradient arrays matching :meth:`parameters` (same order, shapes, dtype),
         overwritten by each `backward`."""
         if not self._learnable:
@@ -279,7 +283,7 @@ class FakeQuantize(Module):
         self._scale, self._zero_point = s, z
 
     # --- forward -------------------------------------------------------------------
-    def fake_quantize(self, x, out=None) -> np.ndarray:
+    def fake_quantize(self, x: ArrayLike, out: Optional[F32Array] = None) -> F32Array:
         """Fake-quantize `x`, first observing it when calibrating (Rust ``fake_quantize``).
 
         Parameters
@@ -307,7 +311,7 @@ class FakeQuantize(Module):
             self._scale, self._zero_point = self._observer.compute_qparams(self._config)
         return self._run(data, shape, dst, out)
 
-    def forward(self, x, out=None) -> np.ndarray:
+    def forward(self, x: ArrayLike, out: Optional[F32Array] = None) -> F32Array:
         """Fake-quantize `x` with the current (frozen) parameters; never observes.
 
         Same result as Rust's ``Module::forward``: ±Inf saturates to the range ends and
@@ -348,7 +352,7 @@ class FakeQuantize(Module):
         return out if out is not None else dst.reshape(shape)
 
     # --- backward (straight-through estimator, LSQ) -------------------------------
-    def backward(self, grad_out, out=None) -> np.ndarray:
+    def backward(self, grad_out: ArrayLike, out: Optional[F32Array] = None) -> F32Array:
         """Gradient of the last training forward: straight-through for `x`, LSQ for the
         learned parameters.
 
@@ -421,6 +425,70 @@ class FakeQuantize(Module):
             self._zp_grad[0] = d_zp
         return out if out is not None else grad_in.reshape(shape)
 
+    # --- saving and loading (qatcore._state) -------------------------------------
+    def state_dict(self) -> dict:
+        """The quantizer's state as a plain JSON-safe dict (``json.dumps`` works).
+
+        Keys: ``format`` (``"qatcore-fake-quantize/1"``), ``config`` (bits, symmetric,
+        learnable, observer), ``calibrating``, ``scale`` and ``zero_point`` (the current
+        values, learned ones included; Python floats holding float32 values, exact
+        through JSON), ``ste`` and ``observer`` (:meth:`QuantObserver.state_dict`).
+        What only the next `backward` needs (the STE mask) is not state.
+
+        Examples
+        --------
+        >>> import json, numpy as np
+        >>> from qatcore import FakeQuantize
+        >>> fq = FakeQuantize()
+        >>> _ = fq.fake_quantize(np.array([-1.0, 3.0]))
+        >>> copy = FakeQuantize.from_state(json.loads(json.dumps(fq.state_dict())))
+        >>> copy.scale == fq.scale, copy.observer.range()
+        (True, (-1.0, 3.0))
+        """
+        from ._state import fake_quantize_state
+
+        return fake_quantize_state(self)
+
+    @classmethod
+    def from_state(cls, state, *, n_threads=None) -> "FakeQuantize":
+        """A new FakeQuantize from a :meth:`state_dict` (every field validated).
+
+        Raises
+        ------
+        ValueError
+            A malformed or inconsistent state: wrong format, invalid config, a scale that
+            is not a positive finite float32, a non-zero symmetric zero point, an
+            observer state that is invalid or of another method, or (not learnable)
+            a scale/zero point that are not the observer's qparams.
+        TypeError
+            `state` is not a dict.
+        """
+        from ._state import load_fake_quantize_state, parse_config
+
+        if not isinstance(state, dict):
+            raise TypeError(f"fake_quantize state must be a dict (a state_dict()), "
+                            f"got {type(state).__name__}")
+        config = parse_config(state.get("config"), "fake_quantize state.config") \
+            if isinstance(state.get("config"), dict) else None
+        if config is None:
+            raise ValueError("bad state: fake_quantize state.config: expected a dict")
+        new = cls(config, n_threads=n_threads)
+        load_fake_quantize_state(new, state, same_config=True)
+        return new
+
+    def load_state_dict(self, state) -> None:
+        """Replace the state with a :meth:`state_dict` of the same config; the learnable
+        parameter arrays are updated in place (optimizers keep working on them).
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :meth:`from_state`, or the state's config differs; nothing changes then.
+        """
+        from ._state import load_fake_quantize_state
+
+        load_fake_quantize_state(self, state, same_config=True)
+
     # --- Rust Clone, repr ----------------------------------------------------------
     def __copy__(self) -> "FakeQuantize":
         new = FakeQuantize.__new__(FakeQuantize)
@@ -431,7 +499,7 @@ class FakeQuantize(Module):
                 setattr(new, name, getattr(self, name).copy())
         return new
 
-    def __deepcopy__(self, memo) -> "FakeQuantize":
+    def __deepcopy__(self, memo: Any) -> "FakeQuantize":
         new = self.__copy__()
         if self._mask is not None:
             new._mask = self._mask.copy()

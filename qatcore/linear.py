@@ -5,14 +5,16 @@ conversion and serialization."""
 from __future__ import annotations
 
 import math
-from typing import Tuple
+import os
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _backend
 from ._checks import as_float32, check_scale
+from ._typing import ArrayLike, F32Array, Int8Array, Int32Array, Integer, Real
 from .config import FakeQuantConfig
-from .fake_quantize import Module
+from .fake_quantize import FakeQuantize, Module
 
 __all__ = ["QuantizedLinear", "quantize_multiplier"]
 
@@ -31,7 +33,7 @@ def _round_half_away(v):
     return np.trunc(v + np.copysign(_F32(0.49999997), v)).astype(np.float32)
 
 
-def quantize_multiplier(real_multiplier) -> Tuple[np.ndarray, np.ndarray]:
+def quantize_multiplier(real_multiplier: ArrayLike) -> Tuple[Int32Array, Int32Array]:
     """TFLite ``QuantizeMultiplier`` on an array of positive float64 multipliers.
 
     Returns ``(multiplier, shift)`` int32 arrays with ``real ≈ multiplier · 2^(shift-31)``,
@@ -202,7 +204,18 @@ class QuantizedLinear(Module):
 
     MAX_IN_FEATURES = MAX_IN_FEATURES
 
-    def __init__(self, *args, **kwargs):
+    # The nine documented attributes (set once by _build, read-only afterwards).
+    weights_q: Int8Array
+    bias_q: Optional[Int32Array]
+    weight_scale: Union[float, F32Array]
+    input_scale: float
+    input_zero_point: int
+    in_features: int
+    out_features: int
+    bits: int
+    per_channel: bool
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use QuantizedLinear.from_float, from_qat or from_state_dict")
 
     def _set(self, name, value):
@@ -210,7 +223,7 @@ class QuantizedLinear(Module):
             value.flags.writeable = False
         object.__setattr__(self, name, value)
 
-    def __setattr__(self, name, value):
+    def __setattr__(self, name: str, value: Any) -> None:
         if name in _READ_ONLY:
             raise AttributeError(f"QuantizedLinear.{name} is read-only (the packed weights and "
                                  f"offsets derive from it): use set_input_scale or build a new "
@@ -285,8 +298,10 @@ class QuantizedLinear(Module):
         self._requant_cache = None
 
     @classmethod
-    def from_float(cls, weights, bias, in_features, out_features, config=None, *,
-                   per_channel: bool = False, n_threads=None) -> "QuantizedLinear":
+    def from_float(cls, weights: ArrayLike, bias: Optional[ArrayLike], in_features: Integer,
+                   out_features: Integer, config: Optional[FakeQuantConfig] = None, *,
+                   per_channel: bool = False, n_threads: Optional[Integer] = None
+                   ) -> "QuantizedLinear":
         """Quantize a float layer (Rust ``QuantizedLinear::from_float``).
 
         Parameters
@@ -336,8 +351,10 @@ class QuantizedLinear(Module):
                           (-128, 127), None, n_threads)
 
     @classmethod
-    def from_qat(cls, weight, bias, weight_fake_quant, input_fake_quant, output_fake_quant=None,
-                 *, n_threads=None) -> "QuantizedLinear":
+    def from_qat(cls, weight: ArrayLike, bias: Optional[ArrayLike],
+                 weight_fake_quant: FakeQuantize, input_fake_quant: FakeQuantize,
+                 output_fake_quant: Optional[FakeQuantize] = None,
+                 *, n_threads: Optional[Integer] = None) -> "QuantizedLinear":
         """Convert a layer trained with :class:`~qatcore.FakeQuantize` quantizers.
 
         The weights are quantized with the (frozen) scale of `weight_fake_quant` exactly as
@@ -405,8 +422,10 @@ class QuantizedLinear(Module):
 
     # ------------------------------------------------------------------ Rust surface
     @property
-    def output_scale(self):
-        """``weight_scale · input_scale`` in float32 (an array when per-channel)."""
+    def output_scale(self) -> Union[float, F32Array]:
+        """``weight_scale · input_scale`` in float32 (an array when per-channel): the scale
+        of the int32 accumulators of :meth:`forward_quantized` (Rust's name).  Not the
+        `output_scale` argument of :meth:`forward_int8`, which is the int8 output's."""
         s = np.asarray(self.weight_scale, dtype=np.float32) * np.float32(self.input_scale)
         return float(s) if s.ndim == 0 else s
 
@@ -416,10 +435,10 @@ class QuantizedLinear(Module):
         return _backend.resolve_threads(self._n_threads)
 
     @n_threads.setter
-    def n_threads(self, value) -> None:
+    def n_threads(self, value: Optional[Integer]) -> None:
         self._n_threads = None if value is None else _backend.check_threads(value)
 
-    def set_input_scale(self, scale, zero_point=None) -> None:
+    def set_input_scale(self, scale: Real, zero_point: Optional[Integer] = None) -> None:
         """Set the input scale (Rust ``set_input_scale``) and, optionally, the int8 input
         zero point; re-quantizes the bias at the new output scale.
 
@@ -451,7 +470,7 @@ class QuantizedLinear(Module):
             raise MemoryError("QuantizedLinear: could not allocate GEMM scratch memory")
         return out
 
-    def forward_quantized(self, x_q) -> np.ndarray:
+    def forward_quantized(self, x_q: Int8Array) -> Int32Array:
         """Raw int32 accumulators ``Σ_i weights_q[o, i] · (x_q[b, i] - input_zero_point)
         + bias_q[o]`` as ``(batch, out_features)`` (Rust ``forward_quantized``; bit-exact
         with the Rust loop when ``input_zero_point`` is 0, as in Rust).
@@ -463,7 +482,7 @@ class QuantizedLinear(Module):
         x2d = _check_int8_codes(x_q, self.in_features, "x_q")
         return self._gemm(x2d, self._col_offset)
 
-    def forward(self, x) -> np.ndarray:
+    def forward(self, x: ArrayLike) -> F32Array:
         """Float in, float out: quantize `x` with the input scale and zero point, int8
         GEMM, then ``acc · output_scale + bias`` in float32; ``(batch, out_features)``.
 
@@ -522,7 +541,8 @@ class QuantizedLinear(Module):
             self._requant_cache = (key, mult, shift)
         return self._requant_cache[1], self._requant_cache[2]
 
-    def forward_int8(self, x_q, output_scale=None, output_zero_point=None) -> np.ndarray:
+    def forward_int8(self, x_q: Int8Array, output_scale: Optional[Real] = None,
+                     output_zero_point: Optional[Integer] = None) -> Int8Array:
         """Integer-only inference: int8 in, int8 out, no float in the loop.
 
         The int32 accumulators (zero point and bias included, as in
@@ -537,10 +557,20 @@ class QuantizedLinear(Module):
         ----------
         x_q : ndarray of int8, flat or (batch, in_features)
         output_scale : float, optional
+            The scale of the int8 *output* codes (real value = (code - zero point) ·
+            output_scale). Not the :attr:`output_scale` property, which is the scale of
+            the int32 accumulators (``weight_scale · input_scale``, Rust's name).
             Default: the scale of the `output_fake_quant` given to :meth:`from_qat`.
         output_zero_point : int, optional
-            Default: the from_qat output zero point, else 0. The result is clamped to the
-            code range whatever the zero point.
+            Zero point of the int8 output codes, in [-128, 127] (TFLite int8); default:
+            the from_qat output zero point, else 0. The result is clamped to the output
+            code range.
+
+        Raises
+        ------
+        TypeError, ValueError
+            `x_q` not int8 or of the wrong shape; `output_scale` not finite and positive;
+            `output_zero_point` not an integer in [-128, 127].
 
         Examples
         --------
@@ -562,8 +592,11 @@ class QuantizedLinear(Module):
             default_zp = 0 if self._output_q is None else self._output_q[1]
             output_scale = check_scale(output_scale, "output_scale")
         if output_zero_point is None:
-            output_zero_point = default_zp
-        output_zero_point = _check_int(output_zero_point, "output_zero_point", -_ZP_MAX, _ZP_MAX)
+            output_zero_point = _check_int(default_zp, "output_zero_point", -_ZP_MAX, _ZP_MAX)
+        else:
+            # A zero point outside the int8 codes cannot be stored by any runtime (TFLite,
+            # ONNX) and saturates nearly every output.
+            output_zero_point = _check_int(output_zero_point, "output_zero_point", -128, 127)
         mult, shift = self._requant_params(float(output_scale))
         acc = self._gemm(x2d, self._col_offset)
         out = np.empty(acc.shape, dtype=np.int8)
@@ -572,7 +605,7 @@ class QuantizedLinear(Module):
         return out
 
     # ------------------------------------------------------------------ serialization
-    def state_dict(self) -> dict:
+    def state_dict(self) -> Dict[str, Any]:
         """Plain numpy arrays and scalars that :meth:`from_state_dict` rebuilds from."""
         state = {
             "version": np.int32(_STATE_VERSION),
@@ -598,7 +631,8 @@ class QuantizedLinear(Module):
         return state
 
     @classmethod
-    def from_state_dict(cls, state, *, n_threads=None) -> "QuantizedLinear":
+    def from_state_dict(cls, state: Any, *, n_threads: Optional[Integer] = None
+                        ) -> "QuantizedLinear":
         """Rebuild a layer from :meth:`state_dict` output (or a loaded ``.npz``).
 
         Everything is validated (dtypes, shapes, code ranges, finite positive scales) before
@@ -674,12 +708,13 @@ class QuantizedLinear(Module):
                            qrange, output_q, n_threads, zpf)
         return layer
 
-    def save(self, path) -> None:
+    def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
         """Write :meth:`state_dict` to a ``.npz`` file (``numpy.savez``)."""
         np.savez(path, **self.state_dict())
 
     @classmethod
-    def load(cls, path, *, n_threads=None) -> "QuantizedLinear":
+    def load(cls, path: Union[str, "os.PathLike[str]"], *, n_threads: Optional[Integer] = None
+             ) -> "QuantizedLinear":
         """Read a layer written by :meth:`save` (no pickles)."""
         with np.load(path, allow_pickle=False) as data:
             state = {key: data[key] for key in data.files}

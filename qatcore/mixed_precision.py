@@ -2,10 +2,14 @@
 
 from __future__ import annotations
 
+from typing import Any, Union, overload
+
 import numpy as np
+import numpy.typing as npt
 
 from . import _backend
 from ._checks import as_float32
+from ._typing import ArrayLike, F32Array, Real
 
 __all__ = ["MixedPrecision"]
 
@@ -36,7 +40,7 @@ class MixedPrecision:
     32768.0
     """
 
-    def __init__(self):
+    def __init__(self) -> None:
         self.reset()
 
     @property
@@ -53,7 +57,12 @@ class MixedPrecision:
         self._scale = _INIT_SCALE
         self._good_steps = 0
 
-    def scale_loss(self, loss):
+    @overload
+    def scale_loss(self, loss: Real) -> float: ...
+    @overload
+    def scale_loss(self, loss: npt.NDArray[Any]) -> F32Array: ...
+
+    def scale_loss(self, loss: Union[Real, npt.NDArray[Any]]) -> Union[float, F32Array]:
         """``loss * loss_scale`` (a float, or a float32 array for array input)."""
         if isinstance(loss, np.ndarray):
             data, shape = as_float32(loss, "loss")
@@ -62,7 +71,7 @@ class MixedPrecision:
             raise TypeError(f"loss must be a real number or array, got {type(loss).__name__}")
         return float(loss) * self._scale
 
-    def unscale_gradients(self, grads: np.ndarray) -> None:
+    def unscale_gradients(self, grads: F32Array) -> None:
         """Divide `grads` by the loss scale, in place.
 
         Raises
@@ -78,7 +87,7 @@ class MixedPrecision:
             raise ValueError("grads is read-only")
         np.divide(grads, np.float32(self._scale), out=grads)
 
-    def check_overflow(self, grads) -> bool:
+    def check_overflow(self, grads: ArrayLike) -> bool:
         """True when any gradient is NaN or ±Inf."""
         data, _ = as_float32(grads, "grads")
         return bool(_backend.kernels.minmax(data, _backend.get_num_threads())[2] >= 0)

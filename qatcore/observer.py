@@ -3,12 +3,14 @@
 from __future__ import annotations
 
 import math
-from typing import Tuple
+from array import array
+from typing import Any, Optional, Tuple
 
 import numpy as np
 
 from . import _backend
 from ._checks import as_float32, raise_nonfinite
+from ._typing import ArrayLike, Integer, ObserverLike
 from .config import FakeQuantConfig, ObserverMethod, _coerce_observer
 
 __all__ = ["QuantObserver"]
@@ -61,9 +63,10 @@ class QuantObserver:
     """
 
     __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count",
-                 "_qcache")
+                 "_qcache", "_history")
 
-    def __init__(self, method=ObserverMethod.MIN_MAX, *, n_threads=None):
+    def __init__(self, method: ObserverLike = ObserverMethod.MIN_MAX, *,
+                 n_threads: Optional[Integer] = None) -> None:
         self._method = _coerce_observer(method)
         self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
         self.reset()
@@ -85,7 +88,7 @@ class QuantObserver:
         return _backend.resolve_threads(self._n_threads)
 
     @n_threads.setter
-    def n_threads(self, value) -> None:
+    def n_threads(self, value: Optional[Integer]) -> None:
         self._n_threads = None if value is None else _backend.check_threads(value)
 
     def reset(self) -> None:
@@ -96,13 +99,16 @@ class QuantObserver:
         self._avg_max = F32(0.0)
         self._count = 0
         self._qcache = None
+        # MOVING_AVERAGE only: every batch's (min, max), interleaved float32, so that
+        # `merge` can replay them exactly (the average depends on the batch order).
+        self._history = array("f")
 
     def range(self) -> Tuple[float, float]:
         """Observed ``(min, max)``; ``(inf, -inf)`` before anything was observed."""
         return self._min, self._max
 
     # --- observing -------------------------------------------------------------------
-    def observe(self, x) -> None:
+    def observe(self, x: ArrayLike) -> None:
         """Update the statistics with one batch.
 
         Parameters
@@ -143,13 +149,9 @@ class QuantObserver:
             raise_nonfinite("observe", data, bad, shape)
 
         if method is _MOVING_AVERAGE:
-            if self._count == 0:
-                self._avg_min, self._avg_max = F32(lo), F32(hi)
-            else:
-                c = _AVERAGING_CONSTANT
-                self._avg_min = _ONE_MINUS_C * self._avg_min + c * F32(lo)
-                self._avg_max = _ONE_MINUS_C * self._avg_max + c * F32(hi)
-            self._min, self._max = float(self._avg_min), float(self._avg_max)
+            self._moving_average_step(lo, hi)
+            self._history.append(lo)
+            self._history.append(hi)
         else:
             # f32::min/max: which zero wins between -0.0 and +0.0 is left to the
             # comparison, as in Rust's fold (the scale does not depend on it).
@@ -158,6 +160,97 @@ class QuantObserver:
             if hi > self._max:
                 self._max = hi
         self._count += 1
+
+    def _moving_average_step(self, lo, hi) -> None:
+        """One MOVING_AVERAGE update with a batch's (min, max); `_count` not changed."""
+        if self._count == 0:
+            self._avg_min, self._avg_max = F32(lo), F32(hi)
+        else:
+            c = _AVERAGING_CONSTANT
+            self._avg_min = _ONE_MINUS_C * self._avg_min + c * F32(lo)
+            self._avg_max = _ONE_MINUS_C * self._avg_max + c * F32(hi)
+        self._min, self._max = float(self._avg_min), float(self._avg_max)
+
+    # --- saving, loading, merging (qatcore._state) ---------------------------------
+    def merge(self, other: "QuantObserver") -> "QuantObserver":
+        """Fold `other`'s statistics into this observer, exactly as if this observer had
+        then observed `other`'s batches itself (bit for bit); returns ``self``.
+
+        MIN_MAX, PERCENTILE and MEAN_STD keep the min of per-batch lows and the max of
+        per-batch highs, so merging is exact and associative: parts observed anywhere
+        and merged in their batch order give the one-observer result. (Merged out of
+        order the range is the same number; only which of ``-0.0``/``+0.0`` is kept may
+        differ, as it does for batches observed in another order, and the scale and
+        zero point never do.) MOVING_AVERAGE depends on the batch order: the observer
+        keeps each batch's (min, max) (8 bytes per batch) and `merge` replays `other`'s
+        batches, in order, through the same float32 update as `observe`.
+
+        Raises
+        ------
+        TypeError
+            `other` is not a QuantObserver.
+        ValueError
+            The two observers use different methods (nothing changes).
+
+        Examples
+        --------
+        >>> import numpy as np
+        >>> from qatcore import QuantObserver
+        >>> a, b, whole = (QuantObserver("moving_average") for _ in range(3))
+        >>> for i, x in enumerate(np.arange(12, dtype=np.float32).reshape(4, 3)):
+        ...     (a if i < 2 else b).observe(x); whole.observe(x)
+        >>> a.merge(b).range() == whole.range(), a.count
+        (True, 4)
+        """
+        from ._state import merge_observer
+
+        merge_observer(self, other)
+        return self
+
+    def state_dict(self) -> dict:
+        """The observer's statistics as a plain JSON-safe dict (``json.dumps`` works).
+
+        Keys: ``format`` (``"qatcore-observer/1"``), ``method``, ``count``, ``range``
+        (``[min, max]`` as Python floats holding the float32 values, exact through JSON;
+        ``None`` before anything was observed) and, for MOVING_AVERAGE,
+        ``batch_ranges`` (every batch's ``[min, max]``, needed to merge exactly).
+        The thread count is a runtime setting and not part of the state.
+        """
+        from ._state import observer_state
+
+        return observer_state(self)
+
+    @classmethod
+    def from_state(cls, state, *, n_threads=None) -> "QuantObserver":
+        """A new observer from a :meth:`state_dict` (every field validated).
+
+        Raises
+        ------
+        ValueError
+            A malformed or inconsistent state (wrong format, unknown method, negative or
+            non-integer count, non-finite or non-float32 range ends, min > max, a
+            MOVING_AVERAGE range that its batch ranges do not reproduce, ...).
+        TypeError
+            `state` is not a dict.
+        """
+        obs = cls(ObserverMethod.MIN_MAX, n_threads=n_threads)
+        from ._state import load_observer_state
+
+        load_observer_state(obs, state, same_method=False)
+        return obs
+
+    def load_state_dict(self, state) -> None:
+        """Replace the statistics with those of a :meth:`state_dict` of the same method.
+
+        Raises
+        ------
+        ValueError, TypeError
+            As :meth:`from_state`, or the state is for another method; the observer is
+            unchanged on any error.
+        """
+        from ._state import load_observer_state
+
+        load_observer_state(self, state, same_method=True)
 
     def compute_qparams(self, config: FakeQuantConfig) -> Tuple[float, float]:
         """``(scale, zero_point)`` for `config` from the observed range (Rust formulas, f32).
@@ -187,15 +280,16 @@ class QuantObserver:
         new = QuantObserver.__new__(QuantObserver)
         for name in QuantObserver.__slots__:
             setattr(new, name, getattr(self, name))
+        new._history = array("f", self._history)    # state, not shared storage
         return new
 
-    def __deepcopy__(self, memo) -> "QuantObserver":
+    def __deepcopy__(self, memo: Any) -> "QuantObserver":
         return self.__copy__()
 
-    def __getstate__(self):
+    def __getstate__(self) -> "dict[str, Any]":
         return {name: getattr(self, name) for name in QuantObserver.__slots__}
 
-    def __setstate__(self, state):
+    def __setstate__(self, state: "dict[str, Any]") -> None:
         for name, value in state.items():
             setattr(self, name, value)
 

@@ -18,9 +18,9 @@ def test_readme_starts_with_the_two_commands():
     with open(README, encoding="utf-8") as fh:
         lines = fh.read().splitlines()
     assert lines[2:6] == ["```bash", "pip install . && qatcore demo",
-                          'pip install ".[test]" && pytest', "```"]
+                          'pip install ".[test,all]" && pytest', "```"]
     with open(os.path.join(os.path.dirname(README), ".ci", "run"), encoding="utf-8") as fh:
-        assert fh.read().rstrip().splitlines()[-1] == "pytest"
+        assert fh.read().rstrip().splitlines()[-1] == lines[4]
 
 
 def test_readme_examples_run(tmp_path, monkeypatch):
