@@ -399,10 +399,10 @@ class HistogramObserver:
         """Forget everything observed."""
         self._counts = np.zeros(2 * self._h, dtype=np.int64)
         self._exp: Optional[int] = None      # grid half-range 2^exp; None while all zero
+        self._cache: Optional[Tuple[float, float]] = None
         self._min = math.inf
         self._max = -math.inf
         self._n = 0
-        self._cache = None
 
     @property
     def method(self) -> str:
@@ -488,14 +488,14 @@ class HistogramObserver:
         if other._n == 0:
             return self
         theirs = other._counts
-        if other._exp is not None:
-            self._grow(other._exp)
-            if self._exp > other._exp:
-                h, shift = self._h, self._exp - other._exp
+        their_exp = other._exp            # None: zeros only, whose bin is every grid's bin 0
+        if their_exp is not None:
+            self._grow(their_exp)
+            mine = self._exp if self._exp is not None else their_exp
+            if mine > their_exp:
+                h, shift = self._h, mine - their_exp
                 theirs = np.concatenate((_regrid(theirs[:h][::-1].copy(), shift)[::-1],
                                          _regrid(theirs[h:], shift)))
-        elif self._exp is not None:
-            pass                          # other holds zeros only: its bin 0 is every grid's
         self._counts = self._counts + theirs
         self._min = min(self._min, other._min)
         self._max = max(self._max, other._max)
@@ -649,7 +649,7 @@ class ChannelObserver:
         if self._observers is not None and c != len(self._observers):
             raise ValueError(f"x has {c} channels along axis {self._axis}, expected {len(self._observers)}")
         rows = np.ascontiguousarray(np.moveaxis(x, self._axis, 0), dtype=np.float32).reshape(c, -1)
-        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1)) if rows.size else []
+        bad = np.flatnonzero(~np.isfinite(rows).all(axis=1)) if rows.size else np.zeros(0, np.intp)
         if len(bad):
             raise ValueError(f"observe: channel {int(bad[0])} contains a non-finite value; "
                              f"nothing was observed")

@@ -22,7 +22,7 @@ import sys
 import tempfile
 import time
 from pathlib import Path
-from typing import Dict, Iterable, Iterator, Mapping, Optional, Tuple
+from typing import Dict, Iterator, Mapping, Tuple
 
 import numpy as np
 
@@ -52,7 +52,14 @@ def _require():
 
 class CalibrationResult(dict):
     """``{tensor name: (lo, hi)}`` plus how it was obtained (attributes `method`,
-    `batches`, `samples`, `seconds`, `model`)."""
+    `batches`, `samples`, `seconds`, `model`, `options`)."""
+
+    method: str = ""
+    batches: int = 0
+    samples: int = 0
+    seconds: float = 0.0
+    model: str = ""
+    options: dict = {}
 
     def to_json(self) -> dict:
         """The calibration JSON (format ``qatcore-calibration/1``)."""
@@ -86,11 +93,12 @@ def _load_image(path: Path, size, mean, std):
         from PIL import Image
     except ImportError as exc:
         raise ImportError("reading an image folder needs Pillow: pip install pillow") from exc
+    bilinear = getattr(getattr(Image, "Resampling", Image), "BILINEAR")
     with Image.open(path) as im:
-        im = im.convert("RGB").resize((size[1], size[0]), Image.BILINEAR)
-        a = np.asarray(im, dtype=np.float32) / np.float32(255.0)
-    a = (a - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
-    return np.ascontiguousarray(a.transpose(2, 0, 1)[None])          # NCHW, batch 1
+        rgb = im.convert("RGB").resize((size[1], size[0]), bilinear)
+        pixels = np.asarray(rgb, dtype=np.float32) / np.float32(255.0)
+    scaled = (pixels - np.asarray(mean, np.float32)) / np.asarray(std, np.float32)
+    return np.ascontiguousarray(scaled.transpose(2, 0, 1)[None].astype(np.float32))  # NCHW
 
 
 def iter_inputs(data, input_names, image_size=None, image_mean=(0.5, 0.5, 0.5),

@@ -229,3 +229,15 @@ def test_batches_of_changing_shape(lines, pre):
     assert set(mixed) == set(whole)
     for name in whole:
         np.testing.assert_allclose(mixed[name], whole[name], rtol=1e-4, atol=1e-12)
+
+
+def test_bench_smoke():
+    """bench/bench_onnx_calibrate.py runs end to end (tiny size; figures are not checked)."""
+    import subprocess
+    import sys
+    bench = Path(__file__).parents[1] / "bench" / "bench_onnx_calibrate.py"
+    out = subprocess.run([sys.executable, str(bench), "--model", "cls", "--n", "8",
+                          "--methods", "MinMax"], capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = [line for line in out.stdout.splitlines() if line.startswith("MinMax")]
+    assert len(row) == 1 and "error" not in row[0] and row[0].count("|") == 4, out.stdout
