@@ -9,6 +9,7 @@ from .config import FakeQuantConfig, ObserverMethod
 from .dynamic import DynamicQuantizer
 from .fake_quantize import (FakeQuantize, Module, fake_quantize_array, lsq_backward_array,
                             ste_backward_array)
+from .histogram import ChannelObserver, HistogramObserver
 from .linear import QuantizedLinear
 from .mixed_precision import MixedPrecision
 from .observer import QuantObserver
@@ -16,9 +17,11 @@ from .observer import QuantObserver
 __version__ = "0.1.0"
 
 __all__ = [
+    "ChannelObserver",
     "DynamicQuantizer",
     "FakeQuantConfig",
     "FakeQuantize",
+    "HistogramObserver",
     "MixedPrecision",
     "Module",
     "ObserverMethod",

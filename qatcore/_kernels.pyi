@@ -107,3 +107,9 @@ def grad_times_mask(grad: npt.NDArray[np.float32],   # ndarray, C-contiguous flo
                     mask: npt.NDArray[np.uint8],     # ndarray, C-contiguous uint8, same size
                     out: npt.NDArray[np.float32]) -> None:
     """out = grad * mask (torch's clipped-STE backward)."""
+
+# --- histogram (qatcore/histogram.py) --------------------------------------------------
+def hist_fill(x: npt.NDArray[np.float32],       # const float[::1], finite, |v|*inv_width < h
+              inv_width: float,                 # 1 / bin width, a power of two
+              counts: npt.NDArray[np.int64]     # int64_t[::1], 2h sign-magnitude bins
+              ) -> None: ...

@@ -39,7 +39,8 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
 _FORWARDED = {"bench": ("qatcore._bench", "the benchmark suite"),
               "demo": ("qatcore.demo", "the demo"),
-              "examples": ("qatcore._examples", "the example files writer")}
+              "examples": ("qatcore._examples", "the example files writer"),
+              "calibrate-model": ("qatcore._cli_model", "whole-ONNX-model calibration")}
 #: `qatcore demo --torch`: the digits demo trained in PyTorch (qatcore.torch).
 _TORCH_DEMO = ("qatcore._demo_torch", "the PyTorch demo")
 

@@ -320,3 +320,139 @@ def torch_qparams_ref(min_val, max_val, qmin, qmax, symmetric):
     scale = max(F32((hi - lo) / F32(qmax - qmin)), eps)
     zp = qmin - float(np.round(F32(lo / F32(scale))))
     return float(scale), float(min(max(zp, qmin), qmax))
+
+# --- histogram calibration (qatcore/histogram.py) ---------------------------------------
+# Plain transcriptions of the published algorithms, one stop at a time, written for
+# clarity (the library computes the same searches vectorized / from prefix sums).
+
+def sign_magnitude_histogram_ref(x, bins):
+    """The histogram HistogramObserver holds after observing all of x (any split):
+    2h bins, h = 2*bins, width 2^e / h with 2^e the smallest power of two > max|x|."""
+    x = np.asarray(x, dtype=np.float32).ravel().astype(np.float64)
+    h = 2 * bins
+    counts = np.zeros(2 * h, dtype=np.int64)
+    amax = np.abs(x).max() if x.size else 0.0
+    if amax == 0:
+        counts[h] = x.size
+        return counts, 0.0
+    e = int(np.frexp(amax)[1])
+    w = 2.0 ** e / h
+    k = np.floor(np.abs(x) / w).astype(np.int64)
+    neg = x < 0
+    np.add.at(counts, h + k[~neg], 1)
+    np.add.at(counts, h - 1 - k[neg], 1)
+    return counts, w
+
+
+def _kl_ref(p, q):
+    """scipy.stats.entropy(p, q): both normalized; inf where q = 0 < p; NaN -> inf."""
+    p = np.asarray(p, dtype=np.float64)
+    q = np.asarray(q, dtype=np.float64)
+    p = p / p.sum()
+    q = q / q.sum()
+    total = 0.0
+    for pj, qj in zip(p, q):
+        if pj > 0:
+            if not qj > 0:
+                return np.inf
+            total += pj * np.log(pj / qj)
+    return np.inf if np.isnan(total) else total
+
+
+def entropy_amax_modelopt_ref(hist, edges, num_bits=8, unsigned=False, stride=1, start_bin=128):
+    """(amax, {stop: KL}) of ModelOpt's ``_compute_amax_entropy`` (last argmin)."""
+    bins = np.array(hist, dtype=np.int64)
+    bins[0] = bins[1]
+    levels = 1 << (num_bits - 1 + int(unsigned))
+    divergences = {}
+    for i in range(start_bin, bins.size + 1, stride):
+        space = np.linspace(0, i, levels + 1)
+        group = np.digitize(np.arange(i), space) - 1
+        keep = bins[:i] != 0
+        sums = np.bincount(group[keep], weights=bins[:i][keep], minlength=levels)
+        counts = np.bincount(group[keep], minlength=levels)
+        q = np.zeros(i)
+        q[keep] = sums[group[keep]] / counts[group[keep]]
+        p = bins[:i].astype(np.float64)
+        p[-1] += bins[i:].sum()
+        divergences[i] = _kl_ref(p, q)
+    best = min(divergences.values())
+    last = max(i for i, d in divergences.items() if d == best)
+    return float(edges[last]), divergences
+
+
+def _smooth_ref(p, eps=1e-4):
+    p = np.asarray(p)
+    zeros = int((p == 0).sum())
+    nonzeros = p.size - zeros
+    if nonzeros == 0:
+        return None
+    out = p.astype(np.float32)
+    out[p == 0] += np.float32(eps)
+    out[p != 0] -= np.float32(eps * zeros / nonzeros)
+    return out
+
+
+def entropy_threshold_onnxruntime_ref(hist, edges, min_value, max_value, num_quantized_bins=128):
+    """((lo, hi), {i: KL}) of onnxruntime's ``get_entropy_threshold`` (first argmin)."""
+    hist = np.asarray(hist, dtype=np.int64)
+    n = hist.size
+    zero = n // 2
+    divergences, thresholds = {}, {}
+    for i in range(num_quantized_bins // 2, zero + 1):
+        start, end = zero - i, min(zero + i + 1, n)
+        thresholds[i] = (float(edges[start]), float(edges[end]))
+        sliced = hist[start:end]
+        p = sliced.copy()
+        p[0] += hist[:start].sum()
+        p[-1] += hist[end:].sum()
+        merged = sliced.size // num_quantized_bins
+        q = np.zeros(p.size, dtype=np.int64)
+        for g in range(num_quantized_bins):
+            lo_j, hi_j = g * merged, (g + 1) * merged
+            total = sliced[lo_j:hi_j].sum()
+            if g == num_quantized_bins - 1:
+                total += sliced[num_quantized_bins * merged:].sum()
+            norm = int((p[lo_j:hi_j] != 0).sum())
+            if norm:
+                q[lo_j:hi_j] = int(total / norm)
+        ps, qs = _smooth_ref(p), _smooth_ref(q)
+        divergences[i] = np.inf if ps is None or qs is None else _kl_ref(ps, qs)
+    best = min(divergences, key=lambda i: (divergences[i], i))
+    lo, hi = thresholds[best]
+    return (max(lo, float(min_value)), min(hi, float(max_value))), divergences
+
+
+def mse_amax_modelopt_ref(hist, edges, num_bits=8, unsigned=False, stride=1, start_bin=128):
+    """(amax, {i: mse}) of ModelOpt's ``_compute_amax_mse`` (float32, first argmin)."""
+    counts = np.asarray(hist, dtype=np.float32)
+    e = np.asarray(edges, dtype=np.float32)
+    centers = (e[1:] + e[:-1]) / np.float32(2)
+    bound = np.float32(2.0 ** (num_bits - 1 + int(unsigned)) - 1)
+    mses = {}
+    for i in range(start_bin, centers.size, stride):
+        scale = bound / centers[i]
+        q = np.round(centers * scale)                       # half to even, like torch.round
+        q = np.minimum(np.maximum(q, np.float32(0) if unsigned else -bound), bound)
+        mses[i] = float(np.mean((q / scale - centers) ** 2 * counts, dtype=np.float32))
+    best = min(mses, key=lambda i: (mses[i], i))
+    return float(centers[best]), mses
+
+
+def percentile_threshold_ref(hist, edges, percentile, symmetric=True):
+    """The left edge of the first bin whose cumulative fraction reaches the target."""
+    hist = np.asarray(hist)
+    total = hist.sum()
+
+    def edge_at(target):
+        cdf = 0.0
+        for j, c in enumerate(hist):
+            cdf += c / total
+            if cdf >= target:
+                return float(edges[j])
+        return float(edges[hist.size])
+
+    if symmetric:
+        return edge_at(percentile / 100.0)
+    cut = (100.0 - percentile) / 200.0
+    return edge_at(cut), edge_at(1.0 - cut)
