@@ -106,7 +106,8 @@ class FakeQuantConfig:
         # (``observer="mean_std"``); __post_init__ turns it into an ObserverMethod.
         # Keep in step with the fields (stubtest checks it against the runtime __init__).
         def __init__(self, bits: int = 8, symmetric: bool = True, learnable: bool = False,
-                     observer: Union[ObserverMethod, str] = ObserverMethod.MIN_MAX) -> None: ...
+                     observer: Union[ObserverMethod, str] = ObserverMethod.MIN_MAX,
+                     numerics: str = "aprender") -> None: ...
 
     def __post_init__(self) -> None:
         bits = self.bits
