@@ -23,8 +23,6 @@ import sys
 import sysconfig
 import tempfile
 
-import numpy as np
-from Cython.Build import cythonize
 from setuptools import Extension, setup
 
 DEBUG = os.environ.get("QATCORE_DEBUG", "") not in ("", "0")
@@ -83,6 +81,11 @@ def _check_toolchain():
 
 
 _check_toolchain()
+
+# Build requirements (pyproject's build-system), imported after the toolchain check so a
+# missing compiler is reported first even where they are absent.
+import numpy as np  # noqa: E402
+from Cython.Build import cythonize  # noqa: E402
 
 OMP_TEST = "#include <omp.h>\nint main(void){return omp_get_max_threads() > 0 ? 0 : 1;}\n"
 USE_OPENMP = (
