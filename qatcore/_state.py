@@ -104,6 +104,17 @@ def observer_state(obs: "QuantObserver") -> State:
     return state
 
 
+def _range_pair(value: Any, where: str) -> Tuple[float, float]:
+    """A ``[min, max]`` pair of float32 values with min <= max, or a ValueError at `where`."""
+    if not isinstance(value, (list, tuple)) or len(value) != 2:
+        raise _bad(where, "expected [min, max]")
+    lo = _float32(value[0], f"{where}[0]")
+    hi = _float32(value[1], f"{where}[1]")
+    if not lo <= hi:
+        raise _bad(where, f"min {lo!r} is greater than max {hi!r}")
+    return lo, hi
+
+
 def _parse_observer_state(state: Any, where: str = "observer state") -> _ObserverFields:
     """Checked (method, count, lo, hi, history) from a state dict."""
     _keys(state, _OBSERVER_KEYS, {"format", "method", "count", "range"}, where)
@@ -117,12 +128,7 @@ def _parse_observer_state(state: Any, where: str = "observer state") -> _Observe
             raise _bad(f"{where}.range", "must be null when count is 0")
         lo, hi = _INF, -_INF
     else:
-        if not isinstance(rng, (list, tuple)) or len(rng) != 2:
-            raise _bad(f"{where}.range", "expected [min, max]")
-        lo = _float32(rng[0], f"{where}.range[0]")
-        hi = _float32(rng[1], f"{where}.range[1]")
-        if not lo <= hi:
-            raise _bad(f"{where}.range", f"min {lo!r} is greater than max {hi!r}")
+        lo, hi = _range_pair(rng, f"{where}.range")
     history = array("f")
     if method is _MA:
         if "batch_ranges" not in state:
@@ -131,12 +137,7 @@ def _parse_observer_state(state: Any, where: str = "observer state") -> _Observe
         if not isinstance(ranges, (list, tuple)) or len(ranges) != count:
             raise _bad(f"{where}.batch_ranges", f"expected a list of {count} [min, max] pairs")
         for i, pair in enumerate(ranges):
-            if not isinstance(pair, (list, tuple)) or len(pair) != 2:
-                raise _bad(f"{where}.batch_ranges[{i}]", "expected [min, max]")
-            b_lo = _float32(pair[0], f"{where}.batch_ranges[{i}][0]")
-            b_hi = _float32(pair[1], f"{where}.batch_ranges[{i}][1]")
-            if not b_lo <= b_hi:
-                raise _bad(f"{where}.batch_ranges[{i}]", f"min {b_lo!r} is greater than max {b_hi!r}")
+            b_lo, b_hi = _range_pair(pair, f"{where}.batch_ranges[{i}]")
             history.append(b_lo)
             history.append(b_hi)
     elif "batch_ranges" in state:

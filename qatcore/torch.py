@@ -47,7 +47,8 @@ _NUMERICS = ("aprender", "torch", "onnx")
 
 # ------------------------------------------------------------------ the custom op
 
-def _as_input(x: Tensor, name: str = "x") -> Tensor:
+def _check_tensor(x: Tensor, name: str = "x") -> None:
+    """A float32 CPU tensor, or a TypeError/ValueError naming `name`."""
     if not isinstance(x, Tensor):
         raise TypeError(f"{name} must be a torch.Tensor, got {type(x).__name__}")
     if x.device.type != "cpu":
@@ -55,6 +56,10 @@ def _as_input(x: Tensor, name: str = "x") -> Tensor:
                          f"(move it with .cpu())")
     if x.dtype != torch.float32:
         raise TypeError(f"{name} must be float32, got {x.dtype} (convert it with .float())")
+
+
+def _as_input(x: Tensor, name: str = "x") -> Tensor:
+    _check_tensor(x, name)
     return x.detach().contiguous()
 
 
@@ -314,13 +319,7 @@ def fake_quantize(x: Tensor, scale, zero_point, qmin: int, qmax: int, *,
     qmin, qmax = int(qmin), int(qmax)
     if not qmin <= qmax or max(abs(qmin), abs(qmax)) > 1 << 24:
         raise ValueError(f"qmin/qmax must satisfy qmin <= qmax, |q| <= 2^24; got {qmin}, {qmax}")
-    if not isinstance(x, Tensor):
-        raise TypeError(f"x must be a torch.Tensor, got {type(x).__name__}")
-    if x.device.type != "cpu":
-        raise ValueError(f"x is on {x.device}; qatcore.torch runs on CPU tensors only "
-                         f"(move it with .cpu())")
-    if x.dtype != torch.float32:
-        raise TypeError(f"x must be float32, got {x.dtype} (convert it with .float())")
+    _check_tensor(x, "x")
     if axis is not None:
         if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
             raise TypeError(f"axis must be an integer or None, got {type(axis).__name__}")
