@@ -9,11 +9,9 @@
 from libc.string cimport memcpy
 
 cdef extern from "qc_fq.h" nogil:
-    Py_ssize_t qc_fake_quantize_avx2(const float *x, float *out, Py_ssize_t n, float scale,
-                                     float zero_point, float qmin, float qmax, int zp_zero)
-    Py_ssize_t qc_fake_quantize_mask_avx2(const float *x, float *out, uint8_t *mask,
-                                          Py_ssize_t n, float scale, float zero_point,
-                                          float qmin, float qmax, int zp_zero)
+    Py_ssize_t qc_fake_quantize_simd(const float *x, float *out, uint8_t *mask, Py_ssize_t n,
+                                     float scale, float zero_point, float qmin, float qmax,
+                                     int zp_zero)
 
 ctypedef fused code_t:
     int8_t
@@ -35,8 +33,8 @@ cdef void _fake_quantize_core(const float *x, float *out, uint8_t *mask, Py_ssiz
     cdef float v, r
     cdef bint zp_zero = zero_point == 0 and copysignf(1, zero_point) > 0
     if mask == NULL:
-        # AVX2 targets: a software-pipelined body (qc_fq.h) takes a prefix, bit-identical
-        done = qc_fake_quantize_avx2(x, out, n, scale, zero_point, qmin, qmax, zp_zero)
+        # AVX2 / AVX-512 targets: a SIMD body (qc_fq.h) takes a prefix, bit-identical
+        done = qc_fake_quantize_simd(x, out, NULL, n, scale, zero_point, qmin, qmax, zp_zero)
         x += done
         out += done
         n -= done
@@ -53,8 +51,7 @@ cdef void _fake_quantize_core(const float *x, float *out, uint8_t *mask, Py_ssiz
                 r = qmax if r > qmax else r
                 out[i] = (r - zero_point) * scale
     else:
-        done = qc_fake_quantize_mask_avx2(x, out, mask, n, scale, zero_point, qmin, qmax,
-                                          zp_zero)
+        done = qc_fake_quantize_simd(x, out, mask, n, scale, zero_point, qmin, qmax, zp_zero)
         x += done
         out += done
         mask += done

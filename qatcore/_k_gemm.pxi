@@ -46,29 +46,45 @@ def pack_weights(const int8_t[:, ::1] w,  # IN (N, K) int8, row-major
         qc_gemm_pack(&w[0, 0], n, k, &packed[0])
 
 
-def gemm_i8_i32(const int8_t[:, ::1] x,          # IN (M, K) int8
-                const int8_t[::1] packed,         # IN weights from pack_weights
-                Py_ssize_t n,                     # output columns N
-                const int32_t[::1] wsum,          # IN (N,) sum_k w[n, k]
-                const int32_t[::1] col_offset,    # IN (N,) added to every row, or None
-                int32_t[:, ::1] out,              # OUT (M, N) int32
+cdef inline void *_c_array(cnp.ndarray a, int typenum, int ndim, Py_ssize_t d0,
+                           Py_ssize_t d1, bint writable, str name) except NULL:
+    """Data pointer of a C-contiguous `typenum` array with ndim dimensions (d0[, d1]);
+    a dimension given as -1 is not checked.  Cheaper than a typed memoryview (~0.3 µs
+    each), which matters on a batch-1 layer call of ~10 µs."""
+    if (cnp.PyArray_TYPE(a) != typenum or cnp.PyArray_NDIM(a) != ndim
+            or not cnp.PyArray_IS_C_CONTIGUOUS(a)
+            or (writable and not cnp.PyArray_ISWRITEABLE(a))
+            or (d0 >= 0 and cnp.PyArray_DIM(a, 0) != d0)
+            or (ndim == 2 and d1 >= 0 and cnp.PyArray_DIM(a, 1) != d1)):
+        raise ValueError(f"{name}: wrong dtype, shape, layout or writability for the kernel")
+    return cnp.PyArray_DATA(a)
+
+
+def gemm_i8_i32(cnp.ndarray x not None,       # IN (M, K) int8, C-contiguous
+                cnp.ndarray packed not None,  # IN weights from pack_weights
+                Py_ssize_t n,                 # output columns N
+                cnp.ndarray wsum not None,    # IN (N,) int32, sum_k w[n, k]
+                cnp.ndarray col_offset,       # IN (N,) int32 added to every row, or None
+                cnp.ndarray out not None,     # OUT (M, N) int32, C-contiguous
                 int n_threads=1):
     """out = x @ w.T + col_offset with int32 accumulation; returns 0, or -1 when scratch
     memory could not be allocated (out is then incomplete)."""
-    cdef Py_ssize_t m = x.shape[0], k = x.shape[1]
+    cdef const int8_t *xp = <const int8_t *>_c_array(x, cnp.NPY_INT8, 2, -1, -1, False, "x")
+    cdef Py_ssize_t m = cnp.PyArray_DIM(x, 0), k = cnp.PyArray_DIM(x, 1)
+    cdef const int8_t *bp = <const int8_t *>_c_array(
+        packed, cnp.NPY_INT8, 1, qc_gemm_packed_size(n, k), 0, False, "packed")
+    cdef const int32_t *ws = <const int32_t *>_c_array(wsum, cnp.NPY_INT32, 1, n, 0, False,
+                                                       "wsum")
+    cdef int32_t *op = <int32_t *>_c_array(out, cnp.NPY_INT32, 2, m, n, True, "out")
     cdef const int32_t *off = NULL
-    cdef const int8_t *xp = NULL
-    cdef const int8_t *bp = NULL
     cdef int status
+    if col_offset is not None:
+        off = <const int32_t *>_c_array(col_offset, cnp.NPY_INT32, 1, n, 0, False,
+                                        "col_offset")
     if m == 0 or n == 0:
         return 0
-    if col_offset is not None:
-        off = &col_offset[0]
-    if k > 0:
-        xp = &x[0, 0]
-        bp = &packed[0]
     with nogil:
-        status = qc_gemm_i8_i32(xp, m, k, n, bp, &wsum[0], off, &out[0, 0], n_threads)
+        status = qc_gemm_i8_i32(xp, m, k, n, bp, ws, off, op, n_threads)
     return status
 
 

@@ -66,12 +66,12 @@ def packed_size(n: int, k: int) -> int: ...
 def pack_weights(w: npt.NDArray[np.int8],        # const int8_t[:, ::1] (N, K), in [-127, 127]
                  packed: npt.NDArray[np.int8]    # int8_t[::1], packed_size(N, K)
                  ) -> None: ...
-def gemm_i8_i32(x: npt.NDArray[np.int8],                 # const int8_t[:, ::1] (M, K)
-                packed: npt.NDArray[np.int8],            # const int8_t[::1]
+def gemm_i8_i32(x: npt.NDArray[np.int8],                 # ndarray, C-contiguous int8 (M, K)
+                packed: npt.NDArray[np.int8],            # ndarray, packed_size(N, K) int8
                 n: int,
-                wsum: npt.NDArray[np.int32],             # const int32_t[::1] (N,)
-                col_offset: Optional[npt.NDArray[np.int32]],  # const int32_t[::1] (N,) or None
-                out: npt.NDArray[np.int32],              # int32_t[:, ::1] (M, N)
+                wsum: npt.NDArray[np.int32],             # ndarray, int32 (N,)
+                col_offset: Optional[npt.NDArray[np.int32]],  # ndarray, int32 (N,) or None
+                out: npt.NDArray[np.int32],              # ndarray, writable int32 (M, N)
                 n_threads: int = 1) -> int:
     """0, or -1 when scratch memory could not be allocated."""
 def requantize_fixed_point(acc: npt.NDArray[np.int32],         # const int32_t[:, ::1]

@@ -351,30 +351,41 @@ static void qc_uk_any(int mr, ptrdiff_t ng, const qc_a_t *a, ptrdiff_t lda,
     }
 }
 
-/* out tile (mr x nr valid) = / += tile (+ off on the last k block).  Unsigned adds:
-   the VNNI path relies on wrap-around (the +128 offset is removed modulo 2^32). */
+/* out tile (mr x nr valid) = / += tile, plus on the last k block col_offset (NULL: 0)
+   and, on the VNNI path, the -128 * wsum correction.  Unsigned adds: the VNNI path
+   relies on wrap-around (the +128 offset is removed modulo 2^32).  Computing the
+   per-column addend here, per tile, keeps a per-call buffer and its pass out of small
+   calls. */
 static inline void qc_store_tile(const int32_t *tile, int32_t *out, ptrdiff_t ldo, int mr,
-                                 int nr, int first, const int32_t *off) {
+                                 int nr, int first, int last, const int32_t *col_offset,
+                                 const int32_t *wsum) {
+    uint32_t add[QC_GEMM_NR];
     int r, c;
+    for (c = 0; c < nr; c++) {
+        uint32_t v = (last && col_offset) ? (uint32_t)col_offset[c] : 0u;
+#if defined(QC_GEMM_USE_VNNI)
+        if (last) v -= 128u * (uint32_t)wsum[c];
+#else
+        (void)wsum;
+#endif
+        add[c] = v;
+    }
     for (r = 0; r < mr; r++) {
         int32_t *o = out + r * ldo;
         const int32_t *t = tile + r * QC_GEMM_NR;
-        if (first && off)
-            for (c = 0; c < nr; c++) o[c] = (int32_t)((uint32_t)t[c] + (uint32_t)off[c]);
-        else if (first)
-            for (c = 0; c < nr; c++) o[c] = t[c];
-        else if (off)
-            for (c = 0; c < nr; c++)
-                o[c] = (int32_t)((uint32_t)o[c] + (uint32_t)t[c] + (uint32_t)off[c]);
+        if (first)
+            for (c = 0; c < nr; c++) o[c] = (int32_t)((uint32_t)t[c] + add[c]);
         else
-            for (c = 0; c < nr; c++) o[c] = (int32_t)((uint32_t)o[c] + (uint32_t)t[c]);
+            for (c = 0; c < nr; c++) o[c] = (int32_t)((uint32_t)o[c] + (uint32_t)t[c] + add[c]);
     }
 }
 
-/* Rows [m0, m1) x column panels [p0, p1).  a_buf holds QC_GEMM_MC x QC_GEMM_KC values. */
+/* Rows [m0, m1) x column panels [p0, p1).  a_buf holds QC_GEMM_MC x QC_GEMM_KC values;
+   with a_ready it already holds the packed rows (rows and k are then one block each). */
 static void qc_gemm_block(const int8_t *x, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t k,
                           const int8_t *packed, ptrdiff_t p0, ptrdiff_t p1, ptrdiff_t n,
-                          const int32_t *off, int32_t *out, qc_a_t *a_buf) {
+                          const int32_t *col_offset, const int32_t *wsum, int32_t *out,
+                          qc_a_t *a_buf, int a_ready) {
     int32_t tile[QC_GEMM_MR * QC_GEMM_NR];
     ptrdiff_t kp = qc_round_up(k, QC_GEMM_KG);
     ptrdiff_t mb, kb, p, r0;
@@ -387,7 +398,8 @@ static void qc_gemm_block(const int8_t *x, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
             /* Row stride kcp + 64 bytes: a power-of-two stride puts the tile's rows
                in the same L1 sets as each other and the weight panel (3x slower). */
             ptrdiff_t lda = kcp + QC_A_PAD;
-            qc_pack_a(x + mb * k + kb, k, mc, kc, kcp, lda, a_buf);
+            if (!a_ready)
+                qc_pack_a(x + mb * k + kb, k, mc, kc, kcp, lda, a_buf);
             for (p = p0; p < p1; p++) {
                 const qc_b_t *bp = (const qc_b_t *)(const void *)packed + p * kp * QC_GEMM_NR
                                    + kb * QC_GEMM_NR;
@@ -396,8 +408,8 @@ static void qc_gemm_block(const int8_t *x, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
                 for (r0 = 0; r0 < mc; r0 += QC_GEMM_MR) {
                     int mr = mc - r0 < QC_GEMM_MR ? (int)(mc - r0) : QC_GEMM_MR;
                     qc_uk_any(mr, kcp / QC_GEMM_KG, a_buf + r0 * lda, lda, bp, tile);
-                    qc_store_tile(tile, out + (mb + r0) * n + col, n, mr, nr, first,
-                                  last ? off + col : NULL);
+                    qc_store_tile(tile, out + (mb + r0) * n + col, n, mr, nr, first, last,
+                                  col_offset ? col_offset + col : NULL, wsum + col);
                 }
             }
         }
@@ -412,7 +424,6 @@ static int qc_gemm_i8_i32(const int8_t *x, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n
                           const int8_t *packed, const int32_t *wsum,
                           const int32_t *col_offset, int32_t *out, int n_threads) {
     ptrdiff_t np = qc_round_up(n, QC_GEMM_NR) / QC_GEMM_NR;
-    int32_t *off;
     int status = 0;
     size_t a_bytes;
     ptrdiff_t j;
@@ -422,18 +433,6 @@ static int qc_gemm_i8_i32(const int8_t *x, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n
         for (j = 0; j < m * n; j++)
             out[j] = col_offset ? col_offset[j % n] : 0;
         return 0;
-    }
-    off = (int32_t *)malloc((size_t)(np * QC_GEMM_NR) * sizeof(int32_t));
-    if (off == NULL)
-        return -1;
-    for (j = 0; j < np * QC_GEMM_NR; j++) {
-        uint32_t v = (j < n && col_offset) ? (uint32_t)col_offset[j] : 0u;
-#if defined(QC_GEMM_USE_VNNI)
-        if (j < n) v -= 128u * (uint32_t)wsum[j];
-#else
-        (void)wsum;
-#endif
-        off[j] = (int32_t)v;
     }
     if ((int64_t)m * n * k < QC_GEMM_PAR_MIN || !qc_openmp_enabled())
         n_threads = 1;
@@ -449,45 +448,67 @@ static int qc_gemm_i8_i32(const int8_t *x, ptrdiff_t m, ptrdiff_t k, ptrdiff_t n
         if (a_buf == NULL) {
             status = -1;
         } else {
-            qc_gemm_block(x, 0, m, k, packed, 0, np, n, off, out, a_buf);
+            qc_gemm_block(x, 0, m, k, packed, 0, np, n, col_offset, wsum, out, a_buf, 0);
             free(a_buf);
         }
     } else {
-        /* Split rows when every thread gets a few chunks of 4 row tiles, else column
-           panels (4 at a time).  Chunks are handed out dynamically: on a busy machine a
-           preempted thread then delays a call by one chunk, not by half of the work. */
+        /* Split rows when every thread gets a few chunks of 4 row tiles, handed out
+           dynamically (on a busy machine a preempted thread then delays a call by one
+           chunk, not by half of the work); else split the column panels statically. */
         int by_rows = m >= (ptrdiff_t)n_threads * QC_GEMM_MR * 8;
-        ptrdiff_t rows_per = QC_GEMM_MR * 4, panels_per = 4;
-        ptrdiff_t chunks = by_rows ? (m + rows_per - 1) / rows_per
-                                   : (np + panels_per - 1) / panels_per;
+        /* Few rows, one k block: the packed rows are the same for every thread, so they
+           are packed once, here. */
+        qc_a_t *a_shared = NULL;
+        if (!by_rows && m <= QC_GEMM_MC && k <= QC_GEMM_KC) {
+            ptrdiff_t kcp = qc_round_up(k, QC_GEMM_KG);
+            a_shared = (qc_a_t *)malloc(a_bytes);
+            if (a_shared == NULL)
+                return -1;
+            qc_pack_a(x, k, m, k, kcp, kcp + QC_A_PAD, a_shared);
+        }
+        ptrdiff_t rows_per = QC_GEMM_MR * 4;
+        ptrdiff_t chunks = (m + rows_per - 1) / rows_per;
 #ifdef _OPENMP
 #pragma omp parallel num_threads(n_threads)
 #endif
         {
             ptrdiff_t c;
-            qc_a_t *a_buf = (qc_a_t *)malloc(a_bytes);
+            qc_a_t *a_buf = a_shared ? a_shared : (qc_a_t *)malloc(a_bytes);
+            if (by_rows) {
+                /* every thread must reach the worksharing loop, even without scratch */
 #ifdef _OPENMP
 #pragma omp for schedule(dynamic, 1)
 #endif
-            for (c = 0; c < chunks; c++) {
-                if (a_buf == NULL) {
+                for (c = 0; c < chunks; c++) {
+                    ptrdiff_t lo = c * rows_per, hi = lo + rows_per > m ? m : lo + rows_per;
+                    if (a_buf == NULL) {
 #ifdef _OPENMP
 #pragma omp atomic write
 #endif
-                    status = -1;
-                } else if (by_rows) {
-                    ptrdiff_t lo = c * rows_per, hi = lo + rows_per > m ? m : lo + rows_per;
-                    qc_gemm_block(x, lo, hi, k, packed, 0, np, n, off, out, a_buf);
-                } else {
-                    ptrdiff_t lo = c * panels_per;
-                    ptrdiff_t hi = lo + panels_per > np ? np : lo + panels_per;
-                    qc_gemm_block(x, 0, m, k, packed, lo, hi, n, off, out, a_buf);
+                        status = -1;
+                    } else {
+                        qc_gemm_block(x, lo, hi, k, packed, 0, np, n, col_offset, wsum, out, a_buf, 0);
+                    }
                 }
+            } else if (a_buf == NULL) {
+#ifdef _OPENMP
+#pragma omp atomic write
+#endif
+                status = -1;
+            } else {
+                /* Static contiguous column ranges: each core streams the same weights on
+                   every call, so its share stays in its own L2. */
+                int t = qc_omp_thread_num(), nt = qc_omp_num_threads();
+                ptrdiff_t lo = np * t / nt, hi = np * (t + 1) / nt;
+                if (lo < hi)
+                    qc_gemm_block(x, 0, m, k, packed, lo, hi, n, col_offset, wsum, out, a_buf,
+                                  a_shared != NULL);
             }
-            free(a_buf);
+            if (a_buf != a_shared)
+                free(a_buf);
         }
+        free(a_shared);
     }
-    free(off);
     return status;
 }
 
