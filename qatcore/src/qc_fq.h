@@ -94,8 +94,9 @@ static inline __m256 qc_fq_round(__m256 q, __m256 vzp, __m256 vsg, __m256 vh) {
 /* AVX-512 body.  Zen 4 runs 512-bit ops as two 256-bit halves but issues one instruction
    per 16 elements, so here the front end, not the divider's pipe, was the limit of the
    AVX2 body: fewer instructions per element is what helps.  copysign(0.49999997, u) is one
-   vpternlogd ((u & -0.0) | 0.49999997), the mask comes from two compares into a k
-   register and one masked byte move, and no software pipelining is needed (the divisions
+   vpternlogd ((u & -0.0) | 0.49999997), the mask of 32 elements is one compare per
+   vector (clamped == rounded) into k registers and one masked byte move, and no
+   software pipelining is needed (the divisions
    of one iteration overlap the rounding of the previous one in the out-of-order window).
    Same float32 operations in the same order as qc_fq_one: bit-identical. */
 static inline __m512 qc_fq_round16(__m512 x, __m512 vs, __m512 vzp, __m512 vsg,
@@ -136,30 +137,41 @@ static inline ptrdiff_t qc_fake_quantize_simd(const float *x, float *out, unsign
     const __m512 vs = _mm512_set1_ps(scale), vzp = _mm512_set1_ps(zero_point);
     const __m512 vlo = _mm512_set1_ps(qmin), vhi = _mm512_set1_ps(qmax);
     const __m512 vsg = _mm512_set1_ps(-0.0f), vh = _mm512_set1_ps(0.49999997f);
-    const __m128i one = _mm_set1_epi8(1);
+#define QC_FQ_STORE16(dst, y)                                                          \
+    do {                                                                                \
+        if (stream)                                                                     \
+            _mm512_stream_ps((dst), (y));                                               \
+        else                                                                            \
+            _mm512_storeu_ps((dst), (y));                                               \
+    } while (0)
     const ptrdiff_t m = n & ~(ptrdiff_t)31;
-    for (i = 0; i < m; i += 32) {
-        __m512 r0 = qc_fq_round16(_mm512_loadu_ps(x + i), vs, vzp, vsg, vh);
-        __m512 r1 = qc_fq_round16(_mm512_loadu_ps(x + i + 16), vs, vzp, vsg, vh);
-        if (mask) {
-            /* ordered compares: NaN gives 0 */
-            __mmask16 k0 = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(r0, vlo, _CMP_GE_OQ),
-                                                   r0, vhi, _CMP_LE_OQ);
-            __mmask16 k1 = _mm512_mask_cmp_ps_mask(_mm512_cmp_ps_mask(r1, vlo, _CMP_GE_OQ),
-                                                   r1, vhi, _CMP_LE_OQ);
-            _mm_storeu_si128((__m128i *)(mask + i), _mm_maskz_mov_epi8(k0, one));
-            _mm_storeu_si128((__m128i *)(mask + i + 16), _mm_maskz_mov_epi8(k1, one));
+    if (mask) {
+        /* r lies in [qmin, qmax] iff clamping leaves it unchanged (NaN: unequal, 0) */
+        const __m256i one32 = _mm256_set1_epi8(1);
+        for (i = 0; i < m; i += 32) {
+            __m512 r0 = qc_fq_round16(_mm512_loadu_ps(x + i), vs, vzp, vsg, vh);
+            __m512 r1 = qc_fq_round16(_mm512_loadu_ps(x + i + 16), vs, vzp, vsg, vh);
+            __m512 c0 = _mm512_min_ps(vhi, _mm512_max_ps(vlo, r0));
+            __m512 c1 = _mm512_min_ps(vhi, _mm512_max_ps(vlo, r1));
+            __mmask32 k = _mm512_kunpackw(_mm512_cmp_ps_mask(c1, r1, _CMP_EQ_OQ),
+                                          _mm512_cmp_ps_mask(c0, r0, _CMP_EQ_OQ));
+            _mm256_storeu_si256((__m256i *)(mask + i), _mm256_maskz_mov_epi8(k, one32));
+            if (!zp_zero) {
+                c0 = _mm512_sub_ps(c0, vzp);
+                c1 = _mm512_sub_ps(c1, vzp);
+            }
+            QC_FQ_STORE16(out + i, _mm512_mul_ps(c0, vs));
+            QC_FQ_STORE16(out + i + 16, _mm512_mul_ps(c1, vs));
         }
-        __m512 y0 = qc_fq_finish16(r0, vs, vzp, vlo, vhi, zp_zero);
-        __m512 y1 = qc_fq_finish16(r1, vs, vzp, vlo, vhi, zp_zero);
-        if (stream) {
-            _mm512_stream_ps(out + i, y0);
-            _mm512_stream_ps(out + i + 16, y1);
-        } else {
-            _mm512_storeu_ps(out + i, y0);
-            _mm512_storeu_ps(out + i + 16, y1);
+    } else {
+        for (i = 0; i < m; i += 32) {
+            __m512 r0 = qc_fq_round16(_mm512_loadu_ps(x + i), vs, vzp, vsg, vh);
+            __m512 r1 = qc_fq_round16(_mm512_loadu_ps(x + i + 16), vs, vzp, vsg, vh);
+            QC_FQ_STORE16(out + i, qc_fq_finish16(r0, vs, vzp, vlo, vhi, zp_zero));
+            QC_FQ_STORE16(out + i + 16, qc_fq_finish16(r1, vs, vzp, vlo, vhi, zp_zero));
         }
     }
+#undef QC_FQ_STORE16
     if (stream)
         _mm_sfence();
     return head + m;
