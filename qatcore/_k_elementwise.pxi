@@ -120,27 +120,45 @@ cdef void _quantize_core(const float *x, code_t *out, Py_ssize_t n, float scale,
         out[i] = <code_t>(<int32_t>r)
 
 
-def quantize(const float[::1] x,  # IN
-             code_t[::1] out,     # OUT, same length; int8, uint8, int16 or uint16
+cdef void _quantize_run(const float *x, code_t *out, Py_ssize_t n, float scale,
+                        float zero_point, float qmin, float qmax, int nt) noexcept nogil:
+    cdef Py_ssize_t chunk, c, b
+    if nt == 1:
+        _quantize_core(x, out, n, scale, zero_point, qmin, qmax)
+    else:
+        chunk = (n + nt - 1) // nt
+        chunk = (chunk + 63) & ~(<Py_ssize_t>63)
+        for c in prange(nt, num_threads=nt, schedule="static"):
+            b = c * chunk
+            if b < n:
+                _quantize_core(x + b, out + b, min(chunk, n - b), scale, zero_point, qmin, qmax)
+
+
+def quantize(cnp.ndarray x not None,    # IN, C-contiguous float32
+             cnp.ndarray out not None,  # OUT, same size; int8, uint8, int16 or uint16
              float scale, float zero_point, float qmin, float qmax,
              int n_threads=1):
-    """Quantize contiguous float32 x to integer codes in out."""
-    cdef Py_ssize_t n = x.shape[0]
+    """Quantize contiguous float32 x to integer codes in out (qmin/qmax inside the code
+    dtype's range)."""
+    cdef const float *xp = _f32_in(x, "x")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
+    cdef int code = cnp.PyArray_TYPE(out)
+    cdef void *op
     cdef int nt = _threads_for(n, n_threads)
-    cdef Py_ssize_t chunk, c, b
+    if code not in (cnp.NPY_INT8, cnp.NPY_UINT8, cnp.NPY_INT16, cnp.NPY_UINT16):
+        raise ValueError("out must be an int8, uint8, int16 or uint16 array")
+    op = _out_ptr(out, code, n, "out")
     if n == 0:
         return
     with nogil:
-        if nt == 1:
-            _quantize_core(&x[0], &out[0], n, scale, zero_point, qmin, qmax)
+        if code == cnp.NPY_INT8:
+            _quantize_run(xp, <int8_t *>op, n, scale, zero_point, qmin, qmax, nt)
+        elif code == cnp.NPY_UINT8:
+            _quantize_run(xp, <uint8_t *>op, n, scale, zero_point, qmin, qmax, nt)
+        elif code == cnp.NPY_INT16:
+            _quantize_run(xp, <int16_t *>op, n, scale, zero_point, qmin, qmax, nt)
         else:
-            chunk = (n + nt - 1) // nt
-            chunk = (chunk + 63) & ~(<Py_ssize_t>63)
-            for c in prange(nt, num_threads=nt, schedule="static"):
-                b = c * chunk
-                if b < n:
-                    _quantize_core(&x[b], &out[b], min(chunk, n - b),
-                                   scale, zero_point, qmin, qmax)
+            _quantize_run(xp, <uint16_t *>op, n, scale, zero_point, qmin, qmax, nt)
 
 
 cdef void _dequantize_core(const code_t *q, float *out, Py_ssize_t n, float scale,
@@ -151,25 +169,44 @@ cdef void _dequantize_core(const code_t *q, float *out, Py_ssize_t n, float scal
         out[i] = (<float>q[i] - zero_point) * scale
 
 
-def dequantize(const code_t[::1] q,  # IN
-               float[::1] out,       # OUT, same length
+cdef void _dequantize_run(const code_t *q, float *out, Py_ssize_t n, float scale,
+                          float zero_point, int nt) noexcept nogil:
+    cdef Py_ssize_t chunk, c, b
+    if nt == 1:
+        _dequantize_core(q, out, n, scale, zero_point)
+    else:
+        chunk = (n + nt - 1) // nt
+        chunk = (chunk + 63) & ~(<Py_ssize_t>63)
+        for c in prange(nt, num_threads=nt, schedule="static"):
+            b = c * chunk
+            if b < n:
+                _dequantize_core(q + b, out + b, min(chunk, n - b), scale, zero_point)
+
+
+def dequantize(cnp.ndarray q not None,    # IN, C-contiguous int8, uint8, int16 or uint16
+               cnp.ndarray out not None,  # OUT, float32, same size
                float scale, float zero_point, int n_threads=1):
     """Dequantize contiguous integer codes to float32."""
-    cdef Py_ssize_t n = q.shape[0]
+    cdef int code = cnp.PyArray_TYPE(q)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(q)
+    cdef const void *qp = cnp.PyArray_DATA(q)
+    cdef float *op
     cdef int nt = _threads_for(n, n_threads)
-    cdef Py_ssize_t chunk, c, b
+    if (code not in (cnp.NPY_INT8, cnp.NPY_UINT8, cnp.NPY_INT16, cnp.NPY_UINT16)
+            or not cnp.PyArray_IS_C_CONTIGUOUS(q)):
+        raise ValueError("q must be a C-contiguous int8, uint8, int16 or uint16 array")
+    op = <float *>_out_ptr(out, cnp.NPY_FLOAT32, n, "out")
     if n == 0:
         return
     with nogil:
-        if nt == 1:
-            _dequantize_core(&q[0], &out[0], n, scale, zero_point)
+        if code == cnp.NPY_INT8:
+            _dequantize_run(<const int8_t *>qp, op, n, scale, zero_point, nt)
+        elif code == cnp.NPY_UINT8:
+            _dequantize_run(<const uint8_t *>qp, op, n, scale, zero_point, nt)
+        elif code == cnp.NPY_INT16:
+            _dequantize_run(<const int16_t *>qp, op, n, scale, zero_point, nt)
         else:
-            chunk = (n + nt - 1) // nt
-            chunk = (chunk + 63) & ~(<Py_ssize_t>63)
-            for c in prange(nt, num_threads=nt, schedule="static"):
-                b = c * chunk
-                if b < n:
-                    _dequantize_core(&q[b], &out[b], min(chunk, n - b), scale, zero_point)
+            _dequantize_run(<const uint16_t *>qp, op, n, scale, zero_point, nt)
 
 
 # --- benchmark probes: the machine's limits, measured with the same build flags -------

@@ -221,11 +221,12 @@ cdef Py_ssize_t _moments_serial(const float *x, Py_ssize_t n,
     return -1
 
 
-def mean_std(const float[::1] x,  # IN
+def mean_std(cnp.ndarray x not None,  # IN, C-contiguous float32
              int n_threads=1):
     """(mean, std, first_bad) of a contiguous float32 array, population std, float64
     accumulation.  first_bad is the first NaN/±Inf index or -1.  Empty: (nan, nan, -1)."""
-    cdef Py_ssize_t n = x.shape[0]
+    cdef const float *xp = _f32_in(x, "x")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
     cdef Py_ssize_t bad = -1
     cdef int nt = _threads_for(n, n_threads)
     cdef Py_ssize_t chunk, c, b, nc, count = 0
@@ -239,7 +240,7 @@ def mean_std(const float[::1] x,  # IN
         nt = 64
     with nogil:
         if nt == 1:
-            bad = _moments_serial(&x[0], n, &mean, &m2)
+            bad = _moments_serial(xp, n, &mean, &m2)
         else:
             chunk = (n + nt - 1) // nt
             for c in prange(nt, num_threads=nt, schedule="static"):
@@ -248,7 +249,7 @@ def mean_std(const float[::1] x,  # IN
                 means[c] = 0
                 m2s[c] = 0
                 if b < n:
-                    bads[c] = _moments_serial(&x[b], min(chunk, n - b), &means[c], &m2s[c])
+                    bads[c] = _moments_serial(xp + b, min(chunk, n - b), &means[c], &m2s[c])
                     if bads[c] >= 0:
                         bads[c] = bads[c] + b
             for c in range(nt):

@@ -79,7 +79,7 @@ cdef Py_ssize_t _select_core(const float *x, Py_ssize_t n, Py_ssize_t k_low,
     return qc_radix_select(x, n, k_low, k_high, lo, hi)
 
 
-def select_order_stats(const float[::1] x,  # IN, n >= 1
+def select_order_stats(cnp.ndarray x not None,  # IN, C-contiguous float32, n >= 1
                        Py_ssize_t k_low, Py_ssize_t k_high,  # 0 <= k_low <= k_high < n
                        int n_threads=1):
     """(low, high, first_bad): the values at 0-based ranks k_low and k_high of x sorted by
@@ -87,7 +87,8 @@ def select_order_stats(const float[::1] x,  # IN, n >= 1
     sign of the zero that sort puts there.  first_bad is the index of the first NaN/±Inf
     or -1; low/high are unspecified when it is >= 0.  Requires contiguous float32,
     n >= 1, 0 <= k_low <= k_high < n (the caller checks).  Never copies the batch."""
-    cdef Py_ssize_t n = x.shape[0]
+    cdef const float *xp = _f32_in(x, "x")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
     cdef float lo = 0, hi = 0
     cdef Py_ssize_t bad
     cdef int nt = _threads_for(n, n_threads)
@@ -95,7 +96,7 @@ def select_order_stats(const float[::1] x,  # IN, n >= 1
         raise ValueError(f"select_order_stats: need 0 <= k_low <= k_high < n, got "
                          f"k_low={k_low}, k_high={k_high}, n={n}")
     with nogil:
-        bad = _select_core(&x[0], n, k_low, k_high, nt, &lo, &hi)
+        bad = _select_core(xp, n, k_low, k_high, nt, &lo, &hi)
     return lo, hi, bad
 
 
@@ -104,14 +105,15 @@ _PATHS = {"auto": SEL_AUTO, "topt": SEL_TOPT, "sample": SEL_SAMPLE, "radix": SEL
 _PATH_NAMES = {v: k for k, v in _PATHS.items()}
 
 
-def select_order_stats_path(const float[::1] x,  # IN, n >= 1
+def select_order_stats_path(cnp.ndarray x not None,  # IN, C-contiguous float32, n >= 1
                             Py_ssize_t k_low, Py_ssize_t k_high, str path="auto",
                             int n_threads=1):
     """Testing aid: select_order_stats forcing one path ("auto", "topt" [needs
     k_low < 64 and n - k_high <= 64], "sample", "radix", "sample_tiny" = sample path
     with one-element candidate buffers, i.e. the overflow fallback).  Returns
     (low, high, first_bad, path that answered)."""
-    cdef Py_ssize_t n = x.shape[0]
+    cdef const float *xp = _f32_in(x, "x")
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
     cdef float lo = 0, hi = 0
     cdef Py_ssize_t bad
     cdef int nt = _threads_for(n, n_threads)
@@ -122,5 +124,5 @@ def select_order_stats_path(const float[::1] x,  # IN, n >= 1
     if force == SEL_TOPT and not (k_low < QC_TOPT and n - k_high <= QC_TOPT):
         raise ValueError("the top-t path needs k_low < 64 and n - k_high <= 64")
     with nogil:
-        bad = _select_core(&x[0], n, k_low, k_high, nt, &lo, &hi, force, &used)
+        bad = _select_core(xp, n, k_low, k_high, nt, &lo, &hi, force, &used)
     return lo, hi, bad, _PATH_NAMES[used]

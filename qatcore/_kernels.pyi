@@ -21,10 +21,10 @@ def omp_max_threads() -> int: ...
 def minmax(x: npt.NDArray[np.float32],  # ndarray, C-contiguous float32 (checked)
            n_threads: int = 1) -> Tuple[float, float, int]:
     """(min, max, first non-finite index or -1)."""
-def mean_std(x: npt.NDArray[np.float32],  # const float[::1]
+def mean_std(x: npt.NDArray[np.float32],  # ndarray, C-contiguous float32
              n_threads: int = 1) -> Tuple[float, float, int]:
     """(mean, population std, first non-finite index or -1), float64 accumulation."""
-def select_order_stats(x: npt.NDArray[np.float32],  # const float[::1], n >= 1
+def select_order_stats(x: npt.NDArray[np.float32],  # ndarray, C-contiguous float32, n >= 1
                        k_low: int, k_high: int, n_threads: int = 1) -> Tuple[float, float, int]:
     """Values at ranks k_low <= k_high of a stable ascending sort, first non-finite index."""
 def select_order_stats_path(x: npt.NDArray[np.float32], k_low: int, k_high: int,
@@ -38,12 +38,12 @@ def fake_quantize(x: npt.NDArray[np.float32],        # ndarray, C-contiguous flo
                   mask: Optional[npt.NDArray[np.uint8]] = None,  # writable uint8 or None
                   n_threads: int = 1) -> int:
     """0, or 1 (nothing written) when out partially overlaps x."""
-def quantize(x: npt.NDArray[np.float32],   # const float[::1]
-             out: np.ndarray,              # int8/uint8/int16/uint16 [::1]
+def quantize(x: npt.NDArray[np.float32],   # ndarray, C-contiguous float32
+             out: np.ndarray,              # ndarray, writable int8/uint8/int16/uint16, same size
              scale: float, zero_point: float, qmin: float, qmax: float,
              n_threads: int = 1) -> None: ...
-def dequantize(q: np.ndarray,                       # const int8/uint8/int16/uint16 [::1]
-               out: npt.NDArray[np.float32],        # float[::1]
+def dequantize(q: np.ndarray,                       # ndarray, C-contiguous int8/uint8/int16/uint16
+               out: npt.NDArray[np.float32],        # ndarray, writable float32, same size
                scale: float, zero_point: float, n_threads: int = 1) -> None: ...
 def probe_divide(x: npt.NDArray[np.float32], out: npt.NDArray[np.float32], scale: float,
                  n_threads: int = 1) -> None: ...
