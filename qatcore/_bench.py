@@ -481,14 +481,25 @@ class Suite:
 
 
 def _cpu_name() -> str:
+    """The CPU as /proc/cpuinfo names it, with its family/model and the vector ISA the
+    kernel targets care about (a VM often reports only "AMD EPYC")."""
+    fields: Dict[str, str] = {}
     try:
         with open("/proc/cpuinfo") as fh:
             for line in fh:
-                if line.startswith("model name"):
-                    return line.split(":", 1)[1].strip()
+                if not line.strip():
+                    break                   # the first processor is enough
+                key, _, value = line.partition(":")
+                fields[key.strip()] = value.strip()
     except OSError:
         pass
-    return platform.processor() or platform.machine()
+    name = fields.get("model name") or platform.processor() or platform.machine()
+    flags = set(fields.get("flags", "").split())
+    isa = ("AVX-512" + (" + VNNI" if "avx512_vnni" in flags else "") if "avx512f" in flags
+           else "AVX2" if "avx2" in flags else "no AVX2")
+    if "cpu family" in fields and "model" in fields:
+        return f"{name} (family {fields['cpu family']}, model {fields['model']}; {isa})"
+    return f"{name} ({isa})" if flags else name
 
 
 def _us(s: float) -> str:
@@ -680,6 +691,7 @@ def run(quick: bool = False, threads: Optional[List[int]] = None, repeat: Option
     unknown = set(parts) - set(PARTS)
     if unknown:
         raise ValueError(f"unknown part(s) {sorted(unknown)}; expected some of {PARTS}")
+    log(f"CPU: {_cpu_name()} — kernels: {_backend.kernels.TARGET}")
     rust = None
     if rust_dir:
         rust = RustPeer(rust_dir, log=log)

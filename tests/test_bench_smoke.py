@@ -134,3 +134,14 @@ def test_plot_writes_a_png(result, tmp_path):
     path = tmp_path / "bench.png"
     _bench.plot(str(path), result)
     assert path.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_first_line_names_cpu_and_target():
+    from qatcore import _backend
+
+    lines = []
+    _bench.run(quick=True, threads=[1], repeat=1, use_torch=False, log=lines.append,
+               sizes=[257], parts=("limits",))
+    assert lines[0].startswith("CPU: ")
+    assert lines[0].endswith(f"kernels: {_backend.kernels.TARGET}")
+    assert "(" in lines[0]          # family/model or the vector ISA follow the name
