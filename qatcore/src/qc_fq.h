@@ -21,8 +21,17 @@
 
 #include <stddef.h>
 
-#if defined(__AVX2__)
+/* QC_FQ_EMULATE_AVX512 (tests only): compile the AVX-512 body on C emulations of its
+   intrinsics that the includer defines, to check it bit for bit on CPUs without AVX-512. */
+#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__) && \
+    !defined(QC_FQ_EMULATE_AVX512)
+#  define QC_FQ_AVX512 1
+#endif
+
+#if defined(__AVX2__) || defined(QC_FQ_EMULATE_AVX512)
+#ifndef QC_FQ_EMULATE_AVX512
 #include <immintrin.h>
+#endif
 #include <math.h>
 #include <stdint.h>
 
@@ -52,45 +61,7 @@ static inline ptrdiff_t qc_fq_head(const float *out, ptrdiff_t n, uintptr_t alig
     return (ptrdiff_t)(((align - ((uintptr_t)out & (align - 1))) & (align - 1)) / 4);
 }
 
-/* trunc(u + copysign(0.49999997, u)), u = q + zero_point: round half away from zero */
-static inline __m256 qc_fq_round(__m256 q, __m256 vzp, __m256 vsg, __m256 vh) {
-    __m256 u = _mm256_add_ps(q, vzp);
-    return _mm256_round_ps(_mm256_add_ps(u, _mm256_or_ps(_mm256_and_ps(u, vsg), vh)),
-                           _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
-}
-#define QC_FQ_ROUND(q) qc_fq_round((q), vzp, vsg, vh)
-
-#define QC_FQ_CLAMP_STORE(r, dst)                                                       \
-    do {                                                                                \
-        __m256 c_ = _mm256_min_ps(vhi, _mm256_max_ps(vlo, (r)));                        \
-        if (!zp_zero)                                                                   \
-            c_ = _mm256_sub_ps(c_, vzp);                                                \
-        if (stream)                                                                     \
-            _mm256_stream_ps((dst), _mm256_mul_ps(c_, vs));                             \
-        else                                                                            \
-            _mm256_storeu_ps((dst), _mm256_mul_ps(c_, vs));                             \
-    } while (0)
-
-#define QC_FQ_REST(q, dst)                                                              \
-    do {                                                                                \
-        __m256 r_ = QC_FQ_ROUND(q);                                                     \
-        QC_FQ_CLAMP_STORE(r_, dst);                                                     \
-    } while (0)
-
-/* mask[0:16] = 1 where qmin <= r <= qmax (ordered compares: NaN gives 0), from two
-   vectors of rounded values. */
-#define QC_FQ_MASK16(r0, r1, dst)                                                       \
-    do {                                                                                \
-        __m256i m0_ = _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps((r0), vlo, _CMP_GE_OQ), \
-                                                        _mm256_cmp_ps((r0), vhi, _CMP_LE_OQ))); \
-        __m256i m1_ = _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps((r1), vlo, _CMP_GE_OQ), \
-                                                        _mm256_cmp_ps((r1), vhi, _CMP_LE_OQ))); \
-        __m256i p_ = _mm256_permute4x64_epi64(_mm256_packs_epi32(m0_, m1_), 0xD8);      \
-        __m128i b_ = _mm_packs_epi16(_mm256_castsi256_si128(p_), _mm256_extracti128_si256(p_, 1)); \
-        _mm_storeu_si128((__m128i *)(dst), _mm_and_si128(b_, _mm_set1_epi8(1)));         \
-    } while (0)
-
-#if defined(__AVX512F__) && defined(__AVX512BW__) && defined(__AVX512VL__)
+#if defined(QC_FQ_AVX512) || defined(QC_FQ_EMULATE_AVX512)
 /* AVX-512 body.  Zen 4 runs 512-bit ops as two 256-bit halves but issues one instruction
    per 16 elements, so here the front end, not the divider's pipe, was the limit of the
    AVX2 body: fewer instructions per element is what helps.  copysign(0.49999997, u) is one
@@ -178,6 +149,44 @@ static inline ptrdiff_t qc_fake_quantize_simd(const float *x, float *out, unsign
 }
 
 #else
+/* trunc(u + copysign(0.49999997, u)), u = q + zero_point: round half away from zero */
+static inline __m256 qc_fq_round(__m256 q, __m256 vzp, __m256 vsg, __m256 vh) {
+    __m256 u = _mm256_add_ps(q, vzp);
+    return _mm256_round_ps(_mm256_add_ps(u, _mm256_or_ps(_mm256_and_ps(u, vsg), vh)),
+                           _MM_FROUND_TO_ZERO | _MM_FROUND_NO_EXC);
+}
+#define QC_FQ_ROUND(q) qc_fq_round((q), vzp, vsg, vh)
+
+#define QC_FQ_CLAMP_STORE(r, dst)                                                       \
+    do {                                                                                \
+        __m256 c_ = _mm256_min_ps(vhi, _mm256_max_ps(vlo, (r)));                        \
+        if (!zp_zero)                                                                   \
+            c_ = _mm256_sub_ps(c_, vzp);                                                \
+        if (stream)                                                                     \
+            _mm256_stream_ps((dst), _mm256_mul_ps(c_, vs));                             \
+        else                                                                            \
+            _mm256_storeu_ps((dst), _mm256_mul_ps(c_, vs));                             \
+    } while (0)
+
+#define QC_FQ_REST(q, dst)                                                              \
+    do {                                                                                \
+        __m256 r_ = QC_FQ_ROUND(q);                                                     \
+        QC_FQ_CLAMP_STORE(r_, dst);                                                     \
+    } while (0)
+
+/* mask[0:16] = 1 where qmin <= r <= qmax (ordered compares: NaN gives 0), from two
+   vectors of rounded values. */
+#define QC_FQ_MASK16(r0, r1, dst)                                                       \
+    do {                                                                                \
+        __m256i m0_ = _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps((r0), vlo, _CMP_GE_OQ), \
+                                                        _mm256_cmp_ps((r0), vhi, _CMP_LE_OQ))); \
+        __m256i m1_ = _mm256_castps_si256(_mm256_and_ps(_mm256_cmp_ps((r1), vlo, _CMP_GE_OQ), \
+                                                        _mm256_cmp_ps((r1), vhi, _CMP_LE_OQ))); \
+        __m256i p_ = _mm256_permute4x64_epi64(_mm256_packs_epi32(m0_, m1_), 0xD8);      \
+        __m128i b_ = _mm_packs_epi16(_mm256_castsi256_si128(p_), _mm256_extracti128_si256(p_, 1)); \
+        _mm_storeu_si128((__m128i *)(dst), _mm_and_si128(b_, _mm_set1_epi8(1)));         \
+    } while (0)
+
 static inline ptrdiff_t qc_fake_quantize_avx2(const float *x, float *out, ptrdiff_t n,
                                               float scale, float zero_point, float qmin,
                                               float qmax, int zp_zero) {
@@ -266,12 +275,12 @@ static inline ptrdiff_t qc_fake_quantize_simd(const float *x, float *out, unsign
                                           zp_zero);
     return qc_fake_quantize_avx2(x, out, n, scale, zero_point, qmin, qmax, zp_zero);
 }
-#endif  /* AVX-512 or AVX2 body */
-
 #undef QC_FQ_REST
 #undef QC_FQ_ROUND
 #undef QC_FQ_CLAMP_STORE
 #undef QC_FQ_MASK16
+
+#endif  /* AVX-512 or AVX2 body */
 
 #else
 /* No SIMD body on this target: the caller's loop does everything. */
