@@ -84,7 +84,7 @@ def load(target: str) -> ModuleType:
 def _choose() -> ModuleType:
     forced = os.environ.get("QATCORE_TARGET", "").strip().lower()
     if forced:
-        return load(forced)
+        return load(forced)     # ValueError naming QATCORE_TARGET (the CLI prints one line)
     return load(available_targets()[0])
 
 
@@ -118,9 +118,12 @@ def check_threads(n_threads: object, name: str = "n_threads") -> int:
     """Validate a thread count (None means the library-wide default)."""
     if n_threads is None:
         return _num_threads
-    if isinstance(n_threads, bool) or not isinstance(n_threads, (int,)) and not hasattr(n_threads, "__index__"):
-        raise TypeError(f"{name} must be an integer, got {type(n_threads).__name__}")
-    n = int(n_threads)
+    if type(n_threads) is int:
+        n = n_threads
+    else:
+        from ._checks import check_index
+
+        n = check_index(n_threads, name)
     if n < 1 or n > 64:
         raise ValueError(f"{name} must be between 1 and 64, got {n}")
     return n

@@ -7,6 +7,7 @@ any state changes.
 from __future__ import annotations
 
 import math
+import operator
 
 import numpy as np
 
@@ -14,46 +15,89 @@ _NUMERIC_KINDS = "biuf"
 _F32 = np.dtype(np.float32)
 
 
-def as_float32(x, name: str = "x"):
-    """``x`` as a flat C-contiguous float32 array (a copy only when needed) + its shape.
+def base_array(x, name: str = "x"):
+    """`x` as a base-class ndarray whose shape, strides and size are the buffer's own
+    (``np.asarray``): a subclass's Python-level ``shape``/``reshape`` are never trusted.
+    Masked arrays are refused (their mask would be silently ignored)."""
+    if isinstance(x, np.ma.MaskedArray):
+        raise TypeError(f"{name} is a numpy.ma.MaskedArray: qatcore does not apply masks; "
+                        f"pass {name}.compressed() (or {name}.filled(value)) instead")
+    try:
+        return np.asarray(x)
+    except (TypeError, ValueError, OverflowError) as exc:
+        raise TypeError(f"{name} must be a numeric array-like: {exc}") from None
 
-    Raises TypeError for non-numeric, complex or object data.
+
+def as_float32(x, name: str = "x"):
+    """``x`` as a flat C-contiguous, aligned float32 base-class array (a copy only when
+    needed) + its shape.
+
+    Raises TypeError for non-numeric, complex or object data, and for masked arrays.
     """
-    if type(x) is np.ndarray and x.dtype is _F32 and x.flags.c_contiguous:
-        return (x if x.ndim == 1 else x.reshape(-1)), x.shape      # the common case, no copy
-    if type(x) is not np.ndarray:
-        try:
-            x = np.asarray(x)
-        except (TypeError, ValueError) as exc:
-            raise TypeError(f"{name} must be a numeric array-like: {exc}") from None
+    if type(x) is np.ndarray and x.dtype is _F32:
+        flags = x.flags
+        if flags.c_contiguous and flags.aligned:
+            return (x if x.ndim == 1 else x.reshape(-1)), x.shape   # the common case, no copy
+    elif type(x) is not np.ndarray:
+        x = base_array(x, name)
     kind = x.dtype.kind
     if kind not in _NUMERIC_KINDS:
         what = "complex" if kind == "c" else str(x.dtype)
         raise TypeError(f"{name} must be a real numeric array, got dtype {what}")
     shape = x.shape
-    if kind != "f" or x.dtype.itemsize != 4 or not x.flags.c_contiguous or x.dtype.byteorder == ">":
-        x = np.ascontiguousarray(x, dtype=np.float32)
+    # np.require copies unaligned (e.g. np.frombuffer at an odd offset), non-native and
+    # non-contiguous data once, so kernels only ever read aligned native float32.
+    x = np.require(x, dtype=np.float32, requirements="CA")
     return x.reshape(-1), shape
 
 
+def _dtype_text(dtype) -> str:
+    """A dtype's name, with its byte order when that is not the machine's."""
+    return dtype.name if dtype.isnative else f"{dtype.name} ({dtype.str}, non-native byte order)"
+
+
 def check_out(out, shape, dtype, name: str = "out"):
-    """Validate a caller-supplied output array: exact dtype (a numpy dtype object), shape,
-    C-contiguous, writable.  Returns it flattened (a view)."""
-    if type(out) is np.ndarray and out.dtype is dtype and out.shape == shape:
-        flags = out.flags
-        if flags.c_contiguous and flags.writeable:          # the common case, cheaply
-            return out if out.ndim == 1 else out.reshape(-1)
-    if not isinstance(out, np.ndarray):
+    """Validate a caller-supplied output array: exact dtype (a numpy dtype object, native
+    byte order), shape, C-contiguous, aligned, writable.  Returns a flat base-class view of
+    its buffer (shape and size from the buffer itself, never from a subclass's attributes)."""
+    if type(out) is np.ndarray:
+        if out.dtype is dtype and out.shape == shape:
+            flags = out.flags
+            if flags.c_contiguous and flags.writeable and flags.aligned:  # the common case
+                return out if out.ndim == 1 else out.reshape(-1)
+        arr = out
+    elif not isinstance(out, np.ndarray):
         raise TypeError(f"{name} must be a numpy array, got {type(out).__name__}")
-    if out.dtype != dtype:
-        raise TypeError(f"{name} must have dtype {dtype.name}, got {out.dtype.name}")
-    if out.shape != tuple(shape):
-        raise ValueError(f"{name} has shape {out.shape}, expected {tuple(shape)}")
-    if not out.flags.c_contiguous:
+    elif isinstance(out, (np.matrix, np.ma.MaskedArray)):
+        raise TypeError(f"{name} must be a plain numpy.ndarray, got {type(out).__module__}."
+                        f"{type(out).__name__} (use np.asarray({name}))")
+    else:
+        arr = np.asarray(out)        # a base-class view of the same buffer
+    if arr.dtype != dtype or not arr.dtype.isnative:
+        raise TypeError(f"{name} must have dtype {dtype.name} in native byte order, got "
+                        f"{_dtype_text(arr.dtype)}")
+    if arr.shape != tuple(shape):
+        raise ValueError(f"{name} has shape {arr.shape}, expected {tuple(shape)}")
+    if not arr.flags.c_contiguous:
         raise ValueError(f"{name} must be C-contiguous")
-    if not out.flags.writeable:
+    if not arr.flags.aligned:
+        raise ValueError(f"{name} is not aligned to its {arr.dtype.itemsize}-byte items")
+    if not arr.flags.writeable:
         raise ValueError(f"{name} is read-only")
-    return out.reshape(-1)
+    return arr.reshape(-1)
+
+
+def check_index(value, name: str) -> int:
+    """An integer argument: Python int, numpy integer or integer 0-d array (never a bool,
+    a float, or a non-integral numpy value, which int() would truncate)."""
+    if isinstance(value, (bool, np.bool_)):
+        raise TypeError(f"{name} must be an integer, got bool")
+    try:
+        return operator.index(value)
+    except TypeError:
+        raise TypeError(f"{name} must be an integer, got {type(value).__name__}"
+                        + (f" {value!r}" if isinstance(value, (float, np.ndarray, np.generic))
+                           else "")) from None
 
 
 def check_scale(scale, name: str = "scale") -> float:
@@ -69,7 +113,11 @@ def check_scale(scale, name: str = "scale") -> float:
 def check_finite(value, name: str) -> float:
     if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, float, np.integer, np.floating)):
         raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
-    value = float(value)
+    try:
+        value = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite in float32, got an integer too large "
+                         f"for a float") from None
     if not math.isfinite(value) or not math.isfinite(float(np.float32(value))):
         raise ValueError(f"{name} must be finite in float32, got {value!r}")
     return value

@@ -110,10 +110,9 @@ class FakeQuantConfig:
                      numerics: str = "aprender") -> None: ...
 
     def __post_init__(self) -> None:
-        bits = self.bits
-        if isinstance(bits, bool) or not hasattr(bits, "__index__"):
-            raise TypeError(f"bits must be an integer, got {type(bits).__name__}")
-        bits = int(bits)
+        from ._checks import check_index
+
+        bits = check_index(self.bits, "bits")
         for name in ("symmetric", "learnable"):
             value = getattr(self, name)
             if not isinstance(value, (bool,)) and type(value).__name__ != "bool_":

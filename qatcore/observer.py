@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import copy as _copy
 import math
+import threading
 from array import array
 from typing import Any, Dict, Mapping, Optional, Tuple
 
@@ -64,14 +66,17 @@ class QuantObserver:
     """
 
     __slots__ = ("_method", "_n_threads", "_min", "_max", "_avg_min", "_avg_max", "_count",
-                 "_qcache", "_history")
+                 "_qcache", "_history", "_lock")
     _qcache: Optional[Tuple[FakeQuantConfig, float, float, Tuple[float, float]]]
 
     def __init__(self, method: ObserverLike = ObserverMethod.MIN_MAX, *,
                  n_threads: Optional[Integer] = None) -> None:
         self._method = _coerce_observer(method)
         self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
-        self.reset()
+        # One lock per observer: every method that reads and writes the statistics holds
+        # it, so concurrent calls on one observer equal some serial order (docs/threading.md).
+        self._lock = threading.RLock()
+        self._reset()
 
     # --- state -----------------------------------------------------------------------
     @property
@@ -95,6 +100,10 @@ class QuantObserver:
 
     def reset(self) -> None:
         """Forget everything observed."""
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         self._min = _INF
         self._max = -_INF
         self._avg_min = F32(0.0)
@@ -107,7 +116,8 @@ class QuantObserver:
 
     def range(self) -> Tuple[float, float]:
         """Observed ``(min, max)``; ``(inf, -inf)`` before anything was observed."""
-        return self._min, self._max
+        with self._lock:
+            return self._min, self._max
 
     # --- observing -------------------------------------------------------------------
     def observe(self, x: ArrayLike) -> None:
@@ -128,6 +138,11 @@ class QuantObserver:
             is left unchanged.
         """
         data, shape = as_float32(x)
+        with self._lock:
+            self._observe(data, shape)
+
+    def _observe(self, data, shape) -> None:
+        """observe() on a flat C-contiguous float32 array, the lock held."""
         n = data.shape[0]
         if n == 0:
             return
@@ -206,7 +221,10 @@ class QuantObserver:
         """
         from ._state import merge_observer
 
-        merge_observer(self, other)
+        if isinstance(other, QuantObserver):
+            other = _copy.copy(other)       # a consistent snapshot, taken under its lock
+        with self._lock:
+            merge_observer(self, other)
         return self
 
     def state_dict(self) -> Dict[str, Any]:
@@ -220,7 +238,8 @@ class QuantObserver:
         """
         from ._state import observer_state
 
-        return observer_state(self)
+        with self._lock:
+            return observer_state(self)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], *, n_threads: Optional[Integer] = None
@@ -253,7 +272,8 @@ class QuantObserver:
         """
         from ._state import load_observer_state
 
-        load_observer_state(self, state, same_method=True)
+        with self._lock:
+            load_observer_state(self, state, same_method=True)
 
     def compute_qparams(self, config: FakeQuantConfig) -> Tuple[float, float]:
         """``(scale, zero_point)`` for `config` from the observed range (Rust formulas, f32).
@@ -270,36 +290,45 @@ class QuantObserver:
         """
         if not isinstance(config, FakeQuantConfig):
             raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
-        cached = self._qcache
-        if cached is not None and cached[0] is config and cached[1] == self._min \
-                and cached[2] == self._max and self._count:
-            return cached[3]            # ±0.0 range ends give the same qparams
-        result = _qparams(self._min, self._max, self._count, config)
-        self._qcache = (config, self._min, self._max, result)
-        return result
+        with self._lock:
+            cached = self._qcache
+            if cached is not None and cached[0] is config and cached[1] == self._min \
+                    and cached[2] == self._max and self._count:
+                return cached[3]            # ±0.0 range ends give the same qparams
+            result = _qparams(self._min, self._max, self._count, config)
+            self._qcache = (config, self._min, self._max, result)
+            return result
 
     # --- Rust Clone ----------------------------------------------------------------
     def __copy__(self) -> "QuantObserver":
         new = QuantObserver.__new__(QuantObserver)
-        for name in QuantObserver.__slots__:
-            setattr(new, name, getattr(self, name))
-        new._history = array("f", self._history)    # state, not shared storage
+        with self._lock:
+            for name in _STATE_SLOTS:
+                setattr(new, name, getattr(self, name))
+            new._history = array("f", self._history)    # state, not shared storage
+        new._lock = threading.RLock()
         return new
 
     def __deepcopy__(self, memo: Any) -> "QuantObserver":
         return self.__copy__()
 
     def __getstate__(self) -> "dict[str, Any]":
-        return {name: getattr(self, name) for name in QuantObserver.__slots__}
+        with self._lock:
+            return {name: getattr(self, name) for name in _STATE_SLOTS}
 
     def __setstate__(self, state: "dict[str, Any]") -> None:
         for name, value in state.items():
-            setattr(self, name, value)
+            if name != "_lock":
+                setattr(self, name, value)
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         lo, hi = self.range()
         return (f"QuantObserver(method={self._method}, range=({lo!r}, {hi!r}), "
                 f"count={self._count})")
+
+
+_STATE_SLOTS = tuple(n for n in QuantObserver.__slots__ if n != "_lock")
 
 
 def _qparams(min_val, max_val, count, config) -> Tuple[float, float]:
@@ -320,7 +349,9 @@ def _qparams(min_val, max_val, count, config) -> Tuple[float, float]:
         diff = max_val - min_val
     if not math.isfinite(diff):
         # The range spans more than float32 can hold: Rust's scale would be infinite.
-        scale = F32((float(max_val) - float(min_val)) / float(qmax - qmin))
+        # Few codes over such a range (bits=1 over ±2e38) can need a step above float32's
+        # largest value: it saturates there, so outputs stay finite (never inf/NaN).
+        scale = F32(min((float(max_val) - float(min_val)) / float(qmax - qmin), _F32_MAX))
     elif abs(diff) > _EPS:
         scale = diff / (qmax - qmin)
     else:
@@ -330,6 +361,7 @@ def _qparams(min_val, max_val, count, config) -> Tuple[float, float]:
 
 
 _TORCH_EPS = F32(np.finfo(np.float32).eps)
+_F32_MAX = float(np.finfo(np.float32).max)
 _F32_TINY = float(np.finfo(np.float32).tiny)
 
 
@@ -396,7 +428,7 @@ def qparams_arrays(min_val: npt.ArrayLike, max_val: npt.ArrayLike,
                 wide = ~np.isfinite(diff)
                 scale = np.where(wide, ((hi.astype(np.float64) - lo) / float(qmax - qmin)
                                         ).astype(F32), diff / F32(qmax - qmin)).astype(F32)
-                scale = np.maximum(scale, _TORCH_EPS)
+                scale = np.clip(scale, _TORCH_EPS, F32(_F32_MAX))
                 zp = qmin - np.round(lo / scale).astype(F32)
                 zp = np.clip(zp, qmin, qmax).astype(F32)
             return scale, zp
@@ -410,6 +442,6 @@ def qparams_arrays(min_val: npt.ArrayLike, max_val: npt.ArrayLike,
             zp = np.full(lo.shape, np.round((float(qmin) + float(qmax)) / 2.0), np.float64)
         else:
             zp = np.round(float(qmin) - lo.astype(np.float64) / np.where(small, 1.0, scale64))
-        scale = np.where(small, F32(1.0), scale64.astype(F32)).astype(F32)
+        scale = np.where(small, F32(1.0), np.minimum(scale64, _F32_MAX).astype(F32)).astype(F32)
         zp = np.where(small, 0.0, zp).astype(F32)
     return scale, zp
