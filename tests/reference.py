@@ -216,6 +216,19 @@ def quantize_multiplier_ref(real):
     return q_fixed, shift
 
 
+def tflite_real_multiplier_ref(weight_scale, input_scale, output_scale, out_features):
+    """The real multipliers TFLite derives from a FULLY_CONNECTED's float32 scales, one per
+    output channel: per-tensor (one weight scale) ``double(s_in * s_w) / double(s_out)``
+    with the product in float32 (kernel_util.cc GetQuantizedConvolutionMultipler),
+    per-channel ``double(s_in) * double(s_w[c]) / double(s_out)``
+    (PopulateConvolutionQuantizationParams)."""
+    ws = np.asarray(weight_scale, dtype=np.float32).ravel()
+    s_in, s_out = F32(input_scale), F32(output_scale)
+    if ws.size == 1:
+        return [float(F32(s_in * ws[0])) / float(s_out)] * out_features
+    return [float(s_in) * float(w) / float(s_out) for w in ws]
+
+
 def saturating_rounding_doubling_high_mul_ref(a, b):
     """gemmlowp SaturatingRoundingDoublingHighMul for int32 a, b."""
     if a == b == INT32_MIN:
@@ -251,6 +264,45 @@ def requantize_ref(acc, multiplier, shift, zero_point, qmin=-128, qmax=127):
         v = multiply_by_quantized_multiplier_ref(int(a), int(multiplier[j]), int(shift[j]))
         out[i, j] = min(max(v + int(zero_point), qmin), qmax)
     return out
+
+
+def activation_range_ref(activation, scale, zero_point):
+    """TFLite CalculateActivationRangeQuantized for int8: [-128, 127]; ReLU from
+    max(-128, zp); ReLU6 up to min(127, zp + TfLiteRound(6.0f / scale))."""
+    lo, hi = -128, 127
+    if activation is None:
+        return lo, hi
+    lo = max(lo, int(zero_point))
+    if activation == "relu6":
+        hi = min(hi, int(zero_point) + int(round_half_away_ref(F32(6.0) / F32(scale))))
+    return lo, hi
+
+
+def fully_connected_int8_ref(x_q, weights_q, bias_q, input_zero_point, weight_scale,
+                             input_scale, output_scale, output_zero_point, activation=None):
+    """TFLite reference int8 FULLY_CONNECTED (reference_integer_ops::FullyConnected):
+    acc = Σ w·(x - zp_in) + bias, MultiplyByQuantizedMultiplier with the multipliers
+    TFLite derives from the float32 scales, + zp_out, clamped to the activation range."""
+    w = np.asarray(weights_q, dtype=np.int64)
+    acc = (np.asarray(x_q, dtype=np.int64) - int(input_zero_point)) @ w.T
+    if bias_q is not None:
+        acc = acc + np.asarray(bias_q, dtype=np.int64)
+    reals = tflite_real_multiplier_ref(weight_scale, input_scale, output_scale, w.shape[0])
+    pairs = [quantize_multiplier_ref(r) for r in reals]
+    mult = [p[0] for p in pairs]
+    shift = [p[1] for p in pairs]
+    lo, hi = activation_range_ref(activation, output_scale, output_zero_point)
+    return requantize_ref(acc, mult, shift, output_zero_point, lo, hi)
+
+
+def sequential_int8_ref(layers, x_q):
+    """A chain of fully_connected_int8_ref; `layers` is a list of dicts with the keys of
+    its arguments (weights_q, bias_q, input_zero_point, weight_scale, input_scale,
+    output_scale, output_zero_point, activation)."""
+    h = np.asarray(x_q, dtype=np.int8)
+    for layer in layers:
+        h = fully_connected_int8_ref(h, **layer)
+    return h
 
 
 # --- numerics presets (qatcore/_k_presets.pxi, src/qc_presets.h) -----------------------
