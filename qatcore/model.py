@@ -539,14 +539,16 @@ class QuantizedSequential:
             raise fail(str(exc)) from None
 
     # ------------------------------------------------------------------ export
-    def to_tflite(self, path: Union[str, "os.PathLike[str]"], *, float_io: bool = False) -> int:
+    def to_tflite(self, path: Union[str, "os.PathLike[str]"], *, float_io: bool = False,
+                  batch_size: int = 1) -> int:
         """Write the model as a ``.tflite`` flatbuffer (int8 FULLY_CONNECTED ops; with
         ``float_io=True`` also QUANTIZE / DEQUANTIZE at the ends); returns its size in
         bytes.  LiteRT (reference or builtin kernels, no XNNPACK) and TFLM run it bit for
-        bit as :meth:`forward_int8`.  Needs ``pip install "qatcore[export]"``; see
-        :func:`qatcore.export.tflite.write_tflite`."""
+        bit as :meth:`forward_int8`.  `batch_size` is the batch dimension of the input and
+        output tensors.  Written atomically.  Needs ``pip install "qatcore[export]"``; see
+        :func:`qatcore.export.tflite.tflite_bytes`."""
         from .export.tflite import write_tflite
-        return write_tflite(self, path, float_io=float_io)
+        return write_tflite(self, path, float_io=float_io, batch_size=batch_size)
 
     def to_c(self, directory, name: str = "model"):
         """C export (``name.h`` / ``name.c`` + runtime): :func:`qatcore.export.c.write_c`."""
