@@ -26,12 +26,14 @@ from ._checks import as_float32, check_index, check_scale
 from .linear import QuantizedLinear, _check_int8_codes, _qparams_of, quantize_multiplier
 from .linear import requant_real_multiplier
 
-__all__ = ["QuantizedSequential", "NUMERICS", "ACTIVATIONS"]
+__all__ = ["QuantizedSequential", "NUMERICS", "ACTIVATIONS", "ROUNDINGS"]
 
 #: How :meth:`QuantizedSequential.quantize_input` rounds float input to int8 codes.
 NUMERICS = ("aprender", "torch", "onnx", "tflite")
 #: The fused activations (``None``: none).
 ACTIVATIONS = (None, "relu", "relu6")
+#: Roundings of the fixed-point requantization (:meth:`QuantizedSequential.forward_int8`).
+ROUNDINGS = ("gemmlowp", "single", "neon")
 _ACT_CODE = {None: 0, "relu": 1, "relu6": 2}
 _FORMAT = "qatcore.QuantizedSequential"
 _VERSION = 1
@@ -75,6 +77,28 @@ def quantize_codes(x: np.ndarray, scale: float, zero_point: int, qmin: int, qmax
     q = np.where(q > qmin, q, f32(qmin))
     q = np.where(q < qmax, q, f32(qmax))
     return q.astype(np.int8)
+
+
+def _requantize_int64(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray,
+                      rounding: str) -> np.ndarray:
+    """``acc · multiplier · 2^(shift - 31)`` rounded the `rounding` way ("single" or
+    "neon", see :meth:`QuantizedSequential.forward_int8`), int64, saturated to int32."""
+    a = acc.astype(np.int64)
+    m = multiplier.astype(np.int64)
+    sh = shift.astype(np.int64)
+    lo32, hi32 = -(1 << 31), (1 << 31) - 1
+    if rounding == "single":
+        total = 31 - sh                                   # in [1, 62]: shift <= 30
+        v = (a * m + (np.int64(1) << (total - 1))) >> total
+    else:
+        left = np.maximum(sh, 0)
+        right = np.maximum(-sh, 0)
+        x = np.clip(a << left, lo32, hi32)               # |a| < 2^31, left <= 30: no overflow
+        ab = x * m                                        # m >= 0; |ab| < 2^62
+        num = ab + np.where(ab >= 0, np.int64(1 << 30), np.int64(1 - (1 << 30)))
+        high = np.where(num >= 0, num >> 31, -((-num) >> 31))   # C division truncates
+        v = (high + ((np.int64(1) << right) >> 1)) >> right
+    return np.clip(v, lo32, hi32)
 
 
 def activation_range(activation: Optional[str], scale: float, zero_point: int
@@ -377,22 +401,51 @@ class QuantizedSequential:
         return quantize_multiplier(np.broadcast_to(real, (layer.out_features,)))
 
     # ------------------------------------------------------------------ inference
-    def forward_int8(self, x_q: np.ndarray) -> np.ndarray:
+    def forward_int8(self, x_q: np.ndarray, *, rounding: str = "gemmlowp") -> np.ndarray:
         """int8 codes in (layer 0's input quantization, flat ``batch · in_features`` or
         ``(batch, in_features)``), int8 codes ``(batch, out_features)`` out; integer only.
+
+        Parameters
+        ----------
+        x_q : ndarray of int8
+        rounding : {"gemmlowp", "single", "neon"}, default "gemmlowp"
+            How ``acc · multiplier · 2^(shift - 31)`` is rounded to an integer (the only
+            place where int8 runtimes differ, by one LSB at near-ties):
+
+            * ``"gemmlowp"``: ``SaturatingRoundingDoublingHighMul`` then
+              ``RoundingDivideByPOT`` (ties away from zero), TFLite's default
+              ``MultiplyByQuantizedMultiplier``: TensorFlow Lite Micro, qatcore's kernels
+              (``QuantizedLinear.forward_int8``) and its C export;
+            * ``"single"``: one rounding of the exact product, ties toward +inf (TFLite
+              built with ``TFLITE_SINGLE_ROUNDING``): LiteRT 2.3's reference kernels
+              (``OpResolverType.BUILTIN_REF``);
+            * ``"neon"``: ``SaturatingRoundingDoublingHighMul`` then a rounding right
+              shift with ties toward +inf (NEON ``vqrdmulh`` + ``vrshl``, which TFLite's
+              optimized kernels use, on x86 through NEON_2_SSE): LiteRT 2.3's builtin
+              kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``).
+
+            ``"single"`` and ``"neon"`` run the requantization in numpy (int64) on the
+            kernel's int32 accumulators.
 
         Raises
         ------
         TypeError, ValueError
-            `x_q` not an int8 array, or of the wrong size.
+            `x_q` not an int8 array, or of the wrong size; an unknown `rounding`.
         """
+        if rounding not in ROUNDINGS:
+            raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         h = _check_int8_codes(x_q, self.in_features, "x_q")
         for i, layer in enumerate(self.layers):
             scale, zp = self.output_qparams(i)
-            h = layer.forward_int8(h, scale, zp)
-            if self.activations[i] is not None:
-                lo, hi = activation_range(self.activations[i], scale, zp)
-                np.clip(h, lo, hi, out=h)
+            lo, hi = activation_range(self.activations[i], scale, zp)
+            if rounding == "gemmlowp":
+                h = layer.forward_int8(h, scale, zp)
+                if self.activations[i] is not None:
+                    np.clip(h, lo, hi, out=h)
+            else:
+                mult, shift = self.requantization(i)
+                v = _requantize_int64(layer.forward_quantized(h), mult, shift, rounding)
+                h = np.clip(v + zp, lo, hi).astype(np.int8)
         return h
 
     def quantize_input(self, x) -> np.ndarray:
@@ -426,10 +479,11 @@ class QuantizedSequential:
         return ((q.astype(np.float32) - np.float32(self.output_zero_point))
                 * np.float32(self.output_scale)).astype(np.float32)
 
-    def forward(self, x) -> np.ndarray:
-        """Float in, float out: :meth:`quantize_input`, :meth:`forward_int8`,
-        :meth:`dequantize_output`; ``(batch, out_features)`` float32."""
-        return self.dequantize_output(self.forward_int8(self.quantize_input(x)))
+    def forward(self, x, *, rounding: str = "gemmlowp") -> np.ndarray:
+        """Float in, float out: :meth:`quantize_input`, :meth:`forward_int8` (with
+        `rounding`), :meth:`dequantize_output`; ``(batch, out_features)`` float32."""
+        return self.dequantize_output(self.forward_int8(self.quantize_input(x),
+                                                        rounding=rounding))
 
     __call__ = forward
 
@@ -543,8 +597,9 @@ class QuantizedSequential:
                   batch_size: int = 1) -> int:
         """Write the model as a ``.tflite`` flatbuffer (int8 FULLY_CONNECTED ops; with
         ``float_io=True`` also QUANTIZE / DEQUANTIZE at the ends); returns its size in
-        bytes.  LiteRT (reference or builtin kernels, no XNNPACK) and TFLM run it bit for
-        bit as :meth:`forward_int8`.  `batch_size` is the batch dimension of the input and
+        bytes.  TFLM runs it bit for bit as :meth:`forward_int8`, LiteRT's reference and
+        builtin kernels as ``forward_int8(x, rounding="single")`` / ``"neon"`` (see
+        :mod:`qatcore.export.tflite`).  `batch_size` is the batch dimension of the input and
         output tensors.  Written atomically.  Needs ``pip install "qatcore[export]"``; see
         :func:`qatcore.export.tflite.tflite_bytes`."""
         from .export.tflite import write_tflite

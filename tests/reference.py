@@ -256,12 +256,37 @@ def multiply_by_quantized_multiplier_ref(x, multiplier, shift):
     return rounding_divide_by_pot_ref(saturating_rounding_doubling_high_mul_ref(v, multiplier), right)
 
 
-def requantize_ref(acc, multiplier, shift, zero_point, qmin=-128, qmax=127):
+def multiply_by_quantized_multiplier_single_ref(x, multiplier, shift):
+    """TFLite MultiplyByQuantizedMultiplier built with TFLITE_SINGLE_ROUNDING: the exact
+    product x·m / 2^(31 - shift) rounded once, ties toward +inf (arithmetic shift)."""
+    total = 31 - shift
+    return (x * multiplier + (1 << (total - 1))) >> total
+
+
+def multiply_by_quantized_multiplier_neon_ref(x, multiplier, shift):
+    """TFLite's NEON path: vqrdmulh (SaturatingRoundingDoublingHighMul) of the left-shifted
+    x, then vrshl by -right (a rounding right shift, ties toward +inf)."""
+    left = shift if shift > 0 else 0
+    right = -shift if shift < 0 else 0
+    v = min(max(x << left, INT32_MIN), INT32_MAX)
+    high = saturating_rounding_doubling_high_mul_ref(v, multiplier)
+    return (high + ((1 << right) >> 1)) >> right
+
+
+_MBQM = {"gemmlowp": multiply_by_quantized_multiplier_ref,
+         "single": multiply_by_quantized_multiplier_single_ref,
+         "neon": multiply_by_quantized_multiplier_neon_ref}
+
+
+def requantize_ref(acc, multiplier, shift, zero_point, qmin=-128, qmax=127,
+                   rounding="gemmlowp"):
     """int32 accumulators (M, N) -> int8 codes, per-column multiplier/shift."""
+    mbqm = _MBQM[rounding]
     acc = np.asarray(acc, dtype=np.int64)
     out = np.empty(acc.shape, dtype=np.int8)
     for (i, j), a in np.ndenumerate(acc):
-        v = multiply_by_quantized_multiplier_ref(int(a), int(multiplier[j]), int(shift[j]))
+        v = mbqm(int(a), int(multiplier[j]), int(shift[j]))
+        v = min(max(v, INT32_MIN), INT32_MAX)
         out[i, j] = min(max(v + int(zero_point), qmin), qmax)
     return out
 
@@ -279,7 +304,8 @@ def activation_range_ref(activation, scale, zero_point):
 
 
 def fully_connected_int8_ref(x_q, weights_q, bias_q, input_zero_point, weight_scale,
-                             input_scale, output_scale, output_zero_point, activation=None):
+                             input_scale, output_scale, output_zero_point, activation=None,
+                             rounding="gemmlowp"):
     """TFLite reference int8 FULLY_CONNECTED (reference_integer_ops::FullyConnected):
     acc = Σ w·(x - zp_in) + bias, MultiplyByQuantizedMultiplier with the multipliers
     TFLite derives from the float32 scales, + zp_out, clamped to the activation range."""
@@ -292,16 +318,17 @@ def fully_connected_int8_ref(x_q, weights_q, bias_q, input_zero_point, weight_sc
     mult = [p[0] for p in pairs]
     shift = [p[1] for p in pairs]
     lo, hi = activation_range_ref(activation, output_scale, output_zero_point)
-    return requantize_ref(acc, mult, shift, output_zero_point, lo, hi)
+    return requantize_ref(acc, mult, shift, output_zero_point, lo, hi, rounding)
 
 
-def sequential_int8_ref(layers, x_q):
+def sequential_int8_ref(layers, x_q, rounding="gemmlowp"):
     """A chain of fully_connected_int8_ref; `layers` is a list of dicts with the keys of
     its arguments (weights_q, bias_q, input_zero_point, weight_scale, input_scale,
-    output_scale, output_zero_point, activation)."""
+    output_scale, output_zero_point, activation); `rounding` as in
+    QuantizedSequential.forward_int8."""
     h = np.asarray(x_q, dtype=np.int8)
     for layer in layers:
-        h = fully_connected_int8_ref(h, **layer)
+        h = fully_connected_int8_ref(h, rounding=rounding, **layer)
     return h
 
 

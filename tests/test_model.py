@@ -88,6 +88,38 @@ def test_forward_int8_matches_tflite_oracle(target, rng, case, batch, out_zp):
     np.testing.assert_array_equal(model.forward_int8(x.ravel()), got)        # flat input
 
 
+@pytest.mark.parametrize("rounding", ["gemmlowp", "single", "neon"])
+@pytest.mark.parametrize("case", list(CASES), ids=list(CASES))
+def test_forward_int8_roundings_match_oracle(rng, case, rounding):
+    sizes, acts, per_channel, zps = CASES[case]
+    # small output scales and shifts around -8: many products land near a tie
+    model = _model(rng, sizes, acts, per_channel, zps, out_zp=3,
+                   scales=[0.05, 0.11, 0.3][:len(sizes) - 1])
+    x = _codes(rng, (300, sizes[0]))
+    got = model.forward_int8(x, rounding=rounding)
+    np.testing.assert_array_equal(got, sequential_int8_ref(_oracle_layers(model), x, rounding))
+    xf = rng.standard_normal((20, sizes[0])).astype(np.float32)
+    want = model.dequantize_output(model.forward_int8(model.quantize_input(xf),
+                                                      rounding=rounding))
+    np.testing.assert_array_equal(model.forward(xf, rounding=rounding).view(np.uint32),
+                                  want.view(np.uint32))
+
+
+def test_roundings_differ_only_at_near_ties():
+    # acc · m · 2^(shift-31) = -0.5 exactly after the high multiply: gemmlowp rounds away
+    # (-1), single rounding sees -0.49992 (0), neon rounds the tie up (0).
+    acc = np.array([[-248]], np.int32)
+    mult, shift = np.array([1106635781]), np.array([-8])
+    from reference import requantize_ref
+    assert [int(requantize_ref(acc, mult, shift, 0, rounding=r)[0, 0])
+            for r in ("gemmlowp", "single", "neon")] == [-1, 0, 0]
+    layer = QuantizedLinear.from_float([[1.0]], None, 1, 1)
+    layer.set_input_scale(1.0)
+    model = QuantizedSequential([layer], None, 1.0)
+    with pytest.raises(ValueError, match="rounding"):
+        model.forward_int8(np.zeros((1, 1), np.int8), rounding="even")
+
+
 @pytest.mark.parametrize("log_scale", [-6, -3, 0, 2], ids=lambda s: f"1e{s}")
 def test_forward_int8_scales_span(rng, log_scale):
     s = 10.0 ** log_scale

@@ -14,9 +14,22 @@ One int8 FULLY_CONNECTED operator per layer, as TFLite's int8 quantization spec 
 
 The requantization multipliers are not stored: every runtime derives them from the float32
 scales, and qatcore derives its own the same way (see
-:func:`qatcore.linear.requant_real_multiplier`), so LiteRT's reference and builtin kernels
-and TFLM compute what ``forward_int8`` computes, bit for bit.  (LiteRT's default XNNPACK
-delegate requantizes in its own way and may differ by an LSB.)
+:func:`qatcore.linear.requant_real_multiplier`).  The runtimes then round the fixed-point
+product in three different ways, and ``QuantizedSequential.forward_int8(x, rounding=...)``
+reproduces each bit for bit (tests/test_export_tflite.py):
+
+* TensorFlow Lite Micro: gemmlowp's double rounding, ``rounding="gemmlowp"`` -- the
+  default of ``forward_int8``, qatcore's kernels and its C export;
+* LiteRT (ai-edge-litert 2.3) reference kernels, ``OpResolverType.BUILTIN_REF``: built
+  with ``TFLITE_SINGLE_ROUNDING``, ``rounding="single"``;
+* LiteRT builtin (optimized) kernels, ``BUILTIN_WITHOUT_DEFAULT_DELEGATES``: NEON's
+  vqrdmulh + rounding shift (through NEON_2_SSE on x86), ``rounding="neon"``.
+
+The three differ by one LSB at near-ties only (about 0.1% of the outputs of a random
+chain).  LiteRT's default XNNPACK delegate requantizes its own way (within one LSB here).
+With ``float_io=True``, the reference kernels and TFLM quantize the input as
+``input_numerics="tflite"`` and dequantize as ``(q - zp) * s``; LiteRT's optimized
+QUANTIZE / DEQUANTIZE use ``round(x / s + zp)`` and ``q * s - zp * s``.
 
 The flatbuffer is built with the flatc-generated object API of TFLite's schema that ships
 in the ``tflite-micro`` wheel (``schema_py_generated``) and the ``flatbuffers`` package:
