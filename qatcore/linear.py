@@ -77,7 +77,8 @@ def requant_real_multiplier(weight_scale: Union[float, ArrayLike], input_scale: 
     Examples
     --------
     >>> f32 = np.float32
-    >>> requant_real_multiplier(0.1, 0.3, 0.7)[0] == float(f32(0.1) * f32(0.3)) / float(f32(0.7))
+    >>> real = requant_real_multiplier(0.1, 0.3, 0.7)[0]
+    >>> bool(real == float(f32(0.1) * f32(0.3)) / float(f32(0.7)))
     True
     """
     ws = np.asarray(weight_scale, dtype=np.float32).reshape(-1)

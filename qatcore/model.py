@@ -189,8 +189,9 @@ class QuantizedSequential:
     >>> l2 = QuantizedLinear.from_float([[0.5, 0.5]], None, 2, 1)
     >>> l2.set_input_scale(0.05)
     >>> model = QuantizedSequential([l1, l2], ["relu", None], output_scale=0.02)
-    >>> model
-    QuantizedSequential(2 -> 2 relu -> 1, per-tensor int8 weights; input scale 0.1 zp 0, output scale 0.02 zp 0)
+    >>> model  # doctest: +NORMALIZE_WHITESPACE
+    QuantizedSequential(2 -> 2 relu -> 1, per-tensor int8 weights;
+                        input scale 0.1 zp 0, output scale 0.02 zp 0)
     >>> model.forward_int8(np.array([[20, 10]], dtype=np.int8))
     array([[103]], dtype=int8)
     >>> model.forward([[2.0, 1.0]])
