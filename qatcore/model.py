@@ -516,6 +516,7 @@ class QuantizedSequential:
         try:
             with os.fdopen(fd, "wb") as f:
                 np.savez(f, **self.state_dict())
+            os.chmod(tmp, _default_mode())
             os.replace(tmp, path)
         except BaseException:
             try:
@@ -630,6 +631,13 @@ class QuantizedSequential:
 
 
 # ---------------------------------------------------------------------- file reading
+def _default_mode() -> int:
+    """The permissions a plain ``open(path, "w")`` would give (mkstemp's are 0600)."""
+    umask = os.umask(0)
+    os.umask(umask)
+    return 0o666 & ~umask
+
+
 
 def _text(value) -> Optional[str]:
     a = np.asarray(value)
