@@ -19,8 +19,9 @@ computes, bit for bit (the tests check it on x86-64 and, under qemu, on 32-bit A
 * ``+ output_zero_point``, clamped to the layer's output range: [-128, 127] narrowed by a
   fused ReLU (at the zero point) or ReLU6 (also at ``zp + rint(6 / scale)``).
 
-The layer outputs ping-pong between two halves of the caller's scratch buffer
-(``NAME_SCRATCH_BYTES``, int8, no alignment needed); the last layer writes ``out``.
+The hidden layers' outputs alternate between two regions of the caller's scratch buffer
+(``NAME_SCRATCH_BYTES`` = the widest even-numbered plus the widest odd-numbered hidden
+layer, int8, no alignment needed); the last layer writes ``out``.
 
 :func:`write_tflite_c_array` writes a ``.tflite`` flatbuffer as the ``.cc``/``.h`` pair
 TensorFlow Lite Micro's ``generate_cc_arrays.py`` writes
@@ -114,7 +115,7 @@ int @P@_invoke(const int8_t *in, int8_t *out, void *scratch)
     if (in == NULL || out == NULL || (@M@_NUM_LAYERS > 1 && scratch == NULL))
         return -1;
     for (k = 0; k < @M@_NUM_LAYERS; k++) {
-        int8_t *y = k == @M@_NUM_LAYERS - 1 ? out : buffer + (k % 2) * @M@_HIDDEN_MAX;
+        int8_t *y = k == @M@_NUM_LAYERS - 1 ? out : buffer + (k % 2) * @M@_ODD_OFFSET;
         @P@_fully_connected(&@P@_layers[k], x, y);
         x = y;
     }
@@ -158,9 +159,12 @@ def _float_literal(v: float) -> str:
 
 
 def _scratch_bytes(plan: ModelPlan) -> Tuple[int, int]:
+    """(offset of the odd layers' outputs, scratch size): hidden layer k's output goes to
+    scratch + (k % 2) * offset, so consecutive layers never overlap."""
     hidden = [int(lp.weights_q.shape[0]) for lp in plan.layers[:-1]]
-    hidden_max = max(hidden, default=0)
-    return hidden_max, hidden_max * min(len(hidden), 2)
+    even = max(hidden[0::2], default=0)
+    odd = max(hidden[1::2], default=0)
+    return even, even + odd
 
 
 def c_sources(model, name: str) -> Tuple[str, str]:
@@ -168,7 +172,7 @@ def c_sources(model, name: str) -> Tuple[str, str]:
     name = check_name(name)
     plan = plan_model(model)
     up = name.upper()
-    hidden_max, scratch = _scratch_bytes(plan)
+    odd_offset, scratch = _scratch_bytes(plan)
     n = len(plan.layers)
     sizes = " -> ".join([str(plan.in_features)] + [str(lp.weights_q.shape[0])
                                                   for lp in plan.layers])
@@ -221,7 +225,8 @@ int {name}_invoke(const int8_t *in, int8_t *out, void *scratch);
         f"/* {name}.c -- integer model exported by qatcore; see {name}.h. */\n"
         f'#include <stddef.h>\n#include <stdint.h>\n\n#include "{name}.h"\n\n',
         _sub(_ALIGN, name),
-        f"\n#define {up}_HIDDEN_MAX {hidden_max}\n\n",
+        f"\n/* hidden layer k writes scratch + (k % 2) * {up}_ODD_OFFSET */\n"
+        f"#define {up}_ODD_OFFSET {odd_offset}\n\n",
         f"typedef struct {{\n"
         f"    const int8_t *weights;       /* (out_features, in_features), row-major */\n"
         f"    const int32_t *acc_offset;   /* bias_q - input_zero_point * row sums, or NULL */\n"
