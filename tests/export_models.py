@@ -120,15 +120,16 @@ def random_codes(model, n, seed):
     return x
 
 
-def demo_model(seed=0, epochs=3, n_train=400):
-    """The demo MLP (64-128-64-10, ReLU) trained briefly, QAT-converted with the demo's
-    own pipeline; output scale from the float logits on the training rows.  Returns
+def demo_model(seed=0, epochs=20, n_train=None):
+    """The demo MLP (64-128-64-10, ReLU) trained as the demo trains it (float, 20 epochs,
+    under a second), post-training quantized and converted with the demo's own pipeline; output scale from the float logits on the training rows.  Returns
     (model, X_test, y_test)."""
     from qatcore import demo
 
     X, y = demo.load_digits()
     Xtr, ytr, Xte, yte = demo.split_dataset(X, y, 0.2, seed=seed)
-    Xtr, ytr = Xtr[:n_train], ytr[:n_train]
+    if n_train is not None:
+        Xtr, ytr = Xtr[:n_train], ytr[:n_train]
     float_model = demo.build_mlp(seed)
     demo.train(float_model, Xtr, ytr, epochs=epochs, lr=1e-2, seed=seed + 1)
     qat = demo.build_qat_model(float_model, FakeQuantConfig(bits=8), FakeQuantConfig(bits=8))
