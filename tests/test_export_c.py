@@ -291,6 +291,34 @@ def test_tflite_c_array_round_trip(size, tmp_path):
     assert (tmp_path / "out.tflite").read_bytes() == data
 
 
+def test_tflite_c_array_of_a_real_model(tmp_path):
+    """tflite-micro's own sine_float.tflite survives the round trip through the C array,
+    and TFLM runs the bytes read back."""
+    need_tool("c++")
+    tflm = pytest.importorskip("tflite_micro")
+    from tflite_micro import runtime
+
+    src = os.path.join(os.path.dirname(tflm.__file__), "python", "tflite_micro",
+                       "sine_float.tflite")
+    data = open(src, "rb").read()
+    _, cc = write_tflite_c_array(data, tmp_path, "sine")
+    main = tmp_path / "main.cc"
+    main.write_text('#include <cstdio>\n#include "sine_model_data.h"\n'
+                    "int main(int, char **argv) {\n"
+                    "  std::FILE *f = std::fopen(argv[1], \"wb\");\n"
+                    "  std::fwrite(g_sine_model_data, 1, g_sine_model_data_size, f);\n"
+                    "  return std::fclose(f);\n}\n")
+    prog = tmp_path / "prog"
+    subprocess.run(["c++", "-std=c++11", "-Wall", "-Wextra", "-Werror", str(main), cc, "-o",
+                    str(prog)], check=True, capture_output=True, text=True)
+    subprocess.run([str(prog), str(tmp_path / "back.tflite")], check=True)
+    assert (tmp_path / "back.tflite").read_bytes() == data
+    interp = runtime.Interpreter.from_file(str(tmp_path / "back.tflite"))
+    interp.set_input(np.array([[1.0]], np.float32), 0)
+    interp.invoke()
+    assert abs(float(np.ravel(interp.get_output(0))[0]) - np.sin(1.0)) < 0.1
+
+
 def test_tflite_c_array_bad_input(tmp_path):
     with pytest.raises(TypeError, match="tflite_bytes"):
         write_tflite_c_array("TFL3", tmp_path, "m")
