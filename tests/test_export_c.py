@@ -232,6 +232,10 @@ def test_bad_arguments(tmp_path):
         write_c(Chain([layer, layer], [None, None], 1.0, 0), tmp_path, "m")
     with pytest.raises(ValueError, match="output_zero_point"):
         write_c(Chain([layer], [None], 1.0, 200), tmp_path, "m")
+    float_zp = Chain([layer], [None], 1.0, 0)
+    float_zp.output_zero_point = 1.5
+    with pytest.raises(TypeError, match="output_zero_point"):
+        write_c(float_zp, tmp_path, "m")
     nan_scale = Chain([layer], [None], 1.0, 0)
     nan_scale.output_scale = float("nan")
     with pytest.raises(ValueError, match="output_scale"):
@@ -327,3 +331,12 @@ def test_tflite_c_array_bad_input(tmp_path):
     with pytest.raises(ValueError, match="name"):
         write_tflite_c_array(_fake_tflite(4), tmp_path, "9m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_docstring_examples():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("qatcore.export.c")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

@@ -192,3 +192,12 @@ def test_missing_onnx_says_how_to_install(monkeypatch, tmp_path):
     with pytest.raises(ImportError, match="pip install onnx"):
         to_onnx(random_model(1), tmp_path / "m.onnx")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_docstring_examples():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("qatcore.export.onnx")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

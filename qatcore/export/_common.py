@@ -108,10 +108,18 @@ def plan_model(model) -> ModelPlan:
             raise ValueError(f"model.layers do not chain: layer {i - 1} has "
                              f"{layers[i - 1].out_features} outputs, layer {i} "
                              f"{layers[i].in_features} inputs")
-    out_scale = float(model.output_scale)
+    try:
+        out_scale = float(model.output_scale)
+    except (TypeError, ValueError):
+        raise TypeError(f"model.output_scale must be a real number, got "
+                        f"{type(model.output_scale).__name__}") from None
     if not (math.isfinite(out_scale) and out_scale > 0 and np.float32(out_scale) > 0):
         raise ValueError(f"model.output_scale must be finite and positive, got {out_scale!r}")
-    out_zp = int(model.output_zero_point)
+    out_zp = model.output_zero_point
+    if isinstance(out_zp, (bool, np.bool_)) or not isinstance(out_zp, (int, np.integer)):
+        raise TypeError(f"model.output_zero_point must be an integer, got "
+                        f"{type(out_zp).__name__}")
+    out_zp = int(out_zp)
     if not -128 <= out_zp <= 127:
         raise ValueError(f"model.output_zero_point must be in [-128, 127], got {out_zp}")
 

@@ -137,6 +137,11 @@ _ALIGN = r"""/* 16-byte alignment for the parameter arrays: C11 _Alignas, else t
 """
 
 
+def _version() -> str:
+    from .. import __version__
+    return __version__
+
+
 def _sub(text: str, name: str) -> str:
     return text.replace("@P@", name).replace("@M@", name.upper())
 
@@ -176,7 +181,7 @@ def c_sources(model, name: str) -> Tuple[str, str]:
     n = len(plan.layers)
     sizes = " -> ".join([str(plan.in_features)] + [str(lp.weights_q.shape[0])
                                                   for lp in plan.layers])
-    header = f"""/* {name}.h -- integer model exported by qatcore (qatcore.export.c.write_c).
+    header = f"""/* {name}.h -- integer model exported by qatcore {_version()} (qatcore.export.c.write_c).
  *
  * Fully connected int8 layers {sizes}; integer-only C99 runtime in {name}.c.
  *
@@ -243,10 +248,11 @@ int {name}_invoke(const int8_t *in, int8_t *out, void *scratch);
         act = lp.activation or "none"
         scales = (f"per-channel weight scales" if lp.per_channel else
                   f"weight scale {float(lp.weight_scale[0])!r}")
-        parts.append(f"/* layer {k}: {in_f} -> {out_f}, {scales}, input scale "
-                     f"{lp.input_scale!r} zero point {lp.input_zero_point}, output scale "
-                     f"{lp.output_scale!r} zero point {lp.output_zero_point}, activation "
-                     f"{act} (codes clamped to [{lp.act_min}, {lp.act_max}]) */\n")
+        parts.append(f"/* layer {k}: {in_f} -> {out_f}, {scales};\n"
+                     f" * input scale {lp.input_scale!r}, zero point {lp.input_zero_point};\n"
+                     f" * output scale {lp.output_scale!r}, zero point "
+                     f"{lp.output_zero_point}; activation {act}: codes clamped to "
+                     f"[{lp.act_min}, {lp.act_max}] */\n")
         parts.append(_array("int8_t", f"{pre}_weights", lp.weights_q, 16, up))
         if np.any(lp.acc_offset != 0):
             parts.append(_array("int32_t", f"{pre}_acc_offset", lp.acc_offset, 8, up))

@@ -226,6 +226,21 @@ def to_onnx(model: Any, path: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
     onnxruntime runs it with float requantization (ties to even), so its codes can differ
     from ``forward_int8`` by 1 LSB per layer; the module docstring gives the measured
     agreement.
+
+    Examples
+    --------
+    >>> import os, tempfile
+    >>> import numpy as np
+    >>> from qatcore import QuantizedLinear
+    >>> from qatcore.export.onnx import to_onnx
+    >>> layer = QuantizedLinear.from_float([[1.0, -0.5]], None, 2, 1)
+    >>> layer.set_input_scale(0.1)
+    >>> class Model:                     # any container with these four attributes
+    ...     layers, activations, output_scale, output_zero_point = [layer], ["relu"], 0.05, 0
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     path = to_onnx(Model(), os.path.join(d, "tiny.onnx"))
+    ...     os.path.getsize(path) > 0
+    True
     """
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a path, got {type(path).__name__}")
