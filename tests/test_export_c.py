@@ -132,6 +132,34 @@ def test_multiplier_extremes(ratio, tmp_path):
     assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
 
 
+@pytest.mark.parametrize("bits", [2, 4, 7])
+def test_narrow_weight_codes(bits, tmp_path):
+    """Weights quantized to fewer bits (codes within +-(2^(bits-1) - 1) in int8 arrays)."""
+    from qatcore import FakeQuantConfig
+
+    rng = np.random.default_rng(bits)
+    w = rng.normal(size=(31, 45)).astype(np.float32)
+    layer = QuantizedLinear.from_float(w, rng.normal(size=31), 45, 31, FakeQuantConfig(bits=bits),
+                                       per_channel=True)
+    layer.set_input_scale(0.03, -5)
+    assert np.abs(layer.weights_q).max() <= (1 << (bits - 1)) - 1
+    model = Chain([layer], ["relu"], 0.05, -20)
+    x = random_codes(model, N_INPUTS, bits)
+    assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
+
+
+def test_input_zero_point_beyond_int8(tmp_path):
+    """QuantizedLinear allows any integer input zero point; the C folds it into the
+    accumulator offset."""
+    rng = np.random.default_rng(11)
+    layer = random_layer(rng, 40, 17, 0.01, 300, False, 0.2)
+    model = Chain([layer], [None], 1.0, 0)
+    x = random_codes(model, N_INPUTS, 4)
+    spread = float(np.std(layer.forward_quantized(x) * np.asarray(layer.output_scale)))
+    model = Chain([layer], [None], spread / 30, 0)
+    assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
+
+
 def test_demo_mlp_bit_exact(demo, tmp_path):
     model, Xte, _ = demo
     x = np.concatenate([model.quantize_input(Xte), random_codes(model, N_INPUTS, 3)])

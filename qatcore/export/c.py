@@ -189,6 +189,7 @@ def c_sources(model, name: str) -> Tuple[str, str]:
  *   int8_t in[{up}_INPUT_SIZE], out[{up}_OUTPUT_SIZE];
  *   {name}_invoke(in, out, scratch);            returns 0, or -1 on a NULL pointer
  *
+ * Reentrant (no static state): concurrent callers each need their own scratch.
  * A batch is a loop over samples (rows are contiguous, in and out must not overlap):
  *
  *   for (n = 0; n < batch; n++)
