@@ -166,6 +166,21 @@ def test_demo_mlp_bit_exact(demo, tmp_path):
     assert_bit_exact(run(build(model, tmp_path, "digits_mlp"), model, x, tmp_path), model, x)
 
 
+@pytest.mark.parametrize("seed", [0, 2])
+def test_torch_stand_in_container(seed, tmp_path):
+    """The export reads only the container interface: qatcore.torch's IntegerSequential
+    (the stand-in for QuantizedSequential) works unchanged, bit-exact with its own
+    forward_int8."""
+    pytest.importorskip("torch")
+    from qatcore.torch import IntegerSequential
+
+    src = random_model(seed)
+    model = IntegerSequential(src.layers, src.activations, src.output_scale,
+                              src.output_zero_point)
+    x = random_codes(src, N_INPUTS, seed)
+    assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
+
+
 @pytest.mark.parametrize("seed", SEEDS[8:12])
 def test_arm32_qemu_bit_exact(seed, tmp_path):
     """The same driver built for 32-bit ARM (hard float ABI, static) and run under qemu."""

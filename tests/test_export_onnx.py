@@ -122,6 +122,17 @@ def test_every_gemm_fuses_into_qgemm(demo, tmp_path):
         assert not {"Gemm", "FusedGemm", "MatMul"} & set(ops), ops
 
 
+def test_torch_stand_in_container(tmp_path):
+    pytest.importorskip("torch")
+    from qatcore.torch import IntegerSequential
+
+    src = random_model(2)
+    model = IntegerSequential(src.layers, src.activations, src.output_scale,
+                              src.output_zero_point)
+    share, worst = agreement(session(model, tmp_path), model, random_codes(src, N_INPUTS, 2))
+    assert worst <= 2 ** len(src.layers) and share >= 0.9
+
+
 def test_relu6_survives_fine_output_codes(tmp_path):
     """Output scale 7e-10: onnxruntime would drop a Clip(0, 6) in front of the quantizer
     (absolute tolerance), so ReLU6 is written as Relu + Min there."""

@@ -14,7 +14,7 @@ import os
 import re
 import tempfile
 from dataclasses import dataclass
-from typing import List, Optional, Tuple, Union
+from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
@@ -81,7 +81,7 @@ def activation_range(activation: Optional[str], scale: float, zero_point: int
     return lo, hi
 
 
-def plan_model(model) -> ModelPlan:
+def plan_model(model: Any) -> ModelPlan:
     """Read and check everything an export needs from `model` (raises TypeError /
     ValueError naming the attribute)."""
     for attr in ("layers", "activations", "output_scale", "output_zero_point"):
@@ -160,7 +160,7 @@ def plan_model(model) -> ModelPlan:
                      (qrange[0], qrange[1]), out_scale, out_zp)
 
 
-def check_name(name) -> str:
+def check_name(name: Any) -> str:
     """A C identifier prefix: letters, digits, '_', starting with a letter, <= 24 chars."""
     if not isinstance(name, str):
         raise TypeError(f"name must be a str, got {type(name).__name__}")
@@ -171,16 +171,16 @@ def check_name(name) -> str:
     return name
 
 
-def check_directory(directory) -> str:
+def check_directory(directory: Any) -> str:
     """An existing, writable directory."""
     if not isinstance(directory, (str, os.PathLike)):
         raise TypeError(f"directory must be a path, got {type(directory).__name__}")
-    directory = os.fspath(directory)
-    if not os.path.isdir(directory):
-        raise ValueError(f"directory {directory!r} does not exist or is not a directory")
-    if not os.access(directory, os.W_OK | os.X_OK):
-        raise ValueError(f"directory {directory!r} is not writable")
-    return directory
+    path = str(os.fspath(directory))
+    if not os.path.isdir(path):
+        raise ValueError(f"directory {path!r} does not exist or is not a directory")
+    if not os.access(path, os.W_OK | os.X_OK):
+        raise ValueError(f"directory {path!r} is not writable")
+    return path
 
 
 def write_atomically(files: List[Tuple[str, Union[str, bytes]]]) -> None:

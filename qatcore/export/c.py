@@ -31,7 +31,7 @@ TensorFlow Lite Micro's ``generate_cc_arrays.py`` writes
 from __future__ import annotations
 
 import os
-from typing import List, Tuple
+from typing import Any, List, Tuple
 
 import numpy as np
 
@@ -172,7 +172,7 @@ def _scratch_bytes(plan: ModelPlan) -> Tuple[int, int]:
     return even, even + odd
 
 
-def c_sources(model, name: str) -> Tuple[str, str]:
+def c_sources(model: Any, name: str) -> Tuple[str, str]:
     """The text of ``name.h`` and ``name.c`` for `model` (see :func:`write_c`)."""
     name = check_name(name)
     plan = plan_model(model)
@@ -272,7 +272,7 @@ int {name}_invoke(const int8_t *in, int8_t *out, void *scratch);
     return header, "".join(parts)
 
 
-def write_c(model, directory: PathLike, name: str) -> Tuple[str, str]:
+def write_c(model: Any, directory: PathLike, name: str) -> Tuple[str, str]:
     """Write `model` as C99 source: ``name.h`` and ``name.c`` in `directory`.
 
     The parameters become ``static const`` 16-byte aligned arrays (int8 weights

@@ -47,7 +47,7 @@ Requires the ``onnx`` package (``pip install onnx``); onnxruntime only to run th
 from __future__ import annotations
 
 import os
-from typing import Any, List, Optional
+from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
@@ -61,7 +61,7 @@ DEFAULT_OPSET = 13
 _CLIP_FUSION_GUARD = 1e-5
 
 
-def _import_onnx():
+def _import_onnx() -> Tuple[Any, Any, Any]:
     try:
         import onnx
         from onnx import helper, numpy_helper
@@ -71,7 +71,7 @@ def _import_onnx():
     return onnx, helper, numpy_helper
 
 
-def _check_opset(opset, onnx) -> int:
+def _check_opset(opset: Any, onnx: Any) -> int:
     if isinstance(opset, (bool, np.bool_)) or not isinstance(opset, (int, np.integer)):
         raise TypeError(f"opset must be an integer, got {type(opset).__name__}")
     top = int(onnx.defs.onnx_opset_version())
@@ -82,7 +82,8 @@ def _check_opset(opset, onnx) -> int:
     return int(opset)
 
 
-def _activation(kind: str, scale: float, y: str, tag: str, nodes, const, helper) -> str:
+def _activation(kind: str, scale: float, y: str, tag: str, nodes: List[Any],
+                const: Callable[[str, np.ndarray], str], helper: Any) -> str:
     f32 = np.float32
     if kind == "relu":
         nodes.append(helper.make_node("Relu", [y], [f"{tag}_relu"], name=f"{tag}_relu"))
@@ -103,7 +104,7 @@ def _activation(kind: str, scale: float, y: str, tag: str, nodes, const, helper)
     return f"{tag}_relu6"
 
 
-def onnx_model(model: Any, *, opset: int = DEFAULT_OPSET):
+def onnx_model(model: Any, *, opset: int = DEFAULT_OPSET) -> Any:
     """The QDQ ``onnx.ModelProto`` of `model` (what :func:`to_onnx` writes), checked with
     ``onnx.checker.check_model``."""
     onnx, helper, numpy_helper = _import_onnx()
