@@ -16,6 +16,7 @@ from export_models import Chain, demo_model, random_codes, random_layer, random_
 
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 N_INPUTS = 1000
+UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
 _REQUIRE = os.environ.get("QATCORE_REQUIRE_INTEGRATIONS", "") not in ("", "0")
 
 DRIVER = r"""
@@ -129,7 +130,8 @@ def test_multiplier_extremes(ratio, tmp_path):
     scale = float(np.asarray(layer.output_scale).max()) / ratio
     model = Chain([layer], [None], scale, -3)
     x = random_codes(model, 256, 2)
-    assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
+    prog = build(model, tmp_path, extra=UBSAN)          # saturating shifts: no UB either
+    assert_bit_exact(run(prog, model, x, tmp_path), model, x)
 
 
 @pytest.mark.parametrize("bits", [2, 4, 7])
@@ -158,6 +160,45 @@ def test_input_zero_point_beyond_int8(tmp_path):
     spread = float(np.std(layer.forward_quantized(x) * np.asarray(layer.output_scale)))
     model = Chain([layer], [None], spread / 30, 0)
     assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
+
+
+def _widest_layer(sign):
+    """in_features = MAX_IN_FEATURES, weights all +-127: accumulators within 1 100 of
+    +-2^31 for constant -128 / 127 inputs (the int32 bound QuantizedLinear guarantees)."""
+    k = QuantizedLinear.MAX_IN_FEATURES
+    w = np.full((2, k), 1.0, np.float32)
+    w[1] = -1.0
+    layer = QuantizedLinear.from_float(w * sign, None, k, 2)
+    layer.set_input_scale(1.0)
+    return layer
+
+
+@pytest.mark.parametrize("sign", [1.0, -1.0], ids=["pos", "neg"])
+def test_accumulator_at_the_int32_bound(sign, tmp_path):
+    layer = _widest_layer(sign)
+    x = np.stack([np.full(layer.in_features, v, np.int8) for v in (-128, 127, 0, 1)])
+    acc = layer.forward_quantized(x).astype(np.int64)
+    assert np.abs(acc).max() > 2 ** 31 - 1100
+    for scale in (float(np.float32(2.0 ** 24)), 1.0, float(np.float32(1e12))):
+        model = Chain([layer], [None], scale, 3)
+        sub = tmp_path / f"s{scale:g}"
+        sub.mkdir()
+        assert_bit_exact(run(build(model, sub), model, x, sub), model, x)
+
+
+@pytest.mark.parametrize("seed", [0, 5, 9])
+def test_no_undefined_behaviour(seed, tmp_path):
+    """UBSan (signed overflow, shifts, ...) finds nothing, on random models and on the
+    accumulators at the int32 bound."""
+    flags = UBSAN
+    model = random_model(seed, extreme=seed == 9)
+    x = random_codes(model, 300, seed)
+    assert_bit_exact(run(build(model, tmp_path, extra=flags), model, x, tmp_path), model, x)
+    wide = Chain([_widest_layer(-1.0)], [None], 1e6, 0)
+    xw = np.stack([np.full(wide.layers[0].in_features, v, np.int8) for v in (-128, 127)])
+    sub = tmp_path / "wide"
+    sub.mkdir()
+    assert_bit_exact(run(build(wide, sub, extra=flags), wide, xw, sub), wide, xw)
 
 
 def test_demo_mlp_bit_exact(demo, tmp_path):
