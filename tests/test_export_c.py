@@ -288,6 +288,30 @@ def test_source_is_integer_only(demo):
     assert "static const DIGITS_MLP_ALIGNED int8_t digits_mlp_l0_weights[8192]" in source
 
 
+def test_header_macros(tmp_path):
+    """The header's macros, read back by a C program, are the model's numbers (the float
+    scales exactly their float32 values)."""
+    model = random_model(1)
+    first = model.layers[0]
+    h, _ = write_c(model, tmp_path, "m")
+    prog_c = tmp_path / "macros.c"
+    prog_c.write_text('#include <stdio.h>\n#include "m.h"\nint main(void) {\n'
+                      '  printf("%d %d %d %d %d %d %d %.9g %.9g\\n", M_INPUT_SIZE, M_OUTPUT_SIZE,\n'
+                      '         M_NUM_LAYERS, M_INPUT_ZERO_POINT, M_INPUT_QMIN, M_INPUT_QMAX,\n'
+                      '         M_OUTPUT_ZERO_POINT, (double)M_INPUT_SCALE, (double)M_OUTPUT_SCALE);\n'
+                      '  return 0;\n}\n')
+    subprocess.run(["cc", *CFLAGS, "-I", str(tmp_path), str(prog_c), "-o",
+                    str(tmp_path / "macros")], check=True, capture_output=True, text=True)
+    out = subprocess.run([str(tmp_path / "macros")], check=True, capture_output=True,
+                         text=True).stdout.split()
+    lo, hi = (int(v) for v in first.state_dict()["input_qrange"])
+    assert [int(v) for v in out[:7]] == [first.in_features, model.layers[-1].out_features,
+                                         len(model.layers), first.input_zero_point, lo, hi,
+                                         model.output_zero_point]
+    assert np.float32(float(out[7])) == np.float32(first.input_scale)
+    assert np.float32(float(out[8])) == np.float32(model.output_scale)
+
+
 @pytest.mark.parametrize("name", ["", "1abc", "_x", "a-b", "a b", "é", "x" * 25, "a\n"])
 def test_bad_name(name, tmp_path):
     with pytest.raises(ValueError, match="name"):

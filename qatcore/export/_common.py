@@ -150,6 +150,9 @@ def plan_model(model: Any) -> ModelPlan:
         offset = -np.int64(layer.input_zero_point) * wsum
         if bias_q is not None:
             offset = offset + bias_q.astype(np.int64)
+        if np.abs(offset).max() > (1 << 31) - 1:
+            raise ValueError(f"model.layers[{i}]: bias codes with the input zero point "
+                             f"correction overflow int32")
         lo, hi = activation_range(activations[i], scale, zp)
         plans.append(LayerPlan(wq, bias_q, offset, per_channel, ws, float(layer.input_scale),
                                int(layer.input_zero_point), mult.copy(), shift.copy(), scale,

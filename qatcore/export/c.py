@@ -159,6 +159,10 @@ def _array(ctype: str, cname: str, values: np.ndarray, per_line: int, macro: str
             f"    {body}\n}};\n")
 
 
+def _macro_int(v: int) -> str:
+    return f"({int(v)})" if int(v) < 0 else str(int(v))
+
+
 def _float_literal(v: float) -> str:
     return f"{float(np.float32(v))!r}f"
 
@@ -212,11 +216,11 @@ extern "C" {{
 #define {up}_NUM_LAYERS {n}
 /* int8 scratch (no alignment needed); at least 1 so that an array of it is valid C. */
 #define {up}_SCRATCH_BYTES {max(scratch, 1)}
-#define {up}_INPUT_ZERO_POINT {plan.input_zero_point}
-#define {up}_INPUT_QMIN {plan.input_qrange[0]}
-#define {up}_INPUT_QMAX {plan.input_qrange[1]}
+#define {up}_INPUT_ZERO_POINT {_macro_int(plan.input_zero_point)}
+#define {up}_INPUT_QMIN {_macro_int(plan.input_qrange[0])}
+#define {up}_INPUT_QMAX {_macro_int(plan.input_qrange[1])}
 #define {up}_INPUT_SCALE {_float_literal(plan.input_scale)}
-#define {up}_OUTPUT_ZERO_POINT {plan.output_zero_point}
+#define {up}_OUTPUT_ZERO_POINT {_macro_int(plan.output_zero_point)}
 #define {up}_OUTPUT_SCALE {_float_literal(plan.output_scale)}
 
 int {name}_invoke(const int8_t *in, int8_t *out, void *scratch);
