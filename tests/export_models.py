@@ -122,7 +122,8 @@ def random_codes(model, n, seed):
 
 def demo_model(seed=0, epochs=20, n_train=None):
     """The demo MLP (64-128-64-10, ReLU) trained as the demo trains it (float, 20 epochs,
-    under a second), post-training quantized and converted with the demo's own pipeline; output scale from the float logits on the training rows.  Returns
+    under a second), post-training quantized and converted with the demo's own pipeline
+    (``demo.convert``: output quantizer calibrated on the training rows).  Returns
     (model, X_test, y_test)."""
     from qatcore import demo
 
@@ -136,9 +137,5 @@ def demo_model(seed=0, epochs=20, n_train=None):
     demo.calibrate(qat, Xtr)
     for fq in demo._activation_quants(qat) + demo._weight_quants(qat):
         fq.disable_calibration()
-    integer = demo.convert(qat)
-    logits = np.asarray(qat.forward(Xtr))
-    out_scale = float(F32(np.abs(logits).max() / 127))
-    n = len(integer.layers)
-    model = Chain(integer.layers, ["relu"] * (n - 1) + [None], out_scale, 0)
+    model = demo.convert(qat, Xtr)     # a qatcore.QuantizedSequential
     return model, Xte, yte

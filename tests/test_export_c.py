@@ -208,16 +208,14 @@ def test_demo_mlp_bit_exact(demo, tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 2])
-def test_torch_stand_in_container(seed, tmp_path):
-    """The export reads only the container interface: qatcore.torch's IntegerSequential
-    (the stand-in for QuantizedSequential) works unchanged, bit-exact with its own
-    forward_int8."""
-    pytest.importorskip("torch")
-    from qatcore.torch import IntegerSequential
+def test_quantized_sequential_container(seed, tmp_path):
+    """The export reads only the container interface: qatcore.QuantizedSequential works
+    as the tests' own chain does, bit-exact with its own forward_int8."""
+    from qatcore import QuantizedSequential
 
     src = random_model(seed)
-    model = IntegerSequential(src.layers, src.activations, src.output_scale,
-                              src.output_zero_point)
+    model = QuantizedSequential(src.layers, src.activations, src.output_scale,
+                                src.output_zero_point)
     x = random_codes(src, N_INPUTS, seed)
     assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
 

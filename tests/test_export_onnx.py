@@ -122,13 +122,12 @@ def test_every_gemm_fuses_into_qgemm(demo, tmp_path):
         assert not {"Gemm", "FusedGemm", "MatMul"} & set(ops), ops
 
 
-def test_torch_stand_in_container(tmp_path):
-    pytest.importorskip("torch")
-    from qatcore.torch import IntegerSequential
+def test_quantized_sequential_container(tmp_path):
+    from qatcore import QuantizedSequential
 
     src = random_model(2)
-    model = IntegerSequential(src.layers, src.activations, src.output_scale,
-                              src.output_zero_point)
+    model = QuantizedSequential(src.layers, src.activations, src.output_scale,
+                                src.output_zero_point)
     share, worst = agreement(session(model, tmp_path), model, random_codes(src, N_INPUTS, 2))
     assert worst <= 2 ** len(src.layers) and share >= 0.9
 
