@@ -266,6 +266,19 @@ def test_compiles_under_other_standards(std, tmp_path):
                    check=True, capture_output=True, text=True)
 
 
+STRICT = ["-Wconversion", "-Wsign-conversion", "-Wshadow", "-Wcast-qual", "-Wcast-align",
+          "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wundef", "-Wdouble-promotion",
+          "-Wredundant-decls"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 9])
+def test_compiles_with_strict_warnings(seed, tmp_path):
+    """The warnings embedded projects often turn on (conversions, prototypes, ...)."""
+    _, c = write_c(random_model(seed), tmp_path, "m")
+    subprocess.run(["cc", *CFLAGS, *STRICT, "-c", c, "-o", str(tmp_path / "m.o")], check=True,
+                   capture_output=True, text=True)
+
+
 def test_compiles_as_cxx(tmp_path):
     need_tool("c++")
     _, c = write_c(random_model(5), tmp_path, "m")

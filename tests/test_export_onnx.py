@@ -211,3 +211,31 @@ def test_docstring_examples():
     module = importlib.import_module("qatcore.export.onnx")
     result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
     assert result.attempted > 0 and result.failed == 0
+
+
+@pytest.mark.parametrize("scale", [1e-9, 0.01], ids=["tiny-scale", "scale0.01"])
+def test_narrow_input_range_clamps_float_input(scale, tmp_path):
+    """Input codes limited to [-127, 127] (symmetric quantizer): a float far below the
+    range maps to -127 under onnxruntime too (the layer passes codes through: identity
+    weights, multiplier 1/127)."""
+    from qatcore import FakeQuantConfig, FakeQuantize
+
+    w = np.eye(6, dtype=F32)
+    wq, xq = FakeQuantize(FakeQuantConfig()), FakeQuantize(FakeQuantConfig())
+    wq.fake_quantize(w)
+    wq.disable_calibration()
+    xq.fake_quantize(np.array([127 * scale, -127 * scale], F32))
+    xq.disable_calibration()
+    layer = QuantizedLinear.from_qat(w, None, wq, xq)
+    assert tuple(layer.state_dict()["input_qrange"]) == (-127, 127)
+    model = Chain([layer], [None], float(np.float32(layer.output_scale) * 127), 0)
+    x = np.full((3, 6), -1000 * scale, F32)
+    x[1] = 1000 * scale
+    x[2] = np.linspace(-127.4, 127.4, 6) * scale
+    codes = model.quantize_input(x)
+    np.testing.assert_array_equal(model.forward_int8(codes), codes)
+    assert codes.min() == -127
+    got = ort_codes(session(model, tmp_path), model, codes)
+    np.testing.assert_array_equal(got, codes)
+    y = session(model, tmp_path).run(None, {"input": x})[0]
+    np.testing.assert_array_equal(np.rint(y / F32(model.output_scale)), codes)
