@@ -1,10 +1,12 @@
 """Integer models for the export tests: a local container with the interface of
-``qatcore.QuantizedSequential`` (the stand-in ``qatcore.torch.IntegerSequential`` without
-torch), random chains of QuantizedLinear, and the demo MLP trained briefly."""
+``qatcore.QuantizedSequential`` (built on the reference clamps, so the exports are
+checked against more than the container they read), random chains of QuantizedLinear, and the demo MLP trained briefly."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from reference import activation_range_ref
 
 from qatcore import FakeQuantConfig, QuantizedLinear
 
@@ -35,10 +37,8 @@ class Chain:
             h = layer.forward_int8(h, scale, zp)
             act = self.activations[i]
             if act is not None:
-                hi = 127
-                if act == "relu6":
-                    hi = min(127, zp + int(np.rint(F32(6.0) / F32(scale))))
-                h = np.clip(h, max(zp, -128), hi).astype(np.int8)
+                lo, hi = activation_range_ref(act, scale, zp)
+                h = np.clip(h, lo, hi).astype(np.int8)
         return h
 
     def quantize_input(self, x):
