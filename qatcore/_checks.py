@@ -49,7 +49,7 @@ def int_array(x, dtypes, name: str):
     never cast); shape and size come from the buffer, not from a subclass's attributes."""
     names = " or ".join(np.dtype(d).name for d in dtypes)
     if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy array of dtype {names}, got {type(x).__name__}")
+        raise TypeError(f"{name} must be a numpy {names} array, got {type(x).__name__}")
     arr = base_array(x, name)
     if not any(arr.dtype == d for d in dtypes):
         raise TypeError(f"{name} must have dtype {names}, got {_dtype_text(arr.dtype)} "

@@ -612,7 +612,7 @@ def _real_array(value, name: str) -> F32Array:
     arr = base_array(value, name)
     if arr.dtype.kind not in "biuf":
         raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
-    return np.ascontiguousarray(arr, dtype=np.float32)
+    return np.require(arr, dtype=np.float32, requirements="C")
 
 
 def _check_range(qmin: Real, qmax: Real) -> Tuple[float, float]:
