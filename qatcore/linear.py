@@ -363,6 +363,7 @@ class QuantizedLinear(Module):
     _zp_offset: Int32Array
     _requant_cache: Any
     _packed: Dict[str, Int8Array]
+    _lock: Any                  # threading.RLock
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use QuantizedLinear.from_float, from_qat or from_state_dict")
