@@ -809,5 +809,7 @@ def ste_backward_array(grad_out: ArrayLike, mask: npt.NDArray[np.uint8], *,
     dst = np.empty(grad.shape[0], np.float32) if out is None else check_out(out, shape, _F32)
     if dst is not grad and dst.ctypes.data != grad.ctypes.data and np.may_share_memory(dst, grad):
         raise ValueError("out overlaps grad_out without being grad_out itself")
+    if overlaps(dst, m):
+        raise ValueError("out overlaps mask")
     _backend.kernels.grad_times_mask(grad, m, dst)
     return out if out is not None else dst.reshape(shape)

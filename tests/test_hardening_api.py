@@ -309,6 +309,12 @@ def test_float_out_overlap(name, shift):
     _same(np.asarray(got), expected)
 
 
+def test_ste_out_overlapping_mask_refused():
+    buf = np.ones(4 * N, np.uint8)
+    with pytest.raises(ValueError, match="overlaps mask"):
+        ste_backward_array(_x(), buf[:N], out=buf.view(np.float32)[:N])
+
+
 def test_mask_overlapping_x_or_out_refused():
     x = _x()
     raw = x.view(np.uint8)[:N]
