@@ -571,7 +571,7 @@ class QuantizedLinear(Module):
         output_q = None
         if output_fake_quant is not None:
             output_q = _qparams_of(output_fake_quant, "output_fake_quant")[:3]
-        arr = np.asarray(weight) if not isinstance(weight, np.ndarray) else weight
+        arr = base_array(weight, "weight")        # the buffer's own shape
         if arr.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape "
                              f"{arr.shape}")
