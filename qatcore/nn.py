@@ -185,7 +185,7 @@ class Linear(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  seed: _Seed = None, dtype: Any = np.float32, weight: Optional[ArrayLike] = None,
                  bias_value: Optional[ArrayLike] = None) -> None:
-        sizes = []
+        sizes: List[int] = []
         for name, v in (("in_features", in_features), ("out_features", out_features)):
             n = check_index(v, name)
             if n < 1:
@@ -196,7 +196,8 @@ class Linear(Layer):
                              f"(at most 2^32 weights)")
         if not isinstance(bias, (bool, np.bool_)):
             raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
-        self.in_features, self.out_features = sizes
+        self.in_features: int = sizes[0]
+        self.out_features: int = sizes[1]
         self.dtype = _check_dtype(dtype)
         rng = np.random.default_rng(_check_seed(seed))
         bound = 1.0 / np.sqrt(self.in_features)
