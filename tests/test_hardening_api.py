@@ -576,13 +576,21 @@ def test_save_to_a_directory_is_refused(tmp_path):
         QuantizedLinear.load(tmp_path)
 
 
-def test_bits1_asymmetric_over_huge_range_is_finite():
+@pytest.mark.parametrize("numerics", ["aprender", "torch", "onnx"])
+@pytest.mark.parametrize("learnable", [False, True])
+def test_bits1_asymmetric_over_huge_range_is_finite(numerics, learnable):
     """Issue: bits=1 asymmetric over ±2e38: scale inf, NaN outputs."""
-    cfg = FakeQuantConfig(bits=1, symmetric=False)
+    cfg = FakeQuantConfig(bits=1, symmetric=False, numerics=numerics, learnable=learnable)
     x = np.array([-2e38, -1.0, 0.0, 1e38, 2e38], np.float32)
     fq = FakeQuantize(cfg)
     y = fq.fake_quantize(x)
     assert np.isfinite(fq.scale) and np.isfinite(fq.zero_point) and np.isfinite(y).all()
+    fq.disable_calibration()
+    assert np.isfinite(fq.forward(x)).all()
+    assert np.isfinite(fq.backward(np.ones(5, np.float32))).all()
+    assert all(np.isfinite(g).all() for g in fq.grads())
+    if numerics != "aprender":
+        return
     q, s, z = DynamicQuantizer(cfg).quantize(x)
     assert np.isfinite(s) and np.isfinite(DynamicQuantizer(cfg).dequantize(q, s, z)).all()
     obs = QuantObserver()
