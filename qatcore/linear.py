@@ -950,8 +950,10 @@ class QuantizedLinear(Module):
         if os.path.isdir(path):
             raise ValueError(f"path {path!r} is a directory, not a saved layer")
         if not os.path.isfile(path):
-            if os.path.exists(path):
+            if os.path.exists(path):       # a FIFO or device would block or never end
                 raise ValueError(f"path {path!r} is not a regular file")
+            if os.path.lexists(path):
+                raise ValueError(f"path {path!r} is a dangling symbolic link or a link loop")
             raise FileNotFoundError(f"no such file: {path!r}")
         state = _read_npz(path)
         return cls.from_state_dict(state, n_threads=n_threads)

@@ -568,6 +568,19 @@ def test_save_writes_exactly_the_path_and_load_reads_it(tmp_path):
     QuantizedLinear.load(tmp_path / "fc3")
 
 
+def test_load_fifo_and_link_loop(tmp_path):
+    fifo = tmp_path / "f.npz"
+    os.mkfifo(fifo)
+    with pytest.raises(ValueError, match="regular file"):
+        QuantizedLinear.load(fifo)                 # never blocks on open()
+    loop = tmp_path / "loop"
+    os.symlink(loop, loop)
+    with pytest.raises(ValueError, match="loop"):
+        QuantizedLinear.load(loop)
+    with pytest.raises(FileNotFoundError):
+        QuantizedLinear.load(tmp_path / "missing")
+
+
 def test_save_to_a_directory_is_refused(tmp_path):
     with pytest.raises(ValueError, match="directory"):
         _layer().save(tmp_path)
