@@ -219,6 +219,34 @@ def test_lying_integer_codes(entry, liar):
     _honest_or_refused(lambda: call(codes.view(liar)), lambda: call(codes.copy()))
 
 
+@pytest.mark.parametrize("liar", LIARS, ids=LIAR_IDS)
+@pytest.mark.parametrize("which", ["lsq.grad_out", "ste.mask", "fqa.channel_scale",
+                                   "linear.from_float", "linear.from_qat", "nn.grad_out"])
+def test_lying_second_arguments(which, liar):
+    x, g = _x(), _x(seed=9)
+    mask = (np.arange(N) % 3 == 0).astype(np.uint8)
+    calls = {
+        "lsq.grad_out": lambda v: lsq_backward_array(x, v, 0.1, 0.0, -127, 127)[0],
+        "ste.mask": lambda v: ste_backward_array(g, v),
+        "fqa.channel_scale": lambda v: fake_quantize_array(x.reshape(1, N), v, np.zeros(N),
+                                                           -127, 127, axis=1),
+        "linear.from_float": lambda v: QuantizedLinear.from_float(v, None, N, 1).weights_q,
+        "linear.from_qat": lambda v: QuantizedLinear.from_qat(
+            v, None, _frozen_fq(), _frozen_fq()).weights_q,
+        "nn.grad_out": lambda v: _nn_backward(v),
+    }
+    arg = {"lsq.grad_out": g, "ste.mask": mask, "fqa.channel_scale": np.full(N, 0.1, np.float32),
+           "linear.from_float": x.reshape(1, N), "linear.from_qat": x.reshape(1, N),
+           "nn.grad_out": g.reshape(1, N)}[which]
+    _honest_or_refused(lambda: calls[which](arg.view(liar)), lambda: calls[which](arg.copy()))
+
+
+def _nn_backward(g):
+    lin = qnn.Linear(3, N, seed=0)
+    lin.forward(np.ones((1, 3), np.float32))
+    return lin.backward(g)
+
+
 # --- aliasing out= -----------------------------------------------------------------------
 def _alias_views(dtype, out_dtype, n=N, shift=0):
     """x (dtype, n values) and out (out_dtype, n values) over one buffer, out starting
