@@ -22,10 +22,49 @@ def base_array(x, name: str = "x"):
     if isinstance(x, np.ma.MaskedArray):
         raise TypeError(f"{name} is a numpy.ma.MaskedArray: qatcore does not apply masks; "
                         f"pass {name}.compressed() (or {name}.filled(value)) instead")
+    if not isinstance(x, np.ndarray):
+        _refuse_grad_tensor(x, name)
     try:
         return np.asarray(x)
     except (TypeError, ValueError, OverflowError) as exc:
         raise TypeError(f"{name} must be a numeric array-like: {exc}") from None
+
+
+def _refuse_grad_tensor(x, name: str) -> None:
+    """A tensor that records gradients (torch ``requires_grad``) cannot become a numpy
+    array without leaving the autograd graph: say so instead of torch's RuntimeError
+    (torch itself is never imported here)."""
+    try:
+        needs_grad = getattr(x, "requires_grad", False) is True
+    except Exception:       # a hostile __getattr__ is the conversion's problem, not ours
+        return
+    if needs_grad:
+        raise TypeError(f"{name} is a {type(x).__module__}.{type(x).__name__} that requires "
+                        f"grad: qatcore's numpy API does not track gradients; pass "
+                        f"{name}.detach() (or use qatcore.torch for autograd)")
+
+
+def int_array(x, dtypes, name: str):
+    """`x` as a C-contiguous, aligned base-class array of one of `dtypes` (integer codes:
+    never cast); shape and size come from the buffer, not from a subclass's attributes."""
+    names = " or ".join(np.dtype(d).name for d in dtypes)
+    if not isinstance(x, np.ndarray):
+        raise TypeError(f"{name} must be a numpy {names} array, got {type(x).__name__}")
+    arr = base_array(x, name)
+    if not any(arr.dtype == d for d in dtypes):
+        raise TypeError(f"{name} must have dtype {names}, got {_dtype_text(arr.dtype)} "
+                        f"(no silent casting)")
+    return np.require(arr, requirements="CA")
+
+
+def overlaps(a, b) -> bool:
+    """Whether two arrays may share bytes (numpy's bounds test: conservative, never a
+    false "no").  Two distinct arrays that both own their data cannot overlap."""
+    if a is b:
+        return True
+    if a.base is None and b.base is None:
+        return False
+    return bool(np.may_share_memory(a, b))
 
 
 def as_float32(x, name: str = "x"):
@@ -98,6 +137,26 @@ def check_index(value, name: str) -> int:
         raise TypeError(f"{name} must be an integer, got {type(value).__name__}"
                         + (f" {value!r}" if isinstance(value, (float, np.ndarray, np.generic))
                            else "")) from None
+
+
+def check_real(value, name: str, lo=None, hi=None, *, lo_open: bool = False,
+               hi_open: bool = False) -> float:
+    """A finite real hyper-parameter (Python float) within optional bounds; NaN, ±Inf,
+    bools, strings and complex numbers are refused."""
+    if isinstance(value, (bool, np.bool_)) or not isinstance(
+            value, (int, float, np.integer, np.floating)):
+        raise TypeError(f"{name} must be a real number, got {type(value).__name__}")
+    try:
+        v = float(value)
+    except OverflowError:
+        raise ValueError(f"{name} must be finite, got an integer too large for a float") from None
+    if not math.isfinite(v):
+        raise ValueError(f"{name} must be finite, got {v!r}")
+    if lo is not None and (v < lo or (lo_open and v == lo)):
+        raise ValueError(f"{name} must be {'>' if lo_open else '>='} {lo}, got {v!r}")
+    if hi is not None and (v > hi or (hi_open and v == hi)):
+        raise ValueError(f"{name} must be {'<' if hi_open else '<='} {hi}, got {v!r}")
+    return v
 
 
 def check_scale(scale, name: str = "scale") -> float:

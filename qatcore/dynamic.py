@@ -8,7 +8,7 @@ import numpy as np
 import numpy.typing as npt
 
 from . import _backend
-from ._checks import as_float32, check_finite, check_out, check_scale
+from ._checks import as_float32, check_finite, check_out, check_scale, int_array, overlaps
 from ._typing import ArrayLike, F32Array, Integer, Real
 from .config import FakeQuantConfig
 from .observer import QuantObserver
@@ -92,6 +92,14 @@ class DynamicQuantizer:
         ------
         ValueError
             NaN/±Inf in `x` (first bad index named), bad `out`.
+        TypeError
+            Non-numeric, complex or masked `x` (a mask would be ignored), `out` not a plain
+            ndarray of `code_dtype`.
+
+        Notes
+        -----
+        `out` may share memory with `x` (even a view of its bytes): the codes are then
+        computed into a temporary and copied, so the result is always right.
         """
         data, shape = as_float32(x)
         dtype = self.code_dtype
@@ -100,7 +108,13 @@ class DynamicQuantizer:
         observer.observe(data.reshape(shape) if len(shape) > 1 else data)
         scale, zero_point = observer.compute_qparams(self._config)
         qmin, qmax = self._config.quant_range()
-        _backend.kernels.quantize(data, dst, scale, zero_point, qmin, qmax, self._threads())
+        # `out` sharing bytes with `x` (a view of the same buffer under another dtype):
+        # the kernel would read codes it has just written, so it writes a temporary that
+        # is copied into `out` afterwards (the right codes, as if they did not overlap).
+        target = np.empty_like(dst) if out is not None and overlaps(dst, data) else dst
+        _backend.kernels.quantize(data, target, scale, zero_point, qmin, qmax, self._threads())
+        if target is not dst:
+            dst[...] = target
         return (out if out is not None else dst.reshape(shape)), scale, zero_point
 
     def dequantize(self, q: npt.NDArray[Any], scale: Real, zero_point: Real,
@@ -116,21 +130,32 @@ class DynamicQuantizer:
         zero_point : float
             Finite.
         out : numpy.ndarray, optional
-            Writable C-contiguous float32 array of `q`'s shape.
+            Writable C-contiguous float32 array of `q`'s shape; may share memory with `q`
+            (the result then goes through a temporary).
+
+        Raises
+        ------
+        TypeError
+            `q` not a numpy array of `code_dtype` (masked arrays included), bad `out`.
+        ValueError
+            Non-finite or non-positive `scale`, non-finite `zero_point`, bad `out` shape.
         """
-        if not isinstance(q, np.ndarray):
-            raise TypeError(f"q must be a numpy array of dtype {self.code_dtype.name}, "
-                            f"got {type(q).__name__}")
-        if q.dtype != self.code_dtype:
+        if isinstance(q, np.ndarray) and not isinstance(q, np.ma.MaskedArray) \
+                and q.dtype != self.code_dtype:
             raise TypeError(f"q must have dtype {self.code_dtype.name} for this config, "
                             f"got {q.dtype.name}")
+        arr = int_array(q, (self.code_dtype,), "q")      # the buffer's own shape and size
         scale = check_scale(scale, "scale")
         zero_point = check_finite(zero_point, "zero_point")
-        codes = np.ascontiguousarray(q).reshape(-1)
+        codes = arr.reshape(-1)
         dst = (np.empty(codes.shape[0], dtype=np.float32) if out is None
-               else check_out(out, q.shape, _F32))
-        _backend.kernels.dequantize(codes, dst, scale, zero_point, self._threads())
-        return out if out is not None else dst.reshape(q.shape)
+               else check_out(out, arr.shape, _F32))
+        # As in quantize: an `out` sharing bytes with `q` gets the result via a temporary.
+        target = np.empty_like(dst) if out is not None and overlaps(dst, codes) else dst
+        _backend.kernels.dequantize(codes, target, scale, zero_point, self._threads())
+        if target is not dst:
+            dst[...] = target
+        return out if out is not None else dst.reshape(arr.shape)
 
     def __repr__(self) -> str:
         return f"DynamicQuantizer(config={self._config!r})"

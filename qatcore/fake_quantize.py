@@ -4,13 +4,14 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar, Union, cast
+import threading
+from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _backend
-from ._checks import as_float32, check_finite, check_out, check_scale
+from ._checks import as_float32, base_array, check_finite, check_index, check_out, check_scale, overlaps
 from ._typing import ArrayLike, F32Array, Integer, Real
 from .config import FakeQuantConfig, ObserverMethod
 from .observer import QuantObserver
@@ -126,9 +127,17 @@ class FakeQuantize(Module):
             config = FakeQuantConfig()
         if not isinstance(config, FakeQuantConfig):
             raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
+        if ste not in _STE_MODES:
+            raise ValueError(f"ste must be one of {_STE_MODES}, got {ste!r}")
         self._config = config
         self._qrange = config.quant_range()
         self._observer = QuantObserver(config.observer, n_threads=n_threads)
+        # One lock per quantizer, held by every method that reads and writes its state
+        # (qparams, STE mask, LSQ input and parameters) for the whole call, kernel
+        # included: concurrent calls on one object equal some serial order, and a
+        # backward never reads a mask or saved input that another thread's forward is
+        # replacing (docs/threading.md).
+        self._lock = threading.RLock()
         self._scale = 1.0
         self._zero_point = 0.0
         self._calibrating = True
@@ -137,8 +146,6 @@ class FakeQuantize(Module):
         self._mode = _preset_mode(config.numerics)
         self._mask = None           # STE mask written by the last training forward
         self._mask_shape = None
-        if ste not in _STE_MODES:
-            raise ValueError(f"ste must be one of {_STE_MODES}, got {ste!r}")
         self._ste = ste
         # LSQ state (learnable configs): live parameter and gradient arrays of shape
         # (1,), float32; the input of the last training forward (LSQ needs x).
@@ -206,7 +213,8 @@ class FakeQuantize(Module):
 
     def enable_calibration(self) -> None:
         """Observe inputs again (the statistics observed so far are kept)."""
-        self._calibrating = True
+        with self._lock:
+            self._calibrating = True
 
     def disable_calibration(self) -> None:
         """Stop observing and freeze scale and zero point from the observed range.
@@ -220,14 +228,15 @@ class FakeQuantize(Module):
             Learnable config whose observed range gives a scale that is not positive in
             float32 (e.g. all values below ~1e-43); nothing changes.
         """
-        scale, zp = self._observer.compute_qparams(self._config)
-        if self._learnable:
-            self._check_initial(scale, zp)
-        self._scale, self._zero_point = scale, zp
-        self._calibrating = False
-        if self._learnable:
-            self._scale_param[0] = scale
-            self._zp_param[0] = zp
+        with self._lock:
+            scale, zp = self._observer.compute_qparams(self._config)
+            if self._learnable:
+                self._check_initial(scale, zp)
+            self._scale, self._zero_point = scale, zp
+            self._calibrating = False
+            if self._learnable:
+                self._scale_param[0] = scale
+                self._zp_param[0] = zp
 
     # --- LSQ (learned step size) ---------------------------------------------------
     def _check_initial(self, scale, zero_point):
@@ -258,10 +267,11 @@ class FakeQuantize(Module):
         scale, zero_point = self._check_initial(scale, zero_point)
         if self._config.symmetric and zero_point != 0.0:
             raise ValueError(f"zero_point must be 0 for a symmetric config, got {zero_point!r}")
-        self._scale, self._zero_point = float(scale), float(zero_point)
-        self._scale_param[0] = scale
-        self._zp_param[0] = zero_point
-        self._calibrating = False
+        with self._lock:
+            self._scale, self._zero_point = float(scale), float(zero_point)
+            self._scale_param[0] = scale
+            self._zp_param[0] = zero_point
+            self._calibrating = False
 
     def parameters(self) -> List[F32Array]:
         """The learned parameters: ``[scale]`` (symmetric) or ``[scale, zero_point]``
@@ -291,8 +301,10 @@ class FakeQuantize(Module):
         """Keep the learned scale positive: raise it to :data:`SCALE_FLOOR` if an update
         took it below (pass this as an optimizer's ``after_step``; `forward` also does
         it).  NaN parameters are left for `forward` to report."""
-        if self._learnable and self._scale_param[0] < SCALE_FLOOR:
-            self._scale_param[0] = SCALE_FLOOR
+        if self._learnable:
+            with self._lock:
+                if self._scale_param[0] < SCALE_FLOOR:
+                    self._scale_param[0] = SCALE_FLOOR
 
     def _sync_learned(self) -> None:
         """Before a forward: mirror the calibrated qparams into the parameter arrays, or
@@ -360,11 +372,12 @@ class FakeQuantize(Module):
                     self._mask, self._mask_shape = mask, (y.shape if mask is not None else None)
                     return y
         data, shape = as_float32(x)
-        dst = self._output(data, shape, out)
-        if self._calibrating:
-            self._observer.observe(data.reshape(shape) if len(shape) > 1 else data)
-            self._scale, self._zero_point = self._observer.compute_qparams(self._config)
-        return self._run(data, shape, dst, out)
+        with self._lock:
+            dst = self._output(data, shape, out)
+            if self._calibrating:
+                self._observer.observe(data.reshape(shape) if len(shape) > 1 else data)
+                self._scale, self._zero_point = self._observer.compute_qparams(self._config)
+            return self._run(data, shape, dst, out, _owns(data, x))
 
     def forward(self, x: ArrayLike, out: Optional[F32Array] = None) -> F32Array:
         """Fake-quantize `x` with the current (frozen) parameters; never observes.
@@ -373,8 +386,9 @@ class FakeQuantize(Module):
         NaN stays NaN. The input's shape is kept.
         """
         data, shape = as_float32(x)
-        dst = self._output(data, shape, out)
-        return self._run(data, shape, dst, out)
+        with self._lock:
+            dst = self._output(data, shape, out)
+            return self._run(data, shape, dst, out, _owns(data, x))
 
     def _output(self, data, shape, out):
         if out is None:
@@ -387,7 +401,7 @@ class FakeQuantize(Module):
             raise ValueError(_OVERLAP)
         return flat
 
-    def _run(self, data, shape, dst, out):
+    def _run(self, data, shape, dst, out, owned=False):
         qmin, qmax = self._qrange
         mask = None
         if self._learnable:
@@ -395,8 +409,10 @@ class FakeQuantize(Module):
         saved = None
         if self.training:
             mask = np.empty(data.shape[0], dtype=np.uint8)
-            if self._learnable:     # LSQ's backward needs x itself (copied if out is x)
-                saved = data.copy() if np.may_share_memory(dst, data) else data
+            if self._learnable:
+                # LSQ's backward needs this forward's x: a private copy, so that the caller
+                # overwriting x (or out being x) cannot change the gradient.
+                saved = data if owned and not overlaps(dst, data) else data.copy()
         nt = self._observer.n_threads
         kernels = _backend.kernels
         if self._mode is None:
@@ -451,9 +467,14 @@ class FakeQuantize(Module):
             forward's input, `grad_out` holds NaN/±Inf, or (LSQ) the parameter gradient
             is not finite (a NaN/Inf in the forward's input). Nothing is written then.
         """
+        grad, shape = as_float32(grad_out, "grad_out")
+        with self._lock:
+            return self._backward(grad, shape, out)
+
+    def _backward(self, grad, shape, out):
+        """backward() on a flat float32 gradient, the lock held."""
         if self._mask is None:
             raise ValueError("backward: call fake_quantize/forward in training mode first")
-        grad, shape = as_float32(grad_out, "grad_out")
         if tuple(shape) != tuple(self._mask_shape):
             raise ValueError(f"grad_out has shape {tuple(shape)}, the last forward had "
                              f"{tuple(self._mask_shape)}")
@@ -517,7 +538,8 @@ class FakeQuantize(Module):
         """
         from ._state import fake_quantize_state
 
-        return fake_quantize_state(self)
+        with self._lock:
+            return fake_quantize_state(self)
 
     @classmethod
     def from_state(cls, state: Mapping[str, Any], *, n_threads: Optional[Integer] = None
@@ -558,27 +580,47 @@ class FakeQuantize(Module):
         """
         from ._state import load_fake_quantize_state
 
-        load_fake_quantize_state(self, state, same_config=True)
+        with self._lock:
+            load_fake_quantize_state(self, state, same_config=True)
 
     # --- Rust Clone, repr ----------------------------------------------------------
     def __copy__(self) -> "FakeQuantize":
         new = FakeQuantize.__new__(FakeQuantize)
-        new.__dict__.update(self.__dict__)
-        new._observer = _copy.copy(self._observer)
-        if self._learnable:     # the learned values are state, not shared storage
-            for name in ("_scale_param", "_zp_param", "_scale_grad", "_zp_grad"):
-                setattr(new, name, getattr(self, name).copy())
+        with self._lock:
+            new.__dict__.update(self.__dict__)
+            new._observer = _copy.copy(self._observer)
+            if self._learnable:     # the learned values are state, not shared storage
+                for name in ("_scale_param", "_zp_param", "_scale_grad", "_zp_grad"):
+                    setattr(new, name, getattr(self, name).copy())
+        new._lock = threading.RLock()
         return new
 
     def __deepcopy__(self, memo: Any) -> "FakeQuantize":
-        new = self.__copy__()
-        if self._mask is not None:
-            new._mask = self._mask.copy()
+        with self._lock:
+            new = self.__copy__()
+            if self._mask is not None:
+                new._mask = self._mask.copy()
         return new
+
+    def __getstate__(self) -> Dict[str, Any]:
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        self.__dict__.update(state)
+        self._lock = threading.RLock()
 
     def __repr__(self) -> str:
         return (f"FakeQuantize(config={self._config!r}, scale={self._scale!r}, "
                 f"zero_point={self._zero_point!r}, calibrating={self._calibrating})")
+
+
+def _owns(data, x) -> bool:
+    """Whether as_float32 gave `data` as a fresh copy of the ndarray `x` (so nothing the
+    caller holds aliases it)."""
+    return isinstance(x, np.ndarray) and data is not x and not np.may_share_memory(data, x)
 
 
 # --- stateless forms (used by the framework integrations) -----------------------------
@@ -592,6 +634,14 @@ def _preset_code(numerics: str, per_channel: bool) -> Optional[int]:
     return mode
 
 
+def _real_array(value, name: str) -> F32Array:
+    """Scales / zero points given as arrays: real numbers only (no mask, no complex)."""
+    arr = base_array(value, name)
+    if arr.dtype.kind not in "biuf":
+        raise TypeError(f"{name} must hold real numbers, got dtype {arr.dtype}")
+    return np.require(arr, dtype=np.float32, requirements="C")
+
+
 def _check_range(qmin: Real, qmax: Real) -> Tuple[float, float]:
     qmin, qmax = check_finite(qmin, "qmin"), check_finite(qmax, "qmax")
     if not (qmin <= qmax and qmin == int(qmin) and qmax == int(qmax)
@@ -601,7 +651,7 @@ def _check_range(qmin: Real, qmax: Real) -> Tuple[float, float]:
 
 
 def _check_zero_points(zp: ArrayLike, numerics: str, name: str = "zero_point") -> F32Array:
-    zp = np.asarray(zp, dtype=np.float32)
+    zp = _real_array(zp, name)
     if not np.isfinite(zp).all():
         raise ValueError(f"{name} must be finite")
     if numerics != "aprender" and not (zp == np.rint(zp)).all():
@@ -662,9 +712,8 @@ def fake_quantize_array(x: ArrayLike, scale: Union[Real, ArrayLike],
     mode = _preset_code(numerics, per_channel)
     dst = np.empty(data.shape[0], dtype=np.float32) if out is None else check_out(out, shape, _F32)
     m = None if mask is None else check_out(mask, shape, np.dtype(np.uint8), "mask")
-    if m is not None and (m.base is not None or dst.base is not None) \
-            and np.may_share_memory(m, dst):     # two arrays owning their data cannot overlap
-        raise ValueError("mask overlaps out")
+    if m is not None and (overlaps(m, dst) or overlaps(m, data)):
+        raise ValueError("mask overlaps out or x")
     kernels = _backend.kernels
     nt = _backend.get_num_threads() if n_threads is None else _backend.check_threads(n_threads)
     if not per_channel:
@@ -684,15 +733,13 @@ def fake_quantize_array(x: ArrayLike, scale: Union[Real, ArrayLike],
         if status:
             raise ValueError(_OVERLAP)
         return out if out is not None else dst.reshape(shape)
-    if isinstance(axis, bool) or not hasattr(axis, "__index__"):
-        raise TypeError(f"axis must be an integer or None, got {type(axis).__name__}")
     ndim = len(shape)
-    axis = int(cast(Integer, axis).__index__())
+    axis = check_index(axis, "axis")
     if not -ndim <= axis < ndim:
         raise ValueError(f"axis {axis} is out of range for an array of {ndim} dimensions")
     axis %= ndim
     C = shape[axis]
-    scales = np.ascontiguousarray(scale, dtype=np.float32).reshape(-1)
+    scales = _real_array(scale, "scale").reshape(-1)
     zps = np.ascontiguousarray(_check_zero_points(zero_point, numerics), np.float32).reshape(-1)
     if scales.size != C or zps.size != C:
         raise ValueError(f"scale and zero_point need {C} values (x.shape[{axis}]), got "
@@ -744,6 +791,12 @@ def lsq_backward_array(x: ArrayLike, grad_out: ArrayLike, scale: Real, zero_poin
     zp = float(_check_zero_points(zero_point, numerics))
     gin = np.empty(data.shape[0], np.float32) if grad_in is None else \
         check_out(grad_in, shape, _F32, "grad_in")
+    if grad_in is not None:
+        # The kernel reads x[i] and grad_out[i] before writing grad_in[i]: the same bytes
+        # are fine, a shifted overlap would read gradients it has already written.
+        for other, what in ((data, "x"), (grad, "grad_out")):
+            if overlaps(gin, other) and gin.ctypes.data != other.ctypes.data:
+                raise ValueError(f"grad_in overlaps {what} without being {what} itself")
     kernels = _backend.kernels
     if mode is None:
         bad, s_in, s_lo, s_hi = kernels.lsq_backward(data, grad, gin, scale, zp, qmin, qmax,
@@ -783,5 +836,7 @@ def ste_backward_array(grad_out: ArrayLike, mask: npt.NDArray[np.uint8], *,
     dst = np.empty(grad.shape[0], np.float32) if out is None else check_out(out, shape, _F32)
     if dst is not grad and dst.ctypes.data != grad.ctypes.data and np.may_share_memory(dst, grad):
         raise ValueError("out overlaps grad_out without being grad_out itself")
+    if overlaps(dst, m):
+        raise ValueError("out overlaps mask")
     _backend.kernels.grad_times_mask(grad, m, dst)
     return out if out is not None else dst.reshape(shape)

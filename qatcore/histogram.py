@@ -27,12 +27,13 @@ methods below run on that part of the grid (its last bin holds ``max|x|``).
 from __future__ import annotations
 
 import math
+import threading
 from typing import Optional, Tuple
 
 import numpy as np
 
 from . import _backend
-from ._checks import as_float32, raise_nonfinite
+from ._checks import as_float32, base_array, check_index, check_real, raise_nonfinite
 from .config import FakeQuantConfig, ObserverMethod
 from .observer import QuantObserver, _qparams
 
@@ -294,9 +295,7 @@ def percentile_threshold(hist, edges, percentile, symmetric=True):
 
 # --- the streaming observer ----------------------------------------------------------------
 def _check_bins(bins) -> int:
-    if isinstance(bins, bool) or not isinstance(bins, (int, np.integer)):
-        raise TypeError(f"bins must be an int, got {type(bins).__name__}")
-    bins = int(bins)
+    bins = check_index(bins, "bins")
     if bins < 8 or bins > (1 << 20) or bins & (bins - 1):
         raise ValueError(f"bins must be a power of two in [8, 2^20], got {bins}")
     return bins
@@ -362,7 +361,7 @@ class HistogramObserver:
 
     __slots__ = ("_method", "_bins", "_h", "_counts", "_exp", "_min", "_max", "_n",
                  "_percentile", "_symmetric", "_num_bits", "_nqb", "_start_bin",
-                 "_n_threads", "_cache")
+                 "_n_threads", "_cache", "_lock")
 
     def __init__(self, method="entropy", *, bins=2048, percentile=99.99, symmetric=True,
                  num_bits=8, num_quantized_bins=128, start_bin=None, n_threads=None):
@@ -370,33 +369,35 @@ class HistogramObserver:
             raise ValueError(f"method must be one of {HISTOGRAM_METHODS}, got {method!r}")
         self._method = method
         self._bins = _check_bins(bins)
-        if isinstance(percentile, bool) or not isinstance(percentile, (int, float, np.integer, np.floating)) \
-                or not 0.0 <= float(percentile) <= 100.0:
-            raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}")
-        self._percentile = float(percentile)
+        try:
+            self._percentile = check_real(percentile, "percentile", 0.0, 100.0)
+        except TypeError as exc:
+            raise ValueError(f"percentile must be a number in [0, 100], got {percentile!r}") \
+                from exc
         if not isinstance(symmetric, (bool, np.bool_)):
             raise TypeError(f"symmetric must be a bool, got {type(symmetric).__name__}")
         self._symmetric = bool(symmetric)
-        if isinstance(num_bits, bool) or not isinstance(num_bits, (int, np.integer)) or not 2 <= num_bits <= 16:
-            raise ValueError(f"num_bits must be an int in [2, 16], got {num_bits!r}")
-        self._num_bits = int(num_bits)
-        if isinstance(num_quantized_bins, bool) or not isinstance(num_quantized_bins, (int, np.integer)) \
-                or not 2 <= num_quantized_bins <= 2 * self._bins:
-            raise ValueError(f"num_quantized_bins must be an int in [2, 2*bins], got {num_quantized_bins!r}")
-        self._nqb = int(num_quantized_bins)
+        self._num_bits = _int_in(num_bits, "num_bits", 2, 16)
+        self._nqb = _int_in(num_quantized_bins, "num_quantized_bins", 2, 2 * self._bins,
+                            "2*bins")
         if start_bin is None:
             start_bin = min(128, self._bins)
-        if isinstance(start_bin, bool) or not isinstance(start_bin, (int, np.integer)) \
-                or not 1 <= start_bin <= self._bins:
-            raise ValueError(f"start_bin must be an int in [1, bins], got {start_bin!r}")
-        self._start_bin = int(start_bin)
+        self._start_bin = _int_in(start_bin, "start_bin", 1, self._bins, "bins")
         self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
         self._h = 2 * self._bins
+        # One lock per observer, held by every read-modify-write of the bins (observe,
+        # merge, reset) and by the reads that must see one consistent state (range,
+        # histogram): concurrent calls equal some serial order (docs/threading.md).
+        self._lock = threading.RLock()
         self.reset()
 
     # --- state -----------------------------------------------------------------------
     def reset(self) -> None:
         """Forget everything observed."""
+        with self._lock:
+            self._reset()
+
+    def _reset(self) -> None:
         self._counts = np.zeros(2 * self._h, dtype=np.int64)
         self._exp: Optional[int] = None      # grid half-range 2^exp; None while all zero
         self._cache: Optional[Tuple[float, float]] = None
@@ -425,11 +426,15 @@ class HistogramObserver:
         Signed (default): ``2u`` bins on ``[-u·w, u·w]``; ``absolute=True``: the ``u``
         bins of ``|x|`` on ``[0, u·w]``, where the last bin holds ``max|x|``.
         """
+        with self._lock:
+            return self._histogram(absolute)
+
+    def _histogram(self, absolute: bool) -> Tuple[np.ndarray, np.ndarray]:
         h, w = self._h, self.bin_width
         amax = max(-self._min, self._max, 0.0)
         u = 1 if w == 0.0 else min(h, int(amax / w) + 1)
-        pos = self._counts[h:h + u]
-        neg = self._counts[h - u:h]
+        pos = self._counts[h:h + u].copy()      # the caller's, not a view of live bins
+        neg = self._counts[h - u:h].copy()
         if absolute:
             return pos + neg[::-1], np.arange(u + 1, dtype=np.float64) * w
         return np.concatenate((neg, pos)), np.arange(-u, u + 1, dtype=np.float64) * w
@@ -452,6 +457,12 @@ class HistogramObserver:
         lo, hi, bad = k.minmax(data, _backend.resolve_threads(self._n_threads))
         if bad >= 0:
             raise_nonfinite("observe", data, bad, shape)
+        with self._lock:
+            self._add(data, lo, hi)
+
+    def _add(self, data, lo: float, hi: float) -> None:
+        """observe() on checked finite data, the lock held."""
+        k = _backend.kernels
         amax = max(-lo, hi)
         if amax > 0:
             self._grow(math.frexp(amax)[1])     # 2^(e-1) <= amax < 2^e
@@ -485,11 +496,18 @@ class HistogramObserver:
             raise TypeError(f"other must be a HistogramObserver, got {type(other).__name__}")
         if other._bins != self._bins:
             raise ValueError(f"other has bins={other._bins}, this observer {self._bins}")
-        if other._n == 0:
-            return self
-        theirs = other._counts
-        their_exp = other._exp            # None: zeros only, whose bin is every grid's bin 0
-        if their_exp is not None:
+        if other is self:
+            raise ValueError("an observer cannot be merged into itself")
+        with other._lock:                 # a consistent snapshot of the other observer
+            snap = (other._counts.copy(), other._exp, other._min, other._max, other._n)
+        with self._lock:
+            self._merge(*snap)
+        return self
+
+    def _merge(self, theirs, their_exp, their_min, their_max, their_n) -> None:
+        if their_n == 0:
+            return
+        if their_exp is not None:       # None: zeros only, whose bin is every grid's bin 0
             self._grow(their_exp)
             mine = self._exp if self._exp is not None else their_exp
             if mine > their_exp:
@@ -497,15 +515,18 @@ class HistogramObserver:
                 theirs = np.concatenate((_regrid(theirs[:h][::-1].copy(), shift)[::-1],
                                          _regrid(theirs[h:], shift)))
         self._counts = self._counts + theirs
-        self._min = min(self._min, other._min)
-        self._max = max(self._max, other._max)
-        self._n += other._n
+        self._min = min(self._min, their_min)
+        self._max = max(self._max, their_max)
+        self._n += their_n
         self._cache = None
-        return self
 
     # --- results ---------------------------------------------------------------------
     def range(self) -> Tuple[float, float]:
         """The method's clipping range ``(lo, hi)``; ``(inf, -inf)`` before any data."""
+        with self._lock:
+            return self._range()
+
+    def _range(self) -> Tuple[float, float]:
         if self._n == 0:
             return math.inf, -math.inf
         if self._cache is not None:
@@ -516,17 +537,17 @@ class HistogramObserver:
         else:
             m = self._method
             if m == "entropy":
-                hist, edges = self.histogram(absolute=True)
+                hist, edges = self._histogram(absolute=True)
                 amax = entropy_amax_modelopt(hist, edges, self._num_bits, False, 1,
                                              min(self._start_bin, hist.size))
                 result = (-amax, amax)
             elif m == "mse":
-                hist, edges = self.histogram(absolute=True)
+                hist, edges = self._histogram(absolute=True)
                 amax = mse_amax_modelopt(hist, edges, self._num_bits, False, 1,
                                          min(self._start_bin, hist.size - 1))
                 result = (-amax, amax)
             elif m == "entropy_signed":
-                hist, edges = self.histogram()
+                hist, edges = self._histogram(False)
                 # clipped to [min, max] widened to hold 0, as below (onnxruntime's quantizer
                 # widens its ranges to hold 0 too; its plain [min, max] clip can invert)
                 result = entropy_threshold_onnxruntime(hist, edges, min(lo_obs, 0.0),
@@ -534,11 +555,11 @@ class HistogramObserver:
                                                        min(self._nqb, hist.size))
             else:
                 if self._symmetric:
-                    hist, edges = self.histogram(absolute=True)
+                    hist, edges = self._histogram(True)
                     t = percentile_threshold(hist, edges, self._percentile, True)
                     result = (-t, t)
                 else:
-                    hist, edges = self.histogram()
+                    hist, edges = self._histogram(False)
                     result = percentile_threshold(hist, edges, self._percentile, False)
             # Clip to the observed range, which is widened to hold 0 (as quantized ranges
             # are): a tensor whose values all lie above the method's amax (a saturated
@@ -553,12 +574,46 @@ class HistogramObserver:
         :meth:`QuantObserver.compute_qparams`); ``(1.0, 0.0)`` before any data."""
         if not isinstance(config, FakeQuantConfig):
             raise TypeError(f"config must be a FakeQuantConfig, got {type(config).__name__}")
-        lo, hi = self.range()
-        return _qparams(lo, hi, 1 if self._n else 0, config)
+        with self._lock:
+            lo, hi = self._range()
+            n = self._n
+        return _qparams(lo, hi, 1 if n else 0, config)
+
+    def __getstate__(self):
+        with self._lock:
+            return {name: getattr(self, name) for name in HistogramObserver.__slots__
+                    if name != "_lock"}
+
+    def __setstate__(self, state) -> None:
+        for name, value in state.items():
+            if name != "_lock":
+                setattr(self, name, value)
+        self._lock = threading.RLock()
+
+    def __copy__(self) -> "HistogramObserver":
+        new = HistogramObserver.__new__(HistogramObserver)
+        state = self.__getstate__()
+        state["_counts"] = state["_counts"].copy()      # state, not shared storage
+        new.__setstate__(state)
+        return new
+
+    def __deepcopy__(self, memo) -> "HistogramObserver":
+        return self.__copy__()
 
     def __repr__(self) -> str:
         return (f"HistogramObserver(method={self._method!r}, bins={self._bins}, "
                 f"count={self._n})")
+
+
+def _int_in(value, name: str, lo: int, hi: int, hi_text=None) -> int:
+    try:
+        v = check_index(value, name)
+    except TypeError:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi_text or hi}], got {value!r}") \
+            from None
+    if not lo <= v <= hi:
+        raise ValueError(f"{name} must be an int in [{lo}, {hi_text or hi}], got {value!r}")
+    return v
 
 
 # --- per channel -----------------------------------------------------------------------------
@@ -597,9 +652,8 @@ class ChannelObserver:
     """
 
     def __init__(self, method, axis, **kwargs):
-        if isinstance(axis, bool) or not isinstance(axis, (int, np.integer)):
-            raise TypeError(f"axis must be an int, got {type(axis).__name__}")
-        self._axis = int(axis)
+        self._axis = check_index(axis, "axis")
+        self._lock = threading.RLock()
         hist_method = {"entropy": "entropy", "entropy_signed": "entropy_signed",
                        "mse": "mse", "hist_percentile": "percentile"}.get(
                            method if isinstance(method, str) else None)
@@ -637,26 +691,25 @@ class ChannelObserver:
             is observed then: all channels are checked before any is updated).
         """
         if type(x) is not np.ndarray:
-            try:
-                x = np.asarray(x)
-            except (TypeError, ValueError) as exc:
-                raise TypeError(f"x must be a numeric array-like: {exc}") from None
+            x = base_array(x, "x")
         if x.dtype.kind not in "biuf":
             raise TypeError(f"x must be a real numeric array, got dtype {x.dtype}")
         if not -x.ndim <= self._axis < x.ndim:
             raise ValueError(f"axis {self._axis} is out of range for a batch of shape {x.shape}")
         c = x.shape[self._axis]
-        if self._observers is not None and c != len(self._observers):
-            raise ValueError(f"x has {c} channels along axis {self._axis}, expected {len(self._observers)}")
         rows = np.ascontiguousarray(np.moveaxis(x, self._axis, 0), dtype=np.float32).reshape(c, -1)
         bad = np.flatnonzero(~np.isfinite(rows).all(axis=1)) if rows.size else np.zeros(0, np.intp)
         if len(bad):
             raise ValueError(f"observe: channel {int(bad[0])} contains a non-finite value; "
                              f"nothing was observed")
-        if self._observers is None:
-            self._observers = [self._make() for _ in range(c)]
-        for obs, row in zip(self._observers, rows):
-            obs.observe(row)
+        with self._lock:        # the channel count is fixed by the first batch, atomically
+            if self._observers is not None and c != len(self._observers):
+                raise ValueError(f"x has {c} channels along axis {self._axis}, expected "
+                                 f"{len(self._observers)}")
+            if self._observers is None:
+                self._observers = [self._make() for _ in range(c)]
+            for obs, row in zip(self._observers, rows):
+                obs.observe(row)
 
     def ranges(self) -> np.ndarray:
         """``(channels, 2)`` float64 array of each channel's ``(lo, hi)``."""

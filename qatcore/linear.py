@@ -6,13 +6,14 @@ from __future__ import annotations
 
 import math
 import os
+import threading
 from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 import numpy.typing as npt
 
 from . import _backend
-from ._checks import as_float32, check_scale
+from ._checks import as_float32, base_array, check_index, check_scale, int_array
 from ._typing import ArrayLike, F32Array, Int8Array, Int32Array, Integer, Real
 from .config import FakeQuantConfig
 from .fake_quantize import FakeQuantize, Module
@@ -27,6 +28,10 @@ MAX_IN_FEATURES = 132104
 _STATE_VERSION = 1
 #: Zero points (int8 code space) are limited to |zp| <= 2^24 (exact in float32).
 _ZP_MAX = 1 << 24
+#: Smallest weight scale: the smallest normal float32, 2^-126.  Weights so small that
+#: max|w| / qmax falls below it (denormals) get this scale instead of 0 or a denormal
+#: one (their codes are then round(w / 2^-126), 0 for anything below ~6e-39).
+WEIGHT_SCALE_FLOOR = float(np.finfo(np.float32).tiny)
 
 
 def _round_half_away(v):
@@ -98,11 +103,9 @@ def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
 
 
 def _check_int8_codes(x, in_features: int, name: str) -> np.ndarray:
-    """int8 codes as a C-contiguous (batch, in_features) array (flat input allowed)."""
-    if not isinstance(x, np.ndarray):
-        raise TypeError(f"{name} must be a numpy int8 array, got {type(x).__name__}")
-    if x.dtype != np.int8:
-        raise TypeError(f"{name} must have dtype int8, got {x.dtype.name} (no silent casting)")
+    """int8 codes as a C-contiguous (batch, in_features) base-class array (flat input
+    allowed); shape and size come from the buffer, never from a subclass's attributes."""
+    x = int_array(x, (np.int8,), name)
     if x.ndim == 1:
         if x.size % in_features:
             raise ValueError(f"{name} has {x.size} elements, not a multiple of in_features="
@@ -118,18 +121,14 @@ def _check_int8_codes(x, in_features: int, name: str) -> np.ndarray:
 
 
 def _check_features(value, name: str) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
+    value = check_index(value, name)
     if value < 1:
         raise ValueError(f"{name} must be at least 1, got {value}")
     return value
 
 
 def _check_int(value, name: str, lo: int, hi: int) -> int:
-    if isinstance(value, (bool, np.bool_)) or not isinstance(value, (int, np.integer)):
-        raise TypeError(f"{name} must be an integer, got {type(value).__name__}")
-    value = int(value)
+    value = check_index(value, name)
     if not lo <= value <= hi:
         raise ValueError(f"{name} must be in [{lo}, {hi}], got {value}")
     return value
@@ -187,6 +186,124 @@ def _qparams_of(fq, name: str, bits_max: int = 8):
         raise ValueError(f"{name}.zero_point {zp!r} is out of range (|zp| <= {_ZP_MAX})")
     zp_int = int(_round_half_away(np.float32(zp))) - 128
     return scale, zp_int, (qmin - 128, qmax - 128), float(np.float32(zp))
+
+
+def _frozen(arr: np.ndarray) -> np.ndarray:
+    """A private, immutable copy of `arr`: backed by a bytes object, so no view of it can
+    ever be made writable again (``flags.writeable = True`` raises) and codes cannot
+    change behind the packed GEMM weights.  The caller's array is left as it was."""
+    arr = np.ascontiguousarray(arr)
+    return np.frombuffer(arr.tobytes(), dtype=arr.dtype).reshape(arr.shape)
+
+
+def _state_int(state, key: str, lo: int, hi: int) -> int:
+    """An integer field of a state dict / .npz: an integer (or bool-free integral) scalar
+    array or number, never a float that int() would truncate (bits 8.9, zero point 0.7)."""
+    name = f"state_dict[{key!r}]"
+    value = state[key]
+    if isinstance(value, np.ndarray):
+        if value.size != 1:
+            raise ValueError(f"{name} must be a scalar, got shape {value.shape}")
+        if value.dtype.kind not in "iu":
+            raise ValueError(f"{name} must be an integer, got dtype {value.dtype} "
+                             f"({value.reshape(-1)[0]!r})")
+        value = value.reshape(-1)[0]
+    try:
+        return _check_int(value, name, lo, hi)
+    except TypeError as exc:
+        raise ValueError(str(exc)) from None
+
+
+def _state_bool(state, key: str) -> bool:
+    value = state[key]
+    arr = np.asarray(value) if isinstance(value, (np.ndarray, np.generic, bool)) else None
+    if arr is None or arr.size != 1 or arr.dtype.kind not in "biu" \
+            or int(arr.reshape(-1)[0]) not in (0, 1):
+        raise ValueError(f"state_dict[{key!r}] must be a bool, got {value!r}")
+    return bool(arr.reshape(-1)[0])
+
+
+def _state_qrange(state, key: str) -> Tuple[int, ...]:
+    arr = base_array(state[key], f"state_dict[{key!r}]")
+    if arr.dtype.kind not in "iu" or arr.size != 2:
+        raise ValueError(f"state_dict[{key!r}] must be two integers (qmin, qmax), got "
+                         f"{arr.dtype} of shape {arr.shape}")
+    return tuple(int(v) for v in arr.ravel())
+
+
+def _state_float(state, key: str) -> float:
+    value = state[key]
+    arr = np.asarray(value) if isinstance(value, (np.ndarray, np.generic, int, float)) \
+        and not isinstance(value, bool) else None
+    if arr is None or arr.size != 1 or arr.dtype.kind not in "iuf":
+        raise ValueError(f"state_dict[{key!r}] must be a real scalar, got {value!r}")
+    return float(arr.reshape(-1)[0])
+
+
+def _read_npz(path) -> Dict[str, np.ndarray]:
+    """The arrays of a ``.npz`` archive, read without numpy's loader: every member's
+    claimed size is bounded by the archive's own bytes before anything is allocated
+    (a tiny file claiming a 32 TiB array is refused), only plain numeric dtypes, no
+    pickles.  Any corruption is a ValueError naming the file."""
+    import zipfile
+    import zlib
+
+    fmt = np.lib.format
+
+    def bad(problem: str) -> ValueError:
+        return ValueError(f"QuantizedLinear.load: {os.fspath(path)!r}: {problem}")
+
+    file_size = os.path.getsize(path)
+    state: Dict[str, np.ndarray] = {}
+    try:
+        with zipfile.ZipFile(path) as zf:
+            infos = zf.infolist()
+            if len(infos) > 64:
+                raise bad(f"{len(infos)} members (a saved layer has at most 13)")
+            for info in infos:
+                if not info.filename.endswith(".npy") or info.filename[:-4] in state:
+                    raise bad(f"unexpected member {info.filename!r}")
+                if info.compress_type not in (zipfile.ZIP_STORED, zipfile.ZIP_DEFLATED):
+                    raise bad(f"member {info.filename!r}: unsupported compression")
+                # Deflate expands at most ~1032:1; stored members hold their own size.
+                ratio = 1 if info.compress_type == zipfile.ZIP_STORED else 1032
+                if info.compress_size > file_size or \
+                        info.file_size > ratio * info.compress_size + 1024:
+                    raise bad(f"member {info.filename!r} claims {info.file_size} bytes, "
+                              f"more than the archive can hold")
+                with zf.open(info) as f:
+                    version = fmt.read_magic(f)
+                    if version == (1, 0):
+                        shape, fortran, dtype = fmt.read_array_header_1_0(f)
+                    elif version in ((2, 0), (3, 0)):
+                        shape, fortran, dtype = fmt.read_array_header_2_0(f)
+                    else:
+                        raise bad(f"member {info.filename!r}: .npy version {version}")
+                    if dtype.kind not in "biuf" or dtype.fields is not None \
+                            or dtype.subdtype is not None:
+                        raise bad(f"member {info.filename!r}: dtype {dtype} is not a plain "
+                                  f"number type")
+                    if not all(type(d) is int and d >= 0 for d in shape) or len(shape) > 8:
+                        raise bad(f"member {info.filename!r}: bad shape {shape!r}")
+                    nbytes = math.prod(shape) * dtype.itemsize
+                    if nbytes > info.file_size:
+                        raise bad(f"member {info.filename!r}: its header claims shape "
+                                  f"{shape} ({nbytes} bytes) but the member holds "
+                                  f"{info.file_size} bytes")
+                    data = f.read(nbytes)
+                    if len(data) != nbytes:
+                        raise bad(f"member {info.filename!r} is truncated")
+                arr = np.frombuffer(data, dtype=dtype)
+                arr = arr.reshape(shape, order="F" if fortran else "C")
+                state[info.filename[:-4]] = np.array(arr, dtype=dtype.newbyteorder("="))
+    except ValueError as exc:
+        if str(exc).startswith("QuantizedLinear.load"):
+            raise
+        raise bad(f"corrupt archive ({exc})") from None
+    except (zipfile.BadZipFile, zlib.error, EOFError, SyntaxError, RecursionError,
+            OverflowError, NotImplementedError, KeyError, TypeError, MemoryError) as exc:
+        raise bad(f"corrupt archive ({type(exc).__name__}: {exc})") from None
+    return state
 
 
 _READ_ONLY = frozenset({"weights_q", "bias_q", "weight_scale", "input_scale", "input_zero_point",
@@ -273,13 +390,14 @@ class QuantizedLinear(Module):
     _zp_offset: Int32Array
     _requant_cache: Any
     _packed: Dict[str, Int8Array]
+    _lock: Any                  # threading.RLock
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
         raise TypeError("use QuantizedLinear.from_float, from_qat or from_state_dict")
 
     def _set(self, name, value):
         if isinstance(value, np.ndarray):
-            value.flags.writeable = False
+            value = _frozen(value)
         object.__setattr__(self, name, value)
 
     def __setattr__(self, name: str, value: Any) -> None:
@@ -300,14 +418,19 @@ class QuantizedLinear(Module):
             raise ValueError(f"in_features={in_features} exceeds the exact int32 accumulation "
                              f"bound MAX_IN_FEATURES={MAX_IN_FEATURES}")
         self._n_threads = None if n_threads is None else _backend.check_threads(n_threads)
-        weights_q = np.ascontiguousarray(weights_q, dtype=np.int8)
-        weights_q.flags.writeable = False
-        self._set("weights_q", weights_q)
+        # Per-layer lock: set_input_scale replaces the input-derived state under it, and
+        # each forward takes a consistent snapshot of that state under it, then runs the
+        # GEMM unlocked holding its own references (arrays are only ever replaced, never
+        # changed in place), so concurrent forwards still run in parallel.
+        object.__setattr__(self, "_lock", threading.RLock())
+        self._set("weights_q", np.asarray(weights_q, dtype=np.int8))   # an immutable copy
+        weights_q = self.weights_q
         self._set("in_features", int(in_features))
         self._set("out_features", int(out_features))
         self._set("bits", int(bits))
         self._set("per_channel", bool(per_channel))
-        self._set("weight_scale", weight_scale)
+        self._set("weight_scale", weight_scale if not isinstance(weight_scale, np.ndarray)
+                  else np.asarray(weight_scale, dtype=np.float32))
         wide = weights_q.astype(np.int64)
         self._wsum = wide.sum(axis=1).astype(np.int32)                 # |.| <= 127 K < 2^31
         self._l1 = np.abs(wide).sum(axis=1)
@@ -349,12 +472,15 @@ class QuantizedLinear(Module):
         if bad.size:
             raise ValueError(f"{name}: output channel {int(bad[0])} could overflow the int32 "
                              f"accumulator (bias code / zero point correction too large)")
-        self._set("input_scale", float(np.float32(input_scale)))
-        self._set("input_zero_point", int(zero_point))
-        self._set("bias_q", None if bias_q is None else bias_q.astype(np.int32))
-        self._col_offset = offset.astype(np.int32)
-        self._zp_offset = (-np.int64(zero_point) * self._wsum.astype(np.int64)).astype(np.int32)
-        self._requant_cache = None
+        col_offset = _frozen(offset.astype(np.int32))
+        zp_offset = _frozen((-np.int64(zero_point) * self._wsum.astype(np.int64)).astype(np.int32))
+        with self._lock:
+            self._set("input_scale", float(np.float32(input_scale)))
+            self._set("input_zero_point", int(zero_point))
+            self._set("bias_q", None if bias_q is None else bias_q.astype(np.int32))
+            self._col_offset = col_offset
+            self._zp_offset = zp_offset
+            self._requant_cache = None
 
     @classmethod
     def from_float(cls, weights: ArrayLike, bias: Optional[ArrayLike], in_features: Integer,
@@ -399,12 +525,16 @@ class QuantizedLinear(Module):
         weight_scale: Union[float, F32Array]
         if per_channel:
             max_abs = np.abs(w).max(axis=1, initial=_F32(0))
-            scale = np.where(max_abs > 0, max_abs / qmax, _F32(1)).astype(np.float32)
+            scale = np.where(max_abs > 0, np.maximum(max_abs / qmax, _F32(WEIGHT_SCALE_FLOOR)),
+                             _F32(1)).astype(np.float32)
             codes = _round_half_away(w / scale[:, None])
             weight_scale = scale
         else:
             max_abs = np.abs(w).max(initial=_F32(0))
-            weight_scale = float(max_abs / qmax) if max_abs > 0 else 1.0
+            # Denormal weights: max|w| / qmax can underflow to 0 (or a denormal scale that
+            # save/load would refuse): floored at the smallest normal float32.
+            weight_scale = float(max(max_abs / qmax, _F32(WEIGHT_SCALE_FLOOR))) \
+                if max_abs > 0 else 1.0
             codes = _round_half_away(w / _F32(weight_scale))
         weights_q = np.clip(codes, -qmax, qmax).astype(np.int8)
         return cls._build(weights_q, weight_scale, config.bits, per_channel, bias, None, 1.0, 0,
@@ -468,7 +598,7 @@ class QuantizedLinear(Module):
         output_q = None
         if output_fake_quant is not None:
             output_q = _qparams_of(output_fake_quant, "output_fake_quant")[:3]
-        arr = np.asarray(weight) if not isinstance(weight, np.ndarray) else weight
+        arr = base_array(weight, "weight")        # the buffer's own shape
         if arr.ndim != 2:
             raise ValueError(f"weight must be 2-D (out_features, in_features), got shape "
                              f"{arr.shape}")
@@ -502,24 +632,37 @@ class QuantizedLinear(Module):
         """Set the input scale (Rust ``set_input_scale``) and, optionally, the int8 input
         zero point; re-quantizes the bias at the new output scale.
 
-        Raises ValueError (non-finite or non-positive scale, zero point outside
-        [-128, 127], bias codes that would overflow int32) with the layer unchanged.
+        Raises ValueError (non-finite, non-positive or too large scale, zero point
+        outside [-128, 127], bias codes that would overflow int32) or TypeError (a
+        zero point that is not an integer) with the layer unchanged.
         """
         scale = check_scale(scale, "scale")
-        zp = self.input_zero_point if zero_point is None else _check_int(
-            zero_point, "zero_point", -_ZP_MAX, _ZP_MAX)
-        self._apply_input(scale, zp, None, "scale")
         if zero_point is not None:
-            self._input_zp_float = None
+            zero_point = _check_int(zero_point, "zero_point", -128, 127)
+        with self._lock:
+            zp = self.input_zero_point if zero_point is None else zero_point
+            self._apply_input(scale, zp, None, "scale")
+            if zero_point is not None:
+                self._input_zp_float = None
 
     def _packed_for(self, kernels):
         layout = kernels.GEMM_LAYOUT
         packed = self._packed.get(layout)
         if packed is None:
-            packed = _aligned_empty(kernels.packed_size(self.out_features, self.in_features))
-            kernels.pack_weights(self.weights_q, packed)
-            self._packed[layout] = packed
+            with self._lock:            # packed once per layout, never replaced
+                packed = self._packed.get(layout)
+                if packed is None:
+                    packed = _aligned_empty(kernels.packed_size(self.out_features,
+                                                                self.in_features))
+                    kernels.pack_weights(self.weights_q, packed)
+                    self._packed[layout] = packed
         return packed
+
+    def _snapshot(self):
+        """The input-derived state one call uses, read consistently under the lock."""
+        with self._lock:
+            return (self.input_scale, self.input_zero_point, self._input_zp_float,
+                    self._col_offset, self._zp_offset)
 
     def _gemm(self, x2d: np.ndarray, col_offset: Optional[np.ndarray]) -> np.ndarray:
         kernels = _backend.kernels
@@ -540,7 +683,7 @@ class QuantizedLinear(Module):
         truncates the batch).
         """
         x2d = _check_int8_codes(x_q, self.in_features, "x_q")
-        return self._gemm(x2d, self._col_offset)
+        return self._gemm(x2d, self._snapshot()[3])
 
     def forward(self, x: ArrayLike) -> F32Array:
         """Float in, float out: quantize `x` with the input scale and zero point, int8
@@ -564,13 +707,13 @@ class QuantizedLinear(Module):
             raise ValueError(f"forward: x contains NaN at flat index {index}")
         kernels = _backend.kernels
         qmin, qmax = self._input_qrange
-        zpf = self._input_zp_float
+        input_scale, input_zp, zpf, _, zp_offset = self._snapshot()
         if zpf is None:
             codes = np.empty(flat.size, dtype=np.int8)
             if flat.size:
-                kernels.quantize(flat, codes, self.input_scale, float(self.input_zero_point),
+                kernels.quantize(flat, codes, input_scale, float(input_zp),
                                  float(qmin), float(qmax), self.n_threads)
-            acc = self._gemm(codes.reshape(-1, self.in_features), self._zp_offset)
+            acc = self._gemm(codes.reshape(-1, self.in_features), zp_offset)
             y = acc.astype(np.float32)
         else:
             # Asymmetric input quantizer with a float zero point (Rust keeps it unrounded):
@@ -578,13 +721,13 @@ class QuantizedLinear(Module):
             # the exact (128 - zp) * Σw correction in float.
             codes_u8 = np.empty(flat.size, dtype=np.uint8)
             if flat.size:
-                kernels.quantize(flat, codes_u8, self.input_scale, zpf, float(qmin + 128),
+                kernels.quantize(flat, codes_u8, input_scale, zpf, float(qmin + 128),
                                  float(qmax + 128), self.n_threads)
             codes = (codes_u8 ^ np.uint8(0x80)).view(np.int8)
             acc = self._gemm(codes.reshape(-1, self.in_features), None)
             y = acc.astype(np.float32)
             y += ((128.0 - zpf) * self._wsum.astype(np.float64)).astype(np.float32)
-        y *= np.asarray(self.output_scale, dtype=np.float32)
+        y *= np.asarray(self.weight_scale, dtype=np.float32) * np.float32(input_scale)
         if self._bias is not None:
             y += self._bias
         return y
@@ -592,13 +735,17 @@ class QuantizedLinear(Module):
     __call__ = forward
 
     # ------------------------------------------------------------------ integer-only
-    def _requant_params(self, output_scale: float):
-        key = (output_scale, self.input_scale)
-        if self._requant_cache is None or self._requant_cache[0] != key:
-            real = requant_real_multiplier(self.weight_scale, self.input_scale, output_scale)
+    def _requant_params(self, output_scale: float, input_scale: float):
+        key = (output_scale, input_scale)
+        cache = self._requant_cache          # read once: another thread may replace it
+        if cache is None or cache[0] != key:
+            real = requant_real_multiplier(self.weight_scale, input_scale, output_scale)
             mult, shift = quantize_multiplier(np.broadcast_to(real, (self.out_features,)))
-            self._requant_cache = (key, mult, shift)
-        return self._requant_cache[1], self._requant_cache[2]
+            cache = (key, mult, shift)
+            with self._lock:
+                if self.input_scale == input_scale:
+                    self._requant_cache = cache
+        return cache[1], cache[2]
 
     def forward_int8(self, x_q: Int8Array, output_scale: Optional[Real] = None,
                      output_zero_point: Optional[Integer] = None) -> Int8Array:
@@ -658,8 +805,9 @@ class QuantizedLinear(Module):
             # A zero point outside the int8 codes cannot be stored by any runtime (TFLite,
             # ONNX) and saturates nearly every output.
             output_zero_point = _check_int(output_zero_point, "output_zero_point", -128, 127)
-        mult, shift = self._requant_params(float(output_scale))
-        acc = self._gemm(x2d, self._col_offset)
+        input_scale, _, _, col_offset, _ = self._snapshot()
+        mult, shift = self._requant_params(float(output_scale), input_scale)
+        acc = self._gemm(x2d, col_offset)
         out = np.empty(acc.shape, dtype=np.int8)
         _backend.kernels.requantize_fixed_point(acc, mult, shift, output_zero_point, qmin, qmax,
                                                 out, self.n_threads)
@@ -705,19 +853,23 @@ class QuantizedLinear(Module):
                     "input_zero_point", "input_qrange"):
             if key not in state:
                 raise ValueError(f"state_dict: missing key {key!r}")
-        if "version" in state and int(np.asarray(state["version"])) != _STATE_VERSION:
+        if "version" in state and _state_int(state, "version", -_I32_MAX, _I32_MAX) \
+                != _STATE_VERSION:
             raise ValueError(f"state_dict: unsupported version {state['version']!r}")
-        wq = np.asarray(state["weights_q"])
+        wq = base_array(state["weights_q"], "state_dict['weights_q']")
         if wq.dtype != np.int8 or wq.ndim != 2 or wq.shape[0] < 1 or wq.shape[1] < 1:
             raise ValueError(f"state_dict['weights_q'] must be a non-empty 2-D int8 array, got "
                              f"{wq.dtype} {wq.shape}")
         out_features, in_features = wq.shape
-        bits = _check_int(int(np.asarray(state["bits"])), "state_dict['bits']", 2, 8)
+        bits = _state_int(state, "bits", 2, 8)
         qmax = (1 << (bits - 1)) - 1
         if wq.size and int(np.abs(wq.astype(np.int16)).max()) > qmax:
             raise ValueError(f"state_dict['weights_q'] has codes outside [-{qmax}, {qmax}]")
-        per_channel = bool(np.asarray(state["per_channel"]))
-        ws = np.asarray(state["weight_scale"], dtype=np.float32)
+        per_channel = _state_bool(state, "per_channel")
+        ws = base_array(state["weight_scale"], "state_dict['weight_scale']")
+        if ws.dtype.kind not in "iuf":
+            raise ValueError(f"state_dict['weight_scale'] must be real, got dtype {ws.dtype}")
+        ws = ws.astype(np.float32)
         weight_scale: Union[float, F32Array]
         if per_channel:
             if ws.shape != (out_features,):
@@ -729,17 +881,15 @@ class QuantizedLinear(Module):
             if ws.size != 1:
                 raise ValueError("state_dict['weight_scale'] must be a scalar")
             weight_scale = check_scale(float(ws.reshape(())), "state_dict['weight_scale']")
-        input_scale = check_scale(float(np.asarray(state["input_scale"])),
-                                  "state_dict['input_scale']")
-        zp = _check_int(int(np.asarray(state["input_zero_point"])),
-                        "state_dict['input_zero_point']", -_ZP_MAX, _ZP_MAX)
+        input_scale = check_scale(_state_float(state, "input_scale"), "state_dict['input_scale']")
+        zp = _state_int(state, "input_zero_point", -_ZP_MAX, _ZP_MAX)
         zpf = None
         if "input_zero_point_float" in state:
-            zpf = float(np.float32(np.asarray(state["input_zero_point_float"])))
+            zpf = float(np.float32(_state_float(state, "input_zero_point_float")))
             if not abs(zpf) <= _ZP_MAX:
                 raise ValueError("state_dict['input_zero_point_float'] must be finite and "
                                  f"|zp| <= {_ZP_MAX}")
-        qrange = tuple(int(v) for v in np.asarray(state["input_qrange"]).ravel())
+        qrange = _state_qrange(state, "input_qrange")
         if len(qrange) != 2 or not -128 <= qrange[0] <= qrange[1] <= 127:
             raise ValueError("state_dict['input_qrange'] must be (qmin, qmax) within int8")
         bias = None
@@ -747,7 +897,7 @@ class QuantizedLinear(Module):
             bias = _finite_f32(state["bias"], "state_dict['bias']", (out_features,))
         bias_q = None
         if "bias_q" in state and state["bias_q"] is not None:
-            bq = np.asarray(state["bias_q"])
+            bq = base_array(state["bias_q"], "state_dict['bias_q']")
             if bq.dtype != np.int32 or bq.shape != (out_features,):
                 raise ValueError(f"state_dict['bias_q'] must be int32 of shape ({out_features},)")
             bias_q = bq.astype(np.int64)
@@ -757,12 +907,12 @@ class QuantizedLinear(Module):
                                                  * np.float32(input_scale))).astype(np.float32)
         output_q = None
         if "output_quant_scale" in state:
-            oscale = check_scale(float(np.asarray(state["output_quant_scale"])),
+            oscale = check_scale(_state_float(state, "output_quant_scale"),
                                  "state_dict['output_quant_scale']")
-            ozp = _check_int(int(np.asarray(state.get("output_quant_zero_point", 0))),
-                             "state_dict['output_quant_zero_point']", -_ZP_MAX, _ZP_MAX)
-            orange = tuple(int(v) for v in np.asarray(
-                state.get("output_quant_qrange", (-128, 127))).ravel())
+            ozp = _state_int(state, "output_quant_zero_point", -_ZP_MAX, _ZP_MAX) \
+                if "output_quant_zero_point" in state else 0
+            orange = _state_qrange(state, "output_quant_qrange") \
+                if "output_quant_qrange" in state else (-128, 127)
             if len(orange) != 2 or not -128 <= orange[0] <= orange[1] <= 127:
                 raise ValueError("state_dict['output_quant_qrange'] must be (qmin, qmax) in int8")
             output_q = (oscale, ozp, orange)
@@ -771,16 +921,81 @@ class QuantizedLinear(Module):
         return layer
 
     def save(self, path: Union[str, "os.PathLike[str]"]) -> None:
-        """Write :meth:`state_dict` to a ``.npz`` file (``numpy.savez``)."""
-        np.savez(path, **self.state_dict())
+        """Write :meth:`state_dict` to `path` exactly, as an ``.npz`` archive.
+
+        Unlike ``numpy.savez`` no ``.npz`` suffix is added: ``save("fc")`` writes
+        ``fc`` and ``load("fc")`` reads it back (give ``"fc.npz"`` for the usual name).
+        The archive is written to a temporary file beside `path` and renamed over it,
+        so a failed save leaves no partial file.
+
+        Raises
+        ------
+        ValueError
+            `path` is an existing directory.
+        TypeError
+            `path` is not a str or os.PathLike.
+        OSError
+            The file cannot be written.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        path = os.fspath(path)
+        if os.path.isdir(path):
+            raise ValueError(f"path {path!r} is a directory; give a file name such as "
+                             f"{os.path.join(path, 'layer.npz')!r}")
+        tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
+        try:
+            with open(tmp, "wb") as f:
+                np.savez(f, **self.state_dict())
+            os.replace(tmp, path)
+        except BaseException:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"], *, n_threads: Optional[Integer] = None
              ) -> "QuantizedLinear":
-        """Read a layer written by :meth:`save` (no pickles)."""
-        with np.load(path, allow_pickle=False) as data:
-            state = {key: data[key] for key in data.files}
+        """Read a layer written by :meth:`save` from `path` exactly.
+
+        No pickles; every member's size is checked against the archive's bytes before
+        anything is allocated, and every field is validated (:meth:`from_state_dict`).
+        A file written by an older qatcore as ``path + ".npz"`` (``numpy.savez`` added
+        the suffix) is found when `path` itself does not exist.
+
+        Raises
+        ------
+        ValueError
+            A corrupt or hostile archive, or an invalid state (the key is named).
+        FileNotFoundError
+            Neither `path` nor ``path + ".npz"`` exists.
+        """
+        if not isinstance(path, (str, os.PathLike)):
+            raise TypeError(f"path must be a str or os.PathLike, got {type(path).__name__}")
+        path = os.fspath(path)
+        if not os.path.exists(path) and os.path.isfile(path + ".npz"):
+            path = path + ".npz"
+        if os.path.isdir(path):
+            raise ValueError(f"path {path!r} is a directory, not a saved layer")
+        if not os.path.isfile(path):
+            if os.path.exists(path):       # a FIFO or device would block or never end
+                raise ValueError(f"path {path!r} is not a regular file")
+            if os.path.lexists(path):
+                raise ValueError(f"path {path!r} is a dangling symbolic link or a link loop")
+            raise FileNotFoundError(f"no such file: {path!r}")
+        state = _read_npz(path)
         return cls.from_state_dict(state, n_threads=n_threads)
+
+    def __getstate__(self) -> Dict[str, Any]:
+        with self._lock:
+            state = dict(self.__dict__)
+        del state["_lock"]
+        return state
+
+    def __setstate__(self, state: Dict[str, Any]) -> None:
+        for name, value in state.items():
+            object.__setattr__(self, name, value)
+        object.__setattr__(self, "_lock", threading.RLock())
 
     def __repr__(self) -> str:
         kind = "per-channel" if self.per_channel else "per-tensor"

@@ -39,6 +39,7 @@ from typing import Any, Callable, Iterable, List, Optional, Sequence, Tuple, Typ
 
 import numpy as np
 
+from ._checks import base_array, check_index, check_real
 from ._typing import ArrayLike
 from .config import FakeQuantConfig
 from .fake_quantize import FakeQuantize, Module
@@ -61,6 +62,31 @@ __all__ = [
 ]
 
 _FLOATS = (np.float32, np.float64)
+
+
+def _real(x, name: str, dtype=None, *, private: bool = False) -> np.ndarray:
+    """`x` as a base-class array of real numbers (complex, strings, objects and masked
+    arrays refused), converted to `dtype` when given; with `private`, never the caller's
+    own buffer (a layer that keeps it for backward must not see later writes to it)."""
+    arr = base_array(x, name)
+    if arr.dtype.kind not in "biuf":
+        what = "complex" if arr.dtype.kind == "c" else str(arr.dtype)
+        raise TypeError(f"{name} must hold real numbers, got dtype {what}")
+    if dtype is not None and arr.dtype != dtype:
+        return arr.astype(dtype)
+    if private and isinstance(x, np.ndarray) and np.may_share_memory(arr, x):
+        return arr.copy()
+    return arr
+
+
+def _check_seed(seed):
+    if seed is None or isinstance(seed, (np.random.Generator, np.random.SeedSequence,
+                                         np.random.BitGenerator)):
+        return seed
+    seed = check_index(seed, "seed")
+    if seed < 0:
+        raise ValueError(f"seed must be non-negative, got {seed}")
+    return seed
 
 
 def _check_dtype(dtype) -> np.dtype:
@@ -159,21 +185,27 @@ class Linear(Layer):
     def __init__(self, in_features: int, out_features: int, bias: bool = True, *,
                  seed: _Seed = None, dtype: Any = np.float32, weight: Optional[ArrayLike] = None,
                  bias_value: Optional[ArrayLike] = None) -> None:
+        sizes: List[int] = []
         for name, v in (("in_features", in_features), ("out_features", out_features)):
-            if isinstance(v, bool) or not hasattr(v, "__index__"):
-                raise TypeError(f"{name} must be an integer, got {type(v).__name__}")
-            if int(v) < 1:
-                raise ValueError(f"{name} must be at least 1, got {v}")
-        self.in_features = int(in_features)
-        self.out_features = int(out_features)
+            n = check_index(v, name)
+            if n < 1:
+                raise ValueError(f"{name} must be at least 1, got {n}")
+            sizes.append(n)
+        if sizes[0] * sizes[1] > 1 << 32:
+            raise ValueError(f"in_features * out_features = {sizes[0] * sizes[1]} is too large "
+                             f"(at most 2^32 weights)")
+        if not isinstance(bias, (bool, np.bool_)):
+            raise TypeError(f"bias must be a bool, got {type(bias).__name__}")
+        self.in_features: int = sizes[0]
+        self.out_features: int = sizes[1]
         self.dtype = _check_dtype(dtype)
-        rng = np.random.default_rng(seed)
+        rng = np.random.default_rng(_check_seed(seed))
         bound = 1.0 / np.sqrt(self.in_features)
         shape = (self.out_features, self.in_features)
         if weight is None:
             self.weight = rng.uniform(-bound, bound, size=shape).astype(self.dtype)
         else:
-            w = np.array(weight, dtype=self.dtype, copy=True)
+            w = np.array(_real(weight, "weight"), dtype=self.dtype, copy=True)
             if w.size != self.out_features * self.in_features:
                 raise ValueError(f"weight: expected shape {shape}, got {np.shape(weight)}")
             self.weight = np.ascontiguousarray(w.reshape(shape))
@@ -181,7 +213,8 @@ class Linear(Layer):
             if bias_value is None:
                 self.bias = rng.uniform(-bound, bound, size=self.out_features).astype(self.dtype)
             else:
-                b = np.array(bias_value, dtype=self.dtype, copy=True).reshape(-1)
+                b = np.array(_real(bias_value, "bias_value"), dtype=self.dtype,
+                             copy=True).reshape(-1)
                 if b.shape != (self.out_features,):
                     raise ValueError(f"bias_value: expected shape ({self.out_features},), "
                                      f"got {np.shape(bias_value)}")
@@ -198,9 +231,10 @@ class Linear(Layer):
         self._x: Optional[np.ndarray] = None
 
     def _as_input(self, x) -> np.ndarray:
-        x = np.asarray(x)
-        if x.dtype != self.dtype:
-            x = x.astype(self.dtype)
+        # A private array: backward computes grad_weight from it, so later writes to the
+        # caller's x must not change the gradient.
+        x = _real(x, "x", None if isinstance(x, np.ndarray) and x.dtype == self.dtype
+                  else self.dtype, private=True)
         if x.ndim != 2 or x.shape[1] != self.in_features:
             raise ValueError(f"x: expected shape (batch, {self.in_features}), got {x.shape}")
         return x
@@ -220,9 +254,7 @@ class Linear(Layer):
     def _check_grad(self, grad_out) -> np.ndarray:
         if self._x is None:
             raise ValueError("backward called before forward")
-        g = np.asarray(grad_out)
-        if g.dtype != self.dtype:
-            g = g.astype(self.dtype)
+        g = _real(grad_out, "grad_out", self.dtype)
         if g.shape != (self._x.shape[0], self.out_features):
             raise ValueError(f"grad_out: expected shape {(self._x.shape[0], self.out_features)}, "
                              f"got {g.shape}")
@@ -266,14 +298,14 @@ class ReLU(Layer):
         self._mask: Optional[np.ndarray] = None
 
     def forward(self, x: ArrayLike) -> np.ndarray:
-        x = np.asarray(x)
+        x = _real(x, "x")
         self._mask = x > 0
         return np.maximum(x, 0)
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
         if self._mask is None:
             raise ValueError("backward called before forward")
-        g = np.asarray(grad_out)
+        g = _real(grad_out, "grad_out")
         if g.shape != self._mask.shape:
             raise ValueError(f"grad_out: expected shape {self._mask.shape}, got {g.shape}")
         return g * self._mask
@@ -490,12 +522,12 @@ class SoftmaxCrossEntropy:
 
     def forward(self, logits: ArrayLike, labels: ArrayLike) -> float:
         """Mean loss (a Python float, computed in float64)."""
-        z = np.asarray(logits)
+        z = _real(logits, "logits")
         if z.dtype.type not in _FLOATS:
             z = z.astype(np.float32)
         if z.ndim != 2 or z.shape[1] < 1:
             raise ValueError(f"logits: expected shape (batch, classes), got {z.shape}")
-        labels = np.asarray(labels)
+        labels = base_array(labels, "labels")
         if labels.shape != (z.shape[0],) or labels.dtype.kind not in "iu":
             raise ValueError(f"labels: expected {z.shape[0]} integer class indices, "
                              f"got shape {labels.shape} dtype {labels.dtype}")
@@ -507,7 +539,7 @@ class SoftmaxCrossEntropy:
         e = np.exp(shifted)
         s = e.sum(axis=1, keepdims=True)
         self._probs = e / s
-        self._labels = labels
+        self._labels = labels.copy()
         rows = np.arange(z.shape[0])
         logp = shifted[rows, labels].astype(np.float64) - np.log(s[:, 0].astype(np.float64))
         return float(-logp.mean()) if z.shape[0] else 0.0
@@ -544,12 +576,15 @@ class Optimizer:
         if len(params) != len(grads):
             raise ValueError(f"params and grads differ in length ({len(params)} vs {len(grads)})")
         for i, (p, g) in enumerate(zip(params, grads)):
-            if not isinstance(p, np.ndarray) or not isinstance(g, np.ndarray):
-                raise TypeError(f"params[{i}] and grads[{i}] must be numpy arrays")
+            if not isinstance(p, np.ndarray) or not isinstance(g, np.ndarray) or \
+                    isinstance(p, np.ma.MaskedArray) or isinstance(g, np.ma.MaskedArray):
+                raise TypeError(f"params[{i}] and grads[{i}] must be numpy arrays (not masked)")
             if p.shape != g.shape:
                 raise ValueError(f"params[{i}] has shape {p.shape} but grads[{i}] {g.shape}")
             if p.dtype.type not in _FLOATS or not p.flags.writeable:
                 raise TypeError(f"params[{i}] must be a writable float32/float64 array")
+        if after_step is not None and not callable(after_step):
+            raise TypeError(f"after_step must be callable, got {type(after_step).__name__}")
         self.params = params
         self.grads = grads
         self.after_step = after_step
@@ -563,10 +598,7 @@ class Optimizer:
 
 
 def _check_lr(lr) -> float:
-    lr = float(lr)
-    if not np.isfinite(lr) or lr <= 0:
-        raise ValueError(f"lr must be a positive finite number, got {lr}")
-    return lr
+    return check_real(lr, "lr", 0.0, lo_open=True)
 
 
 class SGD(Optimizer):
@@ -588,12 +620,8 @@ class SGD(Optimizer):
                  after_step: Optional[Callable[[], None]] = None) -> None:
         super().__init__(params, grads, after_step)
         self.lr = _check_lr(lr)
-        if not 0.0 <= momentum < 1.0:
-            raise ValueError(f"momentum must be in [0, 1), got {momentum}")
-        if weight_decay < 0:
-            raise ValueError(f"weight_decay must be >= 0, got {weight_decay}")
-        self.momentum = float(momentum)
-        self.weight_decay = float(weight_decay)
+        self.momentum = check_real(momentum, "momentum", 0.0, 1.0, hi_open=True)
+        self.weight_decay = check_real(weight_decay, "weight_decay", 0.0)
         self._velocity = [np.zeros_like(p) for p in self.params]
 
     def step(self) -> None:
@@ -628,14 +656,13 @@ class Adam(Optimizer):
                  after_step: Optional[Callable[[], None]] = None) -> None:
         super().__init__(params, grads, after_step)
         self.lr = _check_lr(lr)
-        b1, b2 = (float(b) for b in betas)
-        if not (0.0 <= b1 < 1.0 and 0.0 <= b2 < 1.0):
-            raise ValueError(f"betas must lie in [0, 1), got {betas}")
-        if eps <= 0 or weight_decay < 0:
-            raise ValueError("eps must be > 0 and weight_decay >= 0")
+        if not isinstance(betas, (tuple, list)) or len(betas) != 2:
+            raise TypeError(f"betas must be a pair of numbers, got {betas!r}")
+        b1 = check_real(betas[0], "betas[0]", 0.0, 1.0, hi_open=True)
+        b2 = check_real(betas[1], "betas[1]", 0.0, 1.0, hi_open=True)
         self.betas = (b1, b2)
-        self.eps = float(eps)
-        self.weight_decay = float(weight_decay)
+        self.eps = check_real(eps, "eps", 0.0, lo_open=True)
+        self.weight_decay = check_real(weight_decay, "weight_decay", 0.0)
         self.t = 0
         self._m = [np.zeros_like(p) for p in self.params]
         self._v = [np.zeros_like(p) for p in self.params]

@@ -118,7 +118,7 @@ def plan_model(model: Any) -> ModelPlan:
         else:
             scale, zp = out_scale, out_zp
         scale = float(np.float32(scale))         # forward_int8 takes float32 scales
-        mult, shift = layer._requant_params(scale)
+        mult, shift = layer._requant_params(scale, float(layer.input_scale))
         mult = np.asarray(mult, dtype=np.int32)
         shift = np.asarray(shift, dtype=np.int32)
         per_channel = bool(layer.per_channel)
