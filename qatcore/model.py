@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _backend
 from ._checks import as_float32, check_index, check_scale
 from .linear import QuantizedLinear, _check_int8_codes, _qparams_of, quantize_multiplier
 from .linear import requant_real_multiplier
@@ -436,18 +437,43 @@ class QuantizedSequential:
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         h = _check_int8_codes(x_q, self.in_features, "x_q")
+        kernels = _backend.kernels
+        for layer, col_offset, mult, shift, zp, lo, hi in self._plan():
+            acc = layer._gemm(h, col_offset)
+            if rounding == "gemmlowp":
+                # the activation clamp is the kernel's output clamp (within [-128, 127])
+                h = np.empty(acc.shape, dtype=np.int8)
+                kernels.requantize_fixed_point(acc, mult, shift, zp, lo, hi, h,
+                                               layer.n_threads)
+            else:
+                v = _requantize_int64(acc, mult, shift, rounding)
+                h = np.clip(v + zp, lo, hi).astype(np.int8)
+        return h
+
+    def _plan(self) -> list:
+        """Per layer ``(layer, col_offset, multiplier, shift, zero_point, qmin, qmax)``,
+        rebuilt when a layer, scale, zero point or activation changed (layers stay
+        mutable through ``set_input_scale``; their offsets array is replaced then)."""
+        plan = getattr(self, "_plan_cache", None)
+        key = (self.output_scale, self.output_zero_point, tuple(self.activations))
+        if plan is not None and len(plan) == len(self.layers) and self._plan_key == key:
+            ok = True
+            for entry, layer in zip(plan, self.layers):
+                if entry[0] is not layer or entry[1] is not layer._col_offset:
+                    ok = False
+                    break
+            if ok:
+                return plan
+        plan = []
         for i, layer in enumerate(self.layers):
             scale, zp = self.output_qparams(i)
             lo, hi = activation_range(self.activations[i], scale, zp)
-            if rounding == "gemmlowp":
-                h = layer.forward_int8(h, scale, zp)
-                if self.activations[i] is not None:
-                    np.clip(h, lo, hi, out=h)
-            else:
-                mult, shift = self.requantization(i)
-                v = _requantize_int64(layer.forward_quantized(h), mult, shift, rounding)
-                h = np.clip(v + zp, lo, hi).astype(np.int8)
-        return h
+            mult, shift = self.requantization(i)
+            plan.append((layer, layer._col_offset, np.ascontiguousarray(mult, np.int32),
+                         np.ascontiguousarray(shift, np.int32), int(zp), lo, hi))
+        self._plan_cache = plan
+        self._plan_key = key
+        return plan
 
     def quantize_input(self, x) -> np.ndarray:
         """int8 codes ``(batch, in_features)`` of float input (flat or ``(..., in_features)``)
