@@ -140,6 +140,25 @@ def _check_activations(activations, n: int) -> List[Optional[str]]:
     return acts
 
 
+def _check_output_scale(value) -> float:
+    return check_scale(value, "output_scale")
+
+
+def _check_output_zero_point(value) -> int:
+    zp = check_index(value, "output_zero_point")
+    if not -128 <= zp <= 127:
+        raise ValueError(f"output_zero_point must be in [-128, 127], got {zp}")
+    return zp
+
+
+def _check_numerics(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"input_numerics must be a string, got {type(value).__name__}")
+    if value not in NUMERICS:
+        raise ValueError(f"input_numerics must be one of {NUMERICS}, got {value!r}")
+    return value
+
+
 class QuantizedSequential:
     """A chain of :class:`~qatcore.QuantizedLinear` layers run integer-only.
 
@@ -229,20 +248,42 @@ class QuantizedSequential:
         acts = _check_activations(activations, len(layers))
         if output_scale is None:
             raise ValueError("output_scale is required (the scale of the int8 output codes)")
-        scale = check_scale(output_scale, "output_scale")
-        zp = check_index(output_zero_point, "output_zero_point")
-        if not -128 <= zp <= 127:
-            raise ValueError(f"output_zero_point must be in [-128, 127], got {zp}")
-        if not isinstance(input_numerics, str):
-            raise TypeError(f"input_numerics must be a string, got "
-                            f"{type(input_numerics).__name__}")
-        if input_numerics not in NUMERICS:
-            raise ValueError(f"input_numerics must be one of {NUMERICS}, got {input_numerics!r}")
+        scale = _check_output_scale(output_scale)
+        zp = _check_output_zero_point(output_zero_point)
+        numerics = _check_numerics(input_numerics)
         self.layers: List[QuantizedLinear] = layers
         self.activations: List[Optional[str]] = acts
-        self.output_scale = scale
-        self.output_zero_point = zp
-        self.input_numerics = input_numerics
+        self._output_scale = scale
+        self._output_zero_point = zp
+        self._input_numerics = numerics
+
+    # Validated on assignment too (the object is unchanged when the value is refused).
+    @property
+    def output_scale(self) -> float:
+        """Scale of the int8 output codes (a float32 value)."""
+        return self._output_scale
+
+    @output_scale.setter
+    def output_scale(self, value) -> None:
+        self._output_scale = _check_output_scale(value)
+
+    @property
+    def output_zero_point(self) -> int:
+        """Zero point of the int8 output codes, in [-128, 127]."""
+        return self._output_zero_point
+
+    @output_zero_point.setter
+    def output_zero_point(self, value) -> None:
+        self._output_zero_point = _check_output_zero_point(value)
+
+    @property
+    def input_numerics(self) -> str:
+        """How :meth:`quantize_input` rounds (one of ``NUMERICS``)."""
+        return self._input_numerics
+
+    @input_numerics.setter
+    def input_numerics(self, value) -> None:
+        self._input_numerics = _check_numerics(value)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -464,6 +505,9 @@ class QuantizedSequential:
                     break
             if ok:
                 return plan
+        # layers / activations are plain lists: check what they hold now
+        type(self)(self.layers, self.activations, self.output_scale, self.output_zero_point,
+                   input_numerics=self.input_numerics)
         plan = []
         for i, layer in enumerate(self.layers):
             scale, zp = self.output_qparams(i)
