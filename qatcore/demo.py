@@ -472,6 +472,9 @@ def _parser() -> argparse.ArgumentParser:
     p.add_argument("--lsq", action="store_true",
                    help="learn the quantizer step sizes (LSQ, Esser et al. 2020)")
     p.add_argument("--quiet", action="store_true", help="no per-epoch progress on stderr")
+    p.add_argument("--save", metavar="PATH", default=None,
+                   help="save the QAT integer model (a QuantizedSequential .npz) to PATH, "
+                        "for `qatcore inspect` / `qatcore export`")
     return p
 
 
@@ -480,6 +483,9 @@ def main(argv=None) -> int:
     args = _parser().parse_args(argv)
     if args.epochs < 1 or args.qat_epochs < 0:
         print("qatcore demo: --epochs must be >= 1 and --qat-epochs >= 0", file=sys.stderr)
+        return 2
+    if args.save is not None and not os.path.isdir(os.path.dirname(os.path.abspath(args.save))):
+        print(f"qatcore demo: --save {args.save}: the directory does not exist", file=sys.stderr)
         return 2
     t0 = time.perf_counter()
     res = run_demo(bits=args.bits, epochs=args.epochs, qat_epochs=args.qat_epochs,
@@ -493,6 +499,13 @@ def main(argv=None) -> int:
           f"of the test set")
     print(f"training step (batch 32): float {1e6 * res.float_step:.0f} us, "
           f"QAT {1e6 * res.qat_step:.0f} us  ->  {res.step_ratio:.2f}x")
+    if args.save is not None:
+        try:
+            res.model.save(args.save)
+        except OSError as exc:
+            print(f"qatcore demo: --save {args.save}: {exc.strerror or exc}", file=sys.stderr)
+            return 2
+        print(f"integer model saved to {args.save} (qatcore inspect / qatcore export it)")
     print(f"total {total:.1f} s")
     return 0
 

@@ -22,6 +22,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
+from . import _backend
 from ._checks import as_float32, check_index, check_scale
 from .linear import QuantizedLinear, _check_int8_codes, _qparams_of, quantize_multiplier
 from .linear import requant_real_multiplier
@@ -139,6 +140,25 @@ def _check_activations(activations, n: int) -> List[Optional[str]]:
     return acts
 
 
+def _check_output_scale(value) -> float:
+    return check_scale(value, "output_scale")
+
+
+def _check_output_zero_point(value) -> int:
+    zp = check_index(value, "output_zero_point")
+    if not -128 <= zp <= 127:
+        raise ValueError(f"output_zero_point must be in [-128, 127], got {zp}")
+    return zp
+
+
+def _check_numerics(value) -> str:
+    if not isinstance(value, str):
+        raise TypeError(f"input_numerics must be a string, got {type(value).__name__}")
+    if value not in NUMERICS:
+        raise ValueError(f"input_numerics must be one of {NUMERICS}, got {value!r}")
+    return value
+
+
 class QuantizedSequential:
     """A chain of :class:`~qatcore.QuantizedLinear` layers run integer-only.
 
@@ -228,20 +248,42 @@ class QuantizedSequential:
         acts = _check_activations(activations, len(layers))
         if output_scale is None:
             raise ValueError("output_scale is required (the scale of the int8 output codes)")
-        scale = check_scale(output_scale, "output_scale")
-        zp = check_index(output_zero_point, "output_zero_point")
-        if not -128 <= zp <= 127:
-            raise ValueError(f"output_zero_point must be in [-128, 127], got {zp}")
-        if not isinstance(input_numerics, str):
-            raise TypeError(f"input_numerics must be a string, got "
-                            f"{type(input_numerics).__name__}")
-        if input_numerics not in NUMERICS:
-            raise ValueError(f"input_numerics must be one of {NUMERICS}, got {input_numerics!r}")
+        scale = _check_output_scale(output_scale)
+        zp = _check_output_zero_point(output_zero_point)
+        numerics = _check_numerics(input_numerics)
         self.layers: List[QuantizedLinear] = layers
         self.activations: List[Optional[str]] = acts
-        self.output_scale = scale
-        self.output_zero_point = zp
-        self.input_numerics = input_numerics
+        self._output_scale = scale
+        self._output_zero_point = zp
+        self._input_numerics = numerics
+
+    # Validated on assignment too (the object is unchanged when the value is refused).
+    @property
+    def output_scale(self) -> float:
+        """Scale of the int8 output codes (a float32 value)."""
+        return self._output_scale
+
+    @output_scale.setter
+    def output_scale(self, value) -> None:
+        self._output_scale = _check_output_scale(value)
+
+    @property
+    def output_zero_point(self) -> int:
+        """Zero point of the int8 output codes, in [-128, 127]."""
+        return self._output_zero_point
+
+    @output_zero_point.setter
+    def output_zero_point(self, value) -> None:
+        self._output_zero_point = _check_output_zero_point(value)
+
+    @property
+    def input_numerics(self) -> str:
+        """How :meth:`quantize_input` rounds (one of ``NUMERICS``)."""
+        return self._input_numerics
+
+    @input_numerics.setter
+    def input_numerics(self, value) -> None:
+        self._input_numerics = _check_numerics(value)
 
     # ------------------------------------------------------------------ construction
     @classmethod
@@ -436,18 +478,46 @@ class QuantizedSequential:
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
         h = _check_int8_codes(x_q, self.in_features, "x_q")
+        kernels = _backend.kernels
+        for layer, col_offset, mult, shift, zp, lo, hi in self._plan():
+            acc = layer._gemm(h, col_offset)
+            if rounding == "gemmlowp":
+                # the activation clamp is the kernel's output clamp (within [-128, 127])
+                h = np.empty(acc.shape, dtype=np.int8)
+                kernels.requantize_fixed_point(acc, mult, shift, zp, lo, hi, h,
+                                               layer.n_threads)
+            else:
+                v = _requantize_int64(acc, mult, shift, rounding)
+                h = np.clip(v + zp, lo, hi).astype(np.int8)
+        return h
+
+    def _plan(self) -> list:
+        """Per layer ``(layer, col_offset, multiplier, shift, zero_point, qmin, qmax)``,
+        rebuilt when a layer, scale, zero point or activation changed (layers stay
+        mutable through ``set_input_scale``; their offsets array is replaced then)."""
+        plan = getattr(self, "_plan_cache", None)
+        key = (self.output_scale, self.output_zero_point, tuple(self.activations))
+        if plan is not None and len(plan) == len(self.layers) and self._plan_key == key:
+            ok = True
+            for entry, layer in zip(plan, self.layers):
+                if entry[0] is not layer or entry[1] is not layer._col_offset:
+                    ok = False
+                    break
+            if ok:
+                return plan
+        # layers / activations are plain lists: check what they hold now
+        type(self)(self.layers, self.activations, self.output_scale, self.output_zero_point,
+                   input_numerics=self.input_numerics)
+        plan = []
         for i, layer in enumerate(self.layers):
             scale, zp = self.output_qparams(i)
             lo, hi = activation_range(self.activations[i], scale, zp)
-            if rounding == "gemmlowp":
-                h = layer.forward_int8(h, scale, zp)
-                if self.activations[i] is not None:
-                    np.clip(h, lo, hi, out=h)
-            else:
-                mult, shift = self.requantization(i)
-                v = _requantize_int64(layer.forward_quantized(h), mult, shift, rounding)
-                h = np.clip(v + zp, lo, hi).astype(np.int8)
-        return h
+            mult, shift = self.requantization(i)
+            plan.append((layer, layer._col_offset, np.ascontiguousarray(mult, np.int32),
+                         np.ascontiguousarray(shift, np.int32), int(zp), lo, hi))
+        self._plan_cache = plan
+        self._plan_key = key
+        return plan
 
     def quantize_input(self, x) -> np.ndarray:
         """int8 codes ``(batch, in_features)`` of float input (flat or ``(..., in_features)``)

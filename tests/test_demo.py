@@ -174,3 +174,14 @@ def test_whole_demo(capsys):
     assert "integer-only vs simulated QAT predictions agree" in out
     lines = [line for line in out.splitlines() if line.startswith(("float32", "PTQ", "QAT"))]
     assert len(lines) == 4
+
+
+def test_save_option(capsys, tmp_path):
+    path = tmp_path / "mlp.npz"
+    assert demo.main(["--epochs", "1", "--qat-epochs", "0", "--quiet", "--save", str(path)]) == 0
+    assert f"integer model saved to {path}" in capsys.readouterr().out
+    model = QuantizedSequential.load(path)
+    assert (model.in_features, model.out_features) == (64, 10)
+    assert demo.main(["--quiet", "--save", str(tmp_path / "no" / "m.npz")]) == 2
+    assert "does not exist" in capsys.readouterr().err
+

@@ -287,3 +287,27 @@ def test_bad_arguments(models, kwargs, exc, match):
 def test_not_a_model():
     with pytest.raises(TypeError, match="QuantizedSequential"):
         tflite_bytes("model.npz")
+
+
+def test_torch_qat_model_exports_bit_exact():
+    # PyTorch QAT (per-channel int8 weights, uint8 activations with zero points, ReLU6)
+    # -> qatcore.torch.convert(integer=True) -> .tflite, run in both runtimes.
+    torch = pytest.importorskip("torch")
+    import qatcore.torch as qt
+
+    torch.manual_seed(8)
+    net = torch.nn.Sequential(torch.nn.Linear(12, 24), torch.nn.ReLU6(), torch.nn.Linear(24, 7),
+                              torch.nn.ReLU(), torch.nn.Linear(7, 5))
+    qat = qt.prepare_qat(net)
+    x = torch.randn(400, 12) * 3
+    with torch.no_grad():
+        qat(x)
+    qt.freeze(qat)
+    model = qt.convert(qat, integer=True)
+    assert any(l.per_channel for l in model.layers) and model.input_numerics == "torch"
+    codes = np.concatenate([model.quantize_input(x.numpy()), _inputs(model, 9)])
+    got = _run_tflm(tflite_bytes(model, batch_size=len(codes)), codes)
+    np.testing.assert_array_equal(got, model.forward_int8(codes))
+    for name, resolver in RESOLVERS.items():
+        np.testing.assert_array_equal(_run_litert(tflite_bytes(model), codes, resolver),
+                                      model.forward_int8(codes, rounding=ROUNDING[name]))

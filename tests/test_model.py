@@ -533,3 +533,41 @@ def test_index_arguments(rng):
                                                                for r in real]
     assert model.activation_range(0) == (1, 127)                    # ReLU at the next zp
     np.testing.assert_array_equal(quantize_multiplier(real)[0], mult)
+
+
+def test_forward_int8_follows_changes_to_the_chain(rng):
+    model = _model(rng, [5, 4, 3], ["relu", None])
+    x = _codes(rng, (40, 5))
+    model.forward_int8(x)                                  # builds the cached plan
+    model.layers[1].set_input_scale(model.layers[1].input_scale * 1.7, zero_point=-9)
+    model.output_zero_point = 4
+    model.activations[0] = "relu6"
+    np.testing.assert_array_equal(model.forward_int8(x),
+                                  sequential_int8_ref(_oracle_layers(model), x))
+    model.layers[0] = _layer(rng, 5, 4, True, 0.2, 1)
+    model.output_scale = model.output_scale * 3
+    for rounding in ("gemmlowp", "single"):
+        np.testing.assert_array_equal(model.forward_int8(x, rounding=rounding),
+                                      sequential_int8_ref(_oracle_layers(model), x, rounding))
+
+
+def test_attributes_are_validated_on_assignment(rng):
+    model = _model(rng, [5, 4, 3], ["relu", None])
+    before = (model.output_scale, model.output_zero_point, model.input_numerics)
+    with pytest.raises(ValueError, match="output_scale"):
+        model.output_scale = -1.0
+    with pytest.raises(ValueError, match="output_zero_point"):
+        model.output_zero_point = 200
+    with pytest.raises(TypeError, match="output_zero_point"):
+        model.output_zero_point = 1.5
+    with pytest.raises(ValueError, match="input_numerics"):
+        model.input_numerics = "fancy"
+    assert (model.output_scale, model.output_zero_point, model.input_numerics) == before
+    model.activations[1] = "gelu"
+    with pytest.raises(ValueError, match=r"activations\[1\]"):
+        model.forward_int8(_codes(rng, (2, 5)))
+    model.activations[1] = None
+    model.layers.append("not a layer")
+    with pytest.raises(TypeError, match=r"layers\[2\]"):
+        model.forward_int8(_codes(rng, (2, 5)))
+
