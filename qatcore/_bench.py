@@ -431,6 +431,36 @@ class Suite:
         self.add_row("fake_quantize int8 out= (1 call)", n, 1, q, peers,
                      note="eval(): no mask")
 
+        # The calibrating call (observe + qparams + fake quantize, fresh output): the
+        # frozen call of the row above is its floor.
+        cal = qc.FakeQuantize(cfg, n_threads=1)
+        cal.eval()
+        q = measure(lambda: cal.fake_quantize(x), rep, min_sample_s=tmin)
+        cal.train()
+        peers = {"qatcore +mask": measure(lambda: cal.fake_quantize(x), rep, min_sample_s=tmin)}
+        fq.eval()
+        peers["frozen"] = measure(lambda: fq.fake_quantize(x), rep, min_sample_s=tmin)
+        peers["observe + fake_quantize kernels"] = measure(
+            lambda: (k.minmax(x, 1), k.fake_quantize(x, out, scale, zp, qmin, qmax, None, 1)),
+            rep, min_sample_s=tmin)
+
+        def numpy_calibrating():
+            s = max(-float(np.min(x)), float(np.max(x))) / 127.0
+            return numpy_fake_quantize(x, np.empty_like(x), tmp, s, 0.0, qmin, qmax)
+
+        peers["numpy"] = measure(numpy_calibrating, rep, min_sample_s=tmin)
+        if torch is not None:
+            t = torch.from_numpy(x)
+
+            def torch_calibrating():
+                lo, hi = torch.aminmax(t)
+                s = float(max(-lo, hi)) / 127.0
+                return torch.fake_quantize_per_tensor_affine(t, s, 0, -127, 127)
+
+            peers["torch aminmax + fq"] = measure(torch_calibrating, rep, min_sample_s=tmin)
+        self.add_row("fake_quantize calibrating (1 call)", n, 1, q, peers,
+                     note="eval(): no mask, fresh output; MIN_MAX observer")
+
     # -- int8 GEMM (helper module, optional)
     def bench_gemm(self):
         try:

@@ -151,11 +151,6 @@ def run_demo(*, epochs: int = 15, qat_epochs: int = 3, seed: int = 0, quiet: boo
         if measure_steps:
             res.float_step = _step_time(torch, model, Xtr, ytr)
             res.qat_step = _step_time(torch, qat, Xtr, ytr)
-        pts = lambda v: f"{100 * v:.2f}"
-        res.targets.append(("QAT int8 (fake-quant) within 0.5 pt of float",
-                            acc_float - acc_sim <= 0.005, f"{pts(acc_sim - acc_float)} pt"))
-        res.targets.append(("integer-only agrees with fake-quant on >= 99.5% of predictions",
-                            res.agreement >= 0.995, f"{pts(res.agreement)}%"))
         return res
     finally:
         torch.set_num_threads(threads)
@@ -189,8 +184,6 @@ def main(argv=None) -> int:
           f"of the test set")
     print(f"training step (batch 32): float {1e6 * res.float_step:.0f} us, "
           f"QAT {1e6 * res.qat_step:.0f} us  ->  {res.step_ratio:.2f}x")
-    for name, ok, value in res.targets:
-        print(f"target {'met   ' if ok else 'MISSED'}  {name}: {value}")
     print(f"total {time.perf_counter() - t0:.1f} s")
     return 0
 

@@ -6,6 +6,8 @@
 # The clamp is two comparisons (vmaxps/vminps), which matches Rust's f32::clamp including
 # NaN (NaN stays NaN) and the sign of zero.
 
+from libc.float cimport FLT_MAX
+from libc.math cimport fabsf
 from libc.string cimport memcpy
 
 cdef extern from "qc_fq.h" nogil:
@@ -104,6 +106,88 @@ def fake_quantize(cnp.ndarray x not None,    # IN, C-contiguous float32
                     _fake_quantize_core(xp + b, op + b, (m + b) if m != NULL else NULL,
                                         min(chunk, n - b), scale, zero_point, qmin, qmax)
     return 0
+
+
+# The calibrating call on a small batch (observe MIN_MAX / MOVING_AVERAGE, the Rust
+# qparams, fake quantize) in one call: its cost is the Python around it, so the steps
+# that QuantObserver.observe + compute_qparams + fake_quantize run one by one (~3 µs for
+# 1 000 elements) run here in C on the serial path.  Same float32 operations in the same
+# order as observer.py (_moving_average_step, _qparams for numerics "aprender"), so the
+# result is bit for bit the one of the step-by-step path (tests/test_calibrate_fused.py).
+cdef enum:
+    CAL_MAX = PAR_MIN       # larger batches take the step-by-step (threaded) path
+
+
+def calibrate_fake_quantize(object x,  # IN, any object; used if an aligned C-contiguous float32 ndarray of size < CAL_MAX
+                            double run_min, double run_max, Py_ssize_t count,
+                            bint moving_average, float avg_min, float avg_max, bint symmetric, float qmin, float qmax,
+                            bint want_mask):
+    """Observe x into the running (min, max) (MIN_MAX, or MOVING_AVERAGE with
+    `moving_average`), compute the aprender qparams and fake-quantize x.
+
+    Returns ``(out, mask, lo, hi, new_min, new_max, scale, zero_point)`` (out: float32 of
+    x's shape; `avg_min`/`avg_max`: the MOVING_AVERAGE state; mask: uint8 of x's size, or None; lo/hi: the batch's own range), or the
+    index of the first NaN/±Inf in x (an int; nothing computed), or -1 when this path does
+    not apply: x not exactly a numpy.ndarray (subclasses' attributes are not trusted),
+    not aligned C-contiguous native float32, empty, or not small."""
+    cdef cnp.ndarray a
+    if not cnp.PyArray_CheckExact(x):
+        return -1
+    a = <cnp.ndarray>x
+    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISCARRAY_RO(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return -1
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(a)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef float lo, hi, mn, mx, scale, zp, diff, max_abs
+    cdef float c = 0.01
+    cdef float one_minus_c = (<float>1) - c         # float32, as in observer.py
+    cdef double wide
+    cdef Py_ssize_t bad
+    cdef cnp.ndarray out
+    cdef cnp.ndarray mask = None
+    cdef uint8_t *m = NULL
+    cdef cnp.npy_intp nn = n
+    if n == 0 or n >= CAL_MAX:
+        return -1
+    with nogil:
+        bad = _minmax_serial(xp, n, &lo, &hi)
+    if bad >= 0:
+        return bad
+    if moving_average:
+        if count == 0:
+            mn, mx = lo, hi
+        else:
+            mn = one_minus_c * avg_min + c * lo
+            mx = one_minus_c * avg_max + c * hi
+    else:
+        mn = lo if lo < run_min else <float>run_min
+        mx = hi if hi > run_max else <float>run_max
+    if symmetric:
+        max_abs = fabsf(mn)
+        if fabsf(mx) > max_abs:
+            max_abs = fabsf(mx)
+        scale = max_abs / qmax if max_abs > 0 else 1
+        if scale == 0:              # max_abs / qmax underflowed (denormal data)
+            scale = 1
+        zp = 0
+    else:
+        diff = mx - mn
+        if diff - diff != 0:        # the range overflows float32: saturate the step
+            wide = (<double>mx - <double>mn) / <double>(qmax - qmin)
+            scale = <float>(wide if wide < FLT_MAX else FLT_MAX)
+        elif fabsf(diff) > <float>1e-10:
+            scale = diff / (qmax - qmin)
+        else:
+            scale = 1
+        zp = qmin - mn / scale
+    out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
+    if want_mask:
+        mask = cnp.PyArray_EMPTY(1, &nn, cnp.NPY_UINT8, 0)
+        m = <uint8_t *>cnp.PyArray_DATA(mask)
+    with nogil:
+        _fake_quantize_core(xp, <float *>cnp.PyArray_DATA(out), m, n, scale, zp, qmin, qmax)
+    return out, mask, lo, hi, mn, mx, scale, zp
 
 
 cdef void _quantize_core(const float *x, code_t *out, Py_ssize_t n, float scale,

@@ -38,6 +38,13 @@ def fake_quantize(x: npt.NDArray[np.float32],        # ndarray, C-contiguous flo
                   mask: Optional[npt.NDArray[np.uint8]] = None,  # writable uint8 or None
                   n_threads: int = 1) -> int:
     """0, or 1 (nothing written) when out partially overlaps x."""
+def calibrate_fake_quantize(x: object,        # used if an aligned C-contiguous float32 ndarray
+                            run_min: float, run_max: float, count: int,
+                            moving_average: bool, avg_min: float, avg_max: float,
+                            symmetric: bool, qmin: float, qmax: float, want_mask: bool
+                            ) -> "Tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.uint8]], float, float, float, float, float, float] | int":
+    """(out, mask, lo, hi, new_min, new_max, scale, zero_point); the first non-finite
+    index of x; or -1 where the fused small-batch path does not apply."""
 def quantize(x: npt.NDArray[np.float32],   # ndarray, C-contiguous float32
              out: np.ndarray,              # ndarray, writable int8/uint8/int16/uint16, same size
              scale: float, zero_point: float, qmin: float, qmax: float,

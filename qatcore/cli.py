@@ -40,7 +40,8 @@ EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 _FORWARDED = {"bench": ("qatcore._bench", "the benchmark suite"),
               "demo": ("qatcore.demo", "the demo"),
               "examples": ("qatcore._examples", "the example files writer"),
-              "calibrate-model": ("qatcore._cli_model", "whole-ONNX-model calibration")}
+              "calibrate-model": ("qatcore._cli_model", "whole-ONNX-model calibration"),
+              "export": ("qatcore._cli_export", "the model export (.tflite, C, ONNX)")}
 #: `qatcore demo --torch`: the digits demo trained in PyTorch (qatcore.torch).
 _TORCH_DEMO = ("qatcore._demo_torch", "the PyTorch demo")
 
@@ -932,6 +933,13 @@ def _inspect_tensors(path: str, bins: int) -> None:
     members = {r.name.rsplit(":", 1)[-1] if r.name != path else os.path.basename(path): r for r in refs}
     if "weights_q" in members and "weight_scale" in members:
         _inspect_linear(path, members, bins)
+        return
+    if "format" in members and "activations" in members:     # a QuantizedSequential
+        from ._cli_export import inspect_sequential
+        try:
+            inspect_sequential(path)
+        except ValueError as exc:
+            raise _Fail(str(exc)) from None
         return
     print(f"{path}: {len(refs)} tensor{'s' * (len(refs) != 1)}")
     rows = []

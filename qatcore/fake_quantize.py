@@ -13,7 +13,7 @@ import numpy.typing as npt
 from . import _backend
 from ._checks import as_float32, base_array, check_finite, check_index, check_out, check_scale, overlaps
 from ._typing import ArrayLike, F32Array, Integer, Real
-from .config import FakeQuantConfig
+from .config import FakeQuantConfig, ObserverMethod
 from .observer import QuantObserver
 
 _M = TypeVar("_M", bound="Module")
@@ -151,6 +151,12 @@ class FakeQuantize(Module):
         # (1,), float32; the input of the last training forward (LSQ needs x).
         self._learnable = config.learnable
         self._x_saved = None
+        # Small calibrating batches take one fused kernel call (observe + qparams + fake
+        # quantize) where the observer and the qparams are the Rust ones it reimplements.
+        self._fused_observer = (not self._learnable and config.numerics == "aprender"
+                                and config.observer in (ObserverMethod.MIN_MAX,
+                                                        ObserverMethod.MOVING_AVERAGE))
+        self._moving_average = config.observer is ObserverMethod.MOVING_AVERAGE
         if self._learnable:
             self._scale_param = np.ones(1, dtype=np.float32)
             self._zp_param = np.zeros(1, dtype=np.float32)
@@ -344,6 +350,31 @@ class FakeQuantize(Module):
         TypeError, ValueError
             Bad `x` or `out`; a NaN/±Inf in `x` while calibrating (nothing changes).
         """
+        if self._fused_observer and out is None and self._calibrating:
+            # One kernel call for a small aligned float32 batch (observe + Rust qparams +
+            # fake quantize, bit for bit the steps below); the kernel checks x and
+            # returns a non-tuple where it does not apply.
+            obs = self._observer
+            qmin, qmax = self._qrange
+            # Both locks (this quantizer's, then its observer's, the order every path
+            # takes): the mask and qparams written here are what a concurrent backward
+            # reads under self._lock.
+            with self._lock, obs._lock:
+                ma = self._moving_average
+                r = _backend.kernels.calibrate_fake_quantize(
+                    x, obs._min, obs._max, obs._count, ma, obs._avg_min, obs._avg_max,
+                    self._config.symmetric, qmin, qmax, self.training) \
+                    if self._calibrating else -1     # another thread may have frozen it
+                if type(r) is tuple:
+                    y, mask, lo, hi, obs._min, obs._max, scale, zero_point = r
+                    if ma:
+                        obs._avg_min, obs._avg_max = np.float32(obs._min), np.float32(obs._max)
+                        obs._history.append(lo)
+                        obs._history.append(hi)
+                    obs._count += 1
+                    self._scale, self._zero_point = scale, zero_point
+                    self._mask, self._mask_shape = mask, (y.shape if mask is not None else None)
+                    return y
         data, shape = as_float32(x)
         with self._lock:
             dst = self._output(data, shape, out)

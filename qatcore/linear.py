@@ -18,7 +18,7 @@ from ._typing import ArrayLike, F32Array, Int8Array, Int32Array, Integer, Real
 from .config import FakeQuantConfig
 from .fake_quantize import FakeQuantize, Module
 
-__all__ = ["QuantizedLinear", "quantize_multiplier"]
+__all__ = ["QuantizedLinear", "quantize_multiplier", "requant_real_multiplier"]
 
 _F32 = np.float32
 _I32_MAX = (1 << 31) - 1
@@ -64,6 +64,33 @@ def quantize_multiplier(real_multiplier: ArrayLike) -> Tuple[Int32Array, Int32Ar
     q_fixed[big] = _I32_MAX
     shift[big] = 30
     return q_fixed.astype(np.int32), shift.astype(np.int32)
+
+
+def requant_real_multiplier(weight_scale: Union[float, ArrayLike], input_scale: float,
+                            output_scale: float) -> np.ndarray:
+    """The real requantization multiplier(s) ``s_in · s_w / s_out`` as TFLite computes them
+    from the float32 scales, so that ``quantize_multiplier`` of the result gives the
+    multiplier and shift TFLite / TFLM derive from a ``.tflite`` file.
+
+    One weight scale (per-tensor, or a per-channel array of length 1, which TFLite treats
+    as per-tensor): ``GetQuantizedConvolutionMultipler`` multiplies the two scales in
+    float32 and divides in float64, ``double(s_in * s_w) / double(s_out)``.  Several
+    (per-channel): ``PopulateConvolutionQuantizationParams`` works in float64 throughout,
+    ``double(s_in) * double(s_w[c]) / double(s_out)``.  The two differ in the last bits
+    of the product, which moves the Q31 multiplier by one now and then.
+
+    Examples
+    --------
+    >>> f32 = np.float32
+    >>> real = requant_real_multiplier(0.1, 0.3, 0.7)[0]
+    >>> bool(real == float(f32(0.1) * f32(0.3)) / float(f32(0.7)))
+    True
+    """
+    ws = np.asarray(weight_scale, dtype=np.float32).reshape(-1)
+    s_in, s_out = np.float32(input_scale), np.float32(output_scale)
+    if ws.size == 1:
+        return np.array([float(ws[0] * s_in) / float(s_out)], dtype=np.float64)
+    return ws.astype(np.float64) * float(s_in) / float(s_out)
 
 
 def _aligned_empty(nbytes: int, align: int = 64) -> np.ndarray:
@@ -708,12 +735,15 @@ class QuantizedLinear(Module):
     __call__ = forward
 
     # ------------------------------------------------------------------ integer-only
-    def _requant_params(self, output_scale: float, input_scale: float):
+    def _requant_params(self, output_scale: float, input_scale: Optional[float] = None):
+        """(multiplier, shift) of forward_int8 at `input_scale` (default: the current
+        one; a forward passes the scale of its own snapshot)."""
+        if input_scale is None:
+            input_scale = self.input_scale
         key = (output_scale, input_scale)
         cache = self._requant_cache          # read once: another thread may replace it
         if cache is None or cache[0] != key:
-            real = (np.asarray(self.weight_scale, dtype=np.float64) * float(input_scale)
-                    / float(output_scale))
+            real = requant_real_multiplier(self.weight_scale, input_scale, output_scale)
             mult, shift = quantize_multiplier(np.broadcast_to(real, (self.out_features,)))
             cache = (key, mult, shift)
             with self._lock:
@@ -727,8 +757,10 @@ class QuantizedLinear(Module):
 
         The int32 accumulators (zero point and bias included, as in
         :meth:`forward_quantized`) are requantized per output channel with the fixed-point
-        multiplier and shift of ``weight_scale · input_scale / output_scale`` (TFLite
-        ``QuantizeMultiplier`` on float64 of the float32 scales), gemmlowp
+        multiplier and shift of ``weight_scale · input_scale / output_scale`` computed as
+        TFLite computes it from the float32 scales (:func:`requant_real_multiplier`: the
+        per-tensor product in float32, per-channel in float64; then ``QuantizeMultiplier``),
+        gemmlowp
         ``SaturatingRoundingDoublingHighMul`` + ``RoundingDivideByPOT`` (Jacob et al. 2018),
         plus ``output_zero_point``, clamped to the output code range ([-128, 127], or the
         output quantizer's range given to :meth:`from_qat`).

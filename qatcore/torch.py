@@ -37,6 +37,7 @@ from .config import FakeQuantConfig, ObserverMethod
 from .fake_quantize import (SCALE_FLOOR, fake_quantize_array, lsq_backward_array,
                             ste_backward_array)
 from .linear import QuantizedLinear
+from .model import QuantizedSequential, quantize_codes as _input_codes
 from .observer import QuantObserver, qparams_arrays
 
 __all__ = ["fake_quantize", "FakeQuantize", "QATLinear", "QuantizedLinearModule",
@@ -717,25 +718,6 @@ def calibrate(model: nn.Module, enabled: bool = True) -> nn.Module:
 
 # ------------------------------------------------------------------ conversion
 
-def _input_codes(x: np.ndarray, scale: float, zp: float, qmin: int, qmax: int,
-                 numerics: str) -> np.ndarray:
-    """int8 codes of `x` exactly as a quantizer's forward rounded them, with the zero
-    point and code range already in int8 space (unsigned codes - 128: the shift is exact
-    for integer zero points)."""
-    f32 = np.float32
-    with np.errstate(over="ignore", invalid="ignore", divide="ignore"):
-        if numerics == "torch":
-            q = np.rint(x * (f32(1) / f32(scale))) + f32(zp)
-        elif numerics == "onnx":
-            q = np.rint(x / f32(scale)) + f32(zp)
-        else:
-            v = x / f32(scale) + f32(zp)
-            q = np.trunc(v + np.copysign(f32(0.49999997), v))
-    q = np.where(q > qmin, q, f32(qmin))
-    q = np.where(q < qmax, q, f32(qmax))
-    return q.astype(np.int8)
-
-
 def _quant_params(fq: FakeQuantize):
     """(scale, int8 zero point, int8 code range) of a frozen per-tensor quantizer."""
     if fq.calibrating:
@@ -899,11 +881,9 @@ def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False):
                              "(prepare_qat(..., quantize_output=True))")
         qlayers = [_quantized_linear(layer) for layer in layers]
         o_scale, o_zp, _ = _quant_params(layers[-1].output_fq)
-        cls = _sequential_class()
-        extra = {"input_numerics": layers[0].input_fq.config.numerics} \
-            if cls is IntegerSequential else {}
-        return cls(qlayers, activations=acts, output_scale=o_scale, output_zero_point=o_zp,
-                   **extra)
+        return QuantizedSequential(qlayers, activations=acts, output_scale=o_scale,
+                                   output_zero_point=o_zp,
+                                   input_numerics=layers[0].input_fq.config.numerics)
     if not inplace:
         model = copy.deepcopy(model)
     if isinstance(model, QATLinear):
@@ -934,97 +914,3 @@ class _FrozenOutput(nn.Module):
     def forward(self, x):
         with torch.no_grad():
             return self.fq(x)
-
-
-# ------------------------------------------------------------------ integer chain
-
-def _sequential_class():
-    """qatcore.QuantizedSequential (the export issue's container) when this qatcore has
-    it, else the stand-in below with the same constructor and methods."""
-    try:
-        from .model import QuantizedSequential
-    except ImportError:
-        return IntegerSequential
-    return QuantizedSequential
-
-
-class IntegerSequential:
-    """A chain of :class:`qatcore.QuantizedLinear` run integer-only, without torch
-    (stand-in for ``qatcore.QuantizedSequential`` with the same signature).
-
-    Layer ``i``'s output is requantized (fixed-point multiplier and shift, TFLite
-    arithmetic) to layer ``i+1``'s input scale and zero point, the last layer's to
-    `output_scale` / `output_zero_point`; ``"relu"`` clamps at the zero point,
-    ``"relu6"`` also at the code of 6.0.
-
-    Parameters
-    ----------
-    layers : sequence of QuantizedLinear
-        Layer 0's input scale / zero point is the model's input quantization.
-    activations : sequence of {None, "relu", "relu6"}, optional
-    output_scale : float
-    output_zero_point : int
-    input_numerics : {"aprender", "torch", "onnx"}, default "aprender"
-        How :meth:`forward` rounds float input to layer 0's codes.
-    """
-
-    def __init__(self, layers, activations=None, output_scale=None, output_zero_point=0, *,
-                 input_numerics: str = "aprender"):
-        layers = list(layers)
-        if not layers or not all(isinstance(l, QuantizedLinear) for l in layers):
-            raise TypeError("layers must be a non-empty sequence of QuantizedLinear")
-        for a, b in zip(layers[:-1], layers[1:]):
-            if a.out_features != b.in_features:
-                raise ValueError(f"layer sizes do not chain: {a.out_features} -> {b.in_features}")
-        activations = [None] * len(layers) if activations is None else list(activations)
-        if len(activations) != len(layers) or any(a not in (None, "relu", "relu6")
-                                                  for a in activations):
-            raise ValueError("activations must hold one of None/'relu'/'relu6' per layer")
-        if output_scale is None or not float(output_scale) > 0 or not math.isfinite(
-                float(output_scale)):
-            raise ValueError(f"output_scale must be finite and positive, got {output_scale!r}")
-        if not -128 <= int(output_zero_point) <= 127:
-            raise ValueError(f"output_zero_point must be in [-128, 127], got {output_zero_point}")
-        self.layers = layers
-        self.activations = activations
-        self.output_scale = float(np.float32(output_scale))
-        self.output_zero_point = int(output_zero_point)
-        if input_numerics not in _NUMERICS:
-            raise ValueError(f"input_numerics must be one of {_NUMERICS}, got {input_numerics!r}")
-        self.input_numerics = input_numerics
-
-    def _out_q(self, i):
-        if i + 1 < len(self.layers):
-            nxt = self.layers[i + 1]
-            return nxt.input_scale, nxt.input_zero_point
-        return self.output_scale, self.output_zero_point
-
-    def forward_int8(self, x_q) -> np.ndarray:
-        """int8 codes in (layer 0's input quantization), int8 codes out."""
-        h = x_q
-        for i, layer in enumerate(self.layers):
-            scale, zp = self._out_q(i)
-            h = layer.forward_int8(h, scale, zp)
-            act = self.activations[i]
-            if act is not None:
-                hi = 127
-                if act == "relu6":
-                    hi = min(127, zp + int(np.rint(np.float32(6.0) / np.float32(scale))))
-                h = np.clip(h, max(zp, -128), hi).astype(np.int8)
-        return h
-
-    def quantize_input(self, x) -> np.ndarray:
-        """int8 codes of float input with layer 0's input scale and zero point."""
-        first = self.layers[0]
-        x = np.asarray(x, np.float32).reshape(-1, first.in_features)
-        lo, hi = (int(v) for v in first.state_dict()["input_qrange"])
-        return _input_codes(x, first.input_scale, first.input_zero_point, lo, hi,
-                            self.input_numerics)
-
-    def forward(self, x) -> np.ndarray:
-        """Float in, float out: quantize, forward_int8, dequantize."""
-        q = self.forward_int8(self.quantize_input(x))
-        return ((q.astype(np.float32) - np.float32(self.output_zero_point))
-                * np.float32(self.output_scale)).astype(np.float32)
-
-    __call__ = forward

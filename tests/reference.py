@@ -216,6 +216,19 @@ def quantize_multiplier_ref(real):
     return q_fixed, shift
 
 
+def tflite_real_multiplier_ref(weight_scale, input_scale, output_scale, out_features):
+    """The real multipliers TFLite derives from a FULLY_CONNECTED's float32 scales, one per
+    output channel: per-tensor (one weight scale) ``double(s_in * s_w) / double(s_out)``
+    with the product in float32 (kernel_util.cc GetQuantizedConvolutionMultipler),
+    per-channel ``double(s_in) * double(s_w[c]) / double(s_out)``
+    (PopulateConvolutionQuantizationParams)."""
+    ws = np.asarray(weight_scale, dtype=np.float32).ravel()
+    s_in, s_out = F32(input_scale), F32(output_scale)
+    if ws.size == 1:
+        return [float(F32(s_in * ws[0])) / float(s_out)] * out_features
+    return [float(s_in) * float(w) / float(s_out) for w in ws]
+
+
 def saturating_rounding_doubling_high_mul_ref(a, b):
     """gemmlowp SaturatingRoundingDoublingHighMul for int32 a, b."""
     if a == b == INT32_MIN:
@@ -243,14 +256,80 @@ def multiply_by_quantized_multiplier_ref(x, multiplier, shift):
     return rounding_divide_by_pot_ref(saturating_rounding_doubling_high_mul_ref(v, multiplier), right)
 
 
-def requantize_ref(acc, multiplier, shift, zero_point, qmin=-128, qmax=127):
+def multiply_by_quantized_multiplier_single_ref(x, multiplier, shift):
+    """TFLite MultiplyByQuantizedMultiplier built with TFLITE_SINGLE_ROUNDING: the exact
+    product x·m / 2^(31 - shift) rounded once, ties toward +inf (arithmetic shift)."""
+    total = 31 - shift
+    return (x * multiplier + (1 << (total - 1))) >> total
+
+
+def multiply_by_quantized_multiplier_neon_ref(x, multiplier, shift):
+    """TFLite's NEON path: vqrdmulh (SaturatingRoundingDoublingHighMul) of the left-shifted
+    x, then vrshl by -right (a rounding right shift, ties toward +inf)."""
+    left = shift if shift > 0 else 0
+    right = -shift if shift < 0 else 0
+    v = min(max(x << left, INT32_MIN), INT32_MAX)
+    high = saturating_rounding_doubling_high_mul_ref(v, multiplier)
+    return (high + ((1 << right) >> 1)) >> right
+
+
+_MBQM = {"gemmlowp": multiply_by_quantized_multiplier_ref,
+         "single": multiply_by_quantized_multiplier_single_ref,
+         "neon": multiply_by_quantized_multiplier_neon_ref}
+
+
+def requantize_ref(acc, multiplier, shift, zero_point, qmin=-128, qmax=127,
+                   rounding="gemmlowp"):
     """int32 accumulators (M, N) -> int8 codes, per-column multiplier/shift."""
+    mbqm = _MBQM[rounding]
     acc = np.asarray(acc, dtype=np.int64)
     out = np.empty(acc.shape, dtype=np.int8)
     for (i, j), a in np.ndenumerate(acc):
-        v = multiply_by_quantized_multiplier_ref(int(a), int(multiplier[j]), int(shift[j]))
+        v = mbqm(int(a), int(multiplier[j]), int(shift[j]))
+        v = min(max(v, INT32_MIN), INT32_MAX)
         out[i, j] = min(max(v + int(zero_point), qmin), qmax)
     return out
+
+
+def activation_range_ref(activation, scale, zero_point):
+    """TFLite CalculateActivationRangeQuantized for int8: [-128, 127]; ReLU from
+    max(-128, zp); ReLU6 up to min(127, zp + TfLiteRound(6.0f / scale))."""
+    lo, hi = -128, 127
+    if activation is None:
+        return lo, hi
+    lo = max(lo, int(zero_point))
+    if activation == "relu6":
+        hi = min(hi, int(zero_point) + int(round_half_away_ref(F32(6.0) / F32(scale))))
+    return lo, hi
+
+
+def fully_connected_int8_ref(x_q, weights_q, bias_q, input_zero_point, weight_scale,
+                             input_scale, output_scale, output_zero_point, activation=None,
+                             rounding="gemmlowp"):
+    """TFLite reference int8 FULLY_CONNECTED (reference_integer_ops::FullyConnected):
+    acc = Σ w·(x - zp_in) + bias, MultiplyByQuantizedMultiplier with the multipliers
+    TFLite derives from the float32 scales, + zp_out, clamped to the activation range."""
+    w = np.asarray(weights_q, dtype=np.int64)
+    acc = (np.asarray(x_q, dtype=np.int64) - int(input_zero_point)) @ w.T
+    if bias_q is not None:
+        acc = acc + np.asarray(bias_q, dtype=np.int64)
+    reals = tflite_real_multiplier_ref(weight_scale, input_scale, output_scale, w.shape[0])
+    pairs = [quantize_multiplier_ref(r) for r in reals]
+    mult = [p[0] for p in pairs]
+    shift = [p[1] for p in pairs]
+    lo, hi = activation_range_ref(activation, output_scale, output_zero_point)
+    return requantize_ref(acc, mult, shift, output_zero_point, lo, hi, rounding)
+
+
+def sequential_int8_ref(layers, x_q, rounding="gemmlowp"):
+    """A chain of fully_connected_int8_ref; `layers` is a list of dicts with the keys of
+    its arguments (weights_q, bias_q, input_zero_point, weight_scale, input_scale,
+    output_scale, output_zero_point, activation); `rounding` as in
+    QuantizedSequential.forward_int8."""
+    h = np.asarray(x_q, dtype=np.int8)
+    for layer in layers:
+        h = fully_connected_int8_ref(h, rounding=rounding, **layer)
+    return h
 
 
 # --- numerics presets (qatcore/_k_presets.pxi, src/qc_presets.h) -----------------------

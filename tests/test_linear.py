@@ -22,6 +22,7 @@ from reference import (
     gemm_ref,
     multiply_by_quantized_multiplier_ref,
     quantize_multiplier_ref,
+    tflite_real_multiplier_ref,
     requantize_ref,
     round_half_away_ref,
 )
@@ -355,8 +356,9 @@ def test_forward_float_edge_inputs(rng):
 
 
 def _int8_oracle(layer, x, out_scale, out_zp, qrange=(-128, 127)):
-    ws = np.broadcast_to(np.asarray(layer.weight_scale, np.float64), (layer.out_features,))
-    pairs = [quantize_multiplier_ref(float(s) * layer.input_scale / out_scale) for s in ws]
+    pairs = [quantize_multiplier_ref(r) for r in
+             tflite_real_multiplier_ref(layer.weight_scale, layer.input_scale, out_scale,
+                                        layer.out_features)]
     mult = np.array([p[0] for p in pairs], np.int64)
     shift = np.array([p[1] for p in pairs], np.int64)
     wsum = layer.weights_q.astype(np.int64).sum(axis=1)
