@@ -735,11 +735,7 @@ class QuantizedLinear(Module):
     __call__ = forward
 
     # ------------------------------------------------------------------ integer-only
-    def _requant_params(self, output_scale: float, input_scale: Optional[float] = None):
-        """(multiplier, shift) of forward_int8 at `input_scale` (default: the current
-        one; a forward passes the scale of its own snapshot)."""
-        if input_scale is None:
-            input_scale = self.input_scale
+    def _requant_params(self, output_scale: float, input_scale: float):
         key = (output_scale, input_scale)
         cache = self._requant_cache          # read once: another thread may replace it
         if cache is None or cache[0] != key:

@@ -1,10 +1,12 @@
 """Integer models for the export tests: a local container with the interface of
-``qatcore.QuantizedSequential`` (the stand-in ``qatcore.torch.IntegerSequential`` without
-torch), random chains of QuantizedLinear, and the demo MLP trained briefly."""
+``qatcore.QuantizedSequential`` (built on the reference clamps, so the exports are
+checked against more than the container they read), random chains of QuantizedLinear, and the demo MLP trained briefly."""
 
 from __future__ import annotations
 
 import numpy as np
+
+from reference import activation_range_ref
 
 from qatcore import FakeQuantConfig, QuantizedLinear
 
@@ -35,10 +37,8 @@ class Chain:
             h = layer.forward_int8(h, scale, zp)
             act = self.activations[i]
             if act is not None:
-                hi = 127
-                if act == "relu6":
-                    hi = min(127, zp + int(np.rint(F32(6.0) / F32(scale))))
-                h = np.clip(h, max(zp, -128), hi).astype(np.int8)
+                lo, hi = activation_range_ref(act, scale, zp)
+                h = np.clip(h, lo, hi).astype(np.int8)
         return h
 
     def quantize_input(self, x):
@@ -122,7 +122,8 @@ def random_codes(model, n, seed):
 
 def demo_model(seed=0, epochs=20, n_train=None):
     """The demo MLP (64-128-64-10, ReLU) trained as the demo trains it (float, 20 epochs,
-    under a second), post-training quantized and converted with the demo's own pipeline; output scale from the float logits on the training rows.  Returns
+    under a second), post-training quantized and converted with the demo's own pipeline
+    (``demo.convert``: output quantizer calibrated on the training rows).  Returns
     (model, X_test, y_test)."""
     from qatcore import demo
 
@@ -136,9 +137,5 @@ def demo_model(seed=0, epochs=20, n_train=None):
     demo.calibrate(qat, Xtr)
     for fq in demo._activation_quants(qat) + demo._weight_quants(qat):
         fq.disable_calibration()
-    integer = demo.convert(qat)
-    logits = np.asarray(qat.forward(Xtr))
-    out_scale = float(F32(np.abs(logits).max() / 127))
-    n = len(integer.layers)
-    model = Chain(integer.layers, ["relu"] * (n - 1) + [None], out_scale, 0)
+    model = demo.convert(qat, Xtr)     # a qatcore.QuantizedSequential
     return model, Xte, yte

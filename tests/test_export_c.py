@@ -208,16 +208,14 @@ def test_demo_mlp_bit_exact(demo, tmp_path):
 
 
 @pytest.mark.parametrize("seed", [0, 2])
-def test_torch_stand_in_container(seed, tmp_path):
-    """The export reads only the container interface: qatcore.torch's IntegerSequential
-    (the stand-in for QuantizedSequential) works unchanged, bit-exact with its own
-    forward_int8."""
-    pytest.importorskip("torch")
-    from qatcore.torch import IntegerSequential
+def test_quantized_sequential_container(seed, tmp_path):
+    """The export reads only the container interface: qatcore.QuantizedSequential works
+    as the tests' own chain does, bit-exact with its own forward_int8."""
+    from qatcore import QuantizedSequential
 
     src = random_model(seed)
-    model = IntegerSequential(src.layers, src.activations, src.output_scale,
-                              src.output_zero_point)
+    model = QuantizedSequential(src.layers, src.activations, src.output_scale,
+                                src.output_zero_point)
     x = random_codes(src, N_INPUTS, seed)
     assert_bit_exact(run(build(model, tmp_path), model, x, tmp_path), model, x)
 
@@ -266,6 +264,19 @@ def test_compiles_under_other_standards(std, tmp_path):
         flags.remove("-pedantic")                       # C89 has no <stdint.h> / // rules
     subprocess.run(["cc", f"-std={std}", *flags, "-c", c, "-o", str(tmp_path / "m.o")],
                    check=True, capture_output=True, text=True)
+
+
+STRICT = ["-Wconversion", "-Wsign-conversion", "-Wshadow", "-Wcast-qual", "-Wcast-align",
+          "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wundef", "-Wdouble-promotion",
+          "-Wredundant-decls"]
+
+
+@pytest.mark.parametrize("seed", [0, 1, 9])
+def test_compiles_with_strict_warnings(seed, tmp_path):
+    """The warnings embedded projects often turn on (conversions, prototypes, ...)."""
+    _, c = write_c(random_model(seed), tmp_path, "m")
+    subprocess.run(["cc", *CFLAGS, *STRICT, "-c", c, "-o", str(tmp_path / "m.o")], check=True,
+                   capture_output=True, text=True)
 
 
 def test_compiles_as_cxx(tmp_path):

@@ -19,6 +19,7 @@ from typing import Any, List, Optional, Tuple, Union
 import numpy as np
 
 from ..linear import QuantizedLinear
+from ..model import activation_range
 
 _ACTIVATIONS = (None, "relu", "relu6")
 # A C identifier that is not reserved (no leading underscore).  24 characters keep
@@ -63,22 +64,6 @@ class ModelPlan:
     @property
     def out_features(self) -> int:
         return int(self.layers[-1].weights_q.shape[0])
-
-
-def activation_range(activation: Optional[str], scale: float, zero_point: int
-                     ) -> Tuple[int, int]:
-    """Output code range of a layer with a fused activation, as the container clamps:
-    ``"relu"`` at the zero point, ``"relu6"`` also at ``zp + rint(6 / scale)`` (float32,
-    ties to even), both within [-128, 127]."""
-    lo, hi = -128, 127
-    if activation in ("relu", "relu6"):
-        lo = max(int(zero_point), -128)
-    if activation == "relu6":
-        with np.errstate(over="ignore", divide="ignore"):
-            six = np.float32(6.0) / np.float32(scale)
-        if np.isfinite(six):
-            hi = int(min(127, int(zero_point) + int(np.rint(six))))
-    return lo, hi
 
 
 def plan_model(model: Any) -> ModelPlan:
@@ -133,7 +118,7 @@ def plan_model(model: Any) -> ModelPlan:
         else:
             scale, zp = out_scale, out_zp
         scale = float(np.float32(scale))         # forward_int8 takes float32 scales
-        mult, shift = layer._requant_params(scale)
+        mult, shift = layer._requant_params(scale, float(layer.input_scale))
         mult = np.asarray(mult, dtype=np.int32)
         shift = np.asarray(shift, dtype=np.int32)
         per_channel = bool(layer.per_channel)

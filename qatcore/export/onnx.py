@@ -4,8 +4,9 @@
 ``"output"`` ``(batch, out_features)``:
 
 * ``QuantizeLinear`` / ``DequantizeLinear`` on every activation, with the container's
-  scales and int8 zero points (a ``Clip`` in front of the first ``QuantizeLinear`` when
-  the model's input codes are narrower than int8, e.g. the symmetric [-127, 127]);
+  scales and int8 zero points (``Max`` / ``Min`` in front of the first
+  ``QuantizeLinear`` when the model's input codes are narrower than int8, e.g. the
+  symmetric [-127, 127]);
 * per layer ``Gemm(x, DequantizeLinear(W int8, scale, axis=0), DequantizeLinear(bias
   int32, input_scale · weight_scale, axis=0), transB=1)``: per-axis weight scales for
   per-channel layers (opset >= 13), int32 bias codes at ``s_x · s_w`` with zero point 0,
@@ -137,13 +138,18 @@ def onnx_model(model: Any, *, opset: int = DEFAULT_OPSET) -> Any:
     x = "input"
     lo, hi = plan.input_qrange
     if (lo, hi) != (-128, 127):
-        # ONNX QuantizeLinear saturates to the full int8 range: clip the float input to the
-        # model's code range first, so the codes are the model's.
+        # ONNX QuantizeLinear saturates to the full int8 range: clamp the float input to
+        # the model's code range first, so the codes are the model's.  Max + Min, not Clip:
+        # onnxruntime's ClipQuantFusion may drop a Clip in front of a quantizer (see
+        # _activation).
         s = f32(plan.input_scale)
         nodes.append(helper.make_node(
-            "Clip", [x, const("input_min", np.array(f32(lo - plan.input_zero_point) * s, f32)),
-                     const("input_max", np.array(f32(hi - plan.input_zero_point) * s, f32))],
-            ["input_clipped"], name="input_clip"))
+            "Max", [x, const("input_min", np.array(f32(lo - plan.input_zero_point) * s, f32))],
+            ["input_above_min"], name="input_clamp_min"))
+        nodes.append(helper.make_node(
+            "Min", ["input_above_min",
+                    const("input_max", np.array(f32(hi - plan.input_zero_point) * s, f32))],
+            ["input_clipped"], name="input_clamp_max"))
         x = "input_clipped"
     x = qdq(x, plan.input_scale, plan.input_zero_point, "input")
     last = len(plan.layers) - 1
