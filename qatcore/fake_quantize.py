@@ -350,17 +350,21 @@ class FakeQuantize(Module):
         TypeError, ValueError
             Bad `x` or `out`; a NaN/±Inf in `x` while calibrating (nothing changes).
         """
-        if self._calibrating and out is None and self._fused_observer:
+        if self._fused_observer and out is None and self._calibrating:
             # One kernel call for a small aligned float32 batch (observe + Rust qparams +
             # fake quantize, bit for bit the steps below); the kernel checks x and
             # returns a non-tuple where it does not apply.
             obs = self._observer
             qmin, qmax = self._qrange
-            with obs._lock:
+            # Both locks (this quantizer's, then its observer's, the order every path
+            # takes): the mask and qparams written here are what a concurrent backward
+            # reads under self._lock.
+            with self._lock, obs._lock:
                 ma = self._moving_average
                 r = _backend.kernels.calibrate_fake_quantize(
                     x, obs._min, obs._max, obs._count, ma, obs._avg_min, obs._avg_max,
-                    self._config.symmetric, qmin, qmax, self.training)
+                    self._config.symmetric, qmin, qmax, self.training) \
+                    if self._calibrating else -1     # another thread may have frozen it
                 if type(r) is tuple:
                     y, mask, lo, hi, obs._min, obs._max, scale, zero_point = r
                     if ma:

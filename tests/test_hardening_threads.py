@@ -252,6 +252,32 @@ def test_lsq_backward_gradients_belong_to_one_forward():
         assert grads == ref_grads
 
 
+@pytest.mark.parametrize("method", [ObserverMethod.MIN_MAX, ObserverMethod.MOVING_AVERAGE])
+def test_calibrating_small_batches_with_backward(method):
+    """Small calibrating batches take the fused kernel, which writes the STE mask a
+    concurrent backward reads: each backward gets g where its forward's mask is 1 and 0
+    elsewhere, with the right shape, or a clean shape error."""
+    fq = FakeQuantize(FakeQuantConfig(observer=method))
+    rng = np.random.default_rng(15)
+    sizes = [9 + 13 * i for i in range(THREADS)]
+    xs = [rng.standard_normal(n).astype(np.float32) * (i + 1) for i, n in enumerate(sizes)]
+    gs = [rng.uniform(1, 2, n).astype(np.float32) for n in sizes]
+
+    def body(i):
+        for _ in range(ROUNDS // 3):
+            fq.fake_quantize(xs[i])
+            try:
+                gin = fq.backward(gs[i])
+            except ValueError as exc:
+                assert "shape" in str(exc)
+                continue
+            assert gin.shape == gs[i].shape
+            assert np.all((gin == gs[i]) | (gin == 0))
+
+    run_threads([lambda i=i: body(i) for i in range(THREADS)])
+    assert fq.observer.state_dict()["count"] == THREADS * (ROUNDS // 3)
+
+
 def test_calibrating_fake_quantize_from_many_threads():
     data = batches(THREADS * 4, seed=12)
     fq = FakeQuantize()
