@@ -152,7 +152,7 @@ def calibrate_refs(args, refs, config, progress, client):
     """Calibrate `refs` on `client`; returns [(ref, result-or-None, error-or-None)] in
     the order of `refs` (error: the command's one-line message)."""
     from . import QuantObserver
-    from .cli import _calibrate_one, _Fail, _io_error, _position_text
+    from .cli import _calibrate_one, _Fail, _io_error, _position_text, _show
     from .dask import calibrate_graph, finish
 
     import dask.array as da
@@ -192,7 +192,7 @@ def calibrate_refs(args, refs, config, progress, client):
         except ValueError as exc:
             pos = getattr(exc, "qatcore_position", None)
             if pos is None:
-                out.append((ref, None, f"{ref.name}: {str(exc).removeprefix('observe: ')}"))
+                out.append((ref, None, f"{_show(ref.name)}: {str(exc).removeprefix('observe: ')}"))
                 continue
             batch, index, value = pos
             if batch is None:
@@ -203,7 +203,7 @@ def calibrate_refs(args, refs, config, progress, client):
                 p = tuple(int(v) for v in np.unravel_index(index, slice_shape)) if slice_shape else ()
                 p = p[:axis] + (batch,) + p[axis:]
                 where = f"batch {batch} along axis {axis}, position {p}"
-            out.append((ref, None, f"{ref.name}: non-finite value {value!r} at {where}"))
+            out.append((ref, None, f"{_show(ref.name)}: non-finite value {value!r} at {where}"))
             continue
         except (_io_error(), ReadError) as exc:
             out.append((ref, None, str(exc)))

@@ -258,7 +258,18 @@ def _forward(cmd: str, argv) -> int:
 
 # --- messages --------------------------------------------------------------------------
 def _one_line(text) -> str:
-    return " ".join(str(text).split())
+    """One line, every non-printable character escaped: messages quote file names and
+    file contents, which must never reach the terminal raw (escape sequences)."""
+    from ._io import scrub
+
+    return scrub(" ".join(str(text).split()))
+
+
+def _show(name) -> str:
+    """A file or tensor name for a message or table cell (repr-escaped if not printable)."""
+    from ._io import show
+
+    return show(name)
 
 
 def _error(msg: str) -> None:
@@ -364,19 +375,30 @@ def _check_output(path: str) -> None:
     read-only folder.  Probes with a real temporary file in the target folder."""
     import tempfile
 
+    import stat
+
     if os.path.isdir(path):
-        raise _Fail(f"{path}: cannot write the JSON output: is a directory")
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: is a directory")
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        # os.replace would put a regular file in place of a FIFO or /dev/... node.
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: not a regular file "
+                    "(use --json - for stdout)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise _Fail(f"{path}: cannot write the JSON output: folder {folder} does not exist")
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: folder {_show(folder)} "
+                    "does not exist")
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise _Fail(f"{path}: cannot write the JSON output: file is read-only")
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: file is read-only")
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".qatcore-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise _Fail(f"{path}: cannot write the JSON output: {exc.strerror or exc}") from None
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: {exc.strerror or exc}") from None
 
 
 def _write_json_atomic(path: str, obj) -> None:
@@ -431,17 +453,41 @@ def _first_nonfinite(data) -> int:
     return -1
 
 
-def _observe(obs, data, ref, where):
+def _observe(obs, data, ref, where, c_index=None):
     """``obs.observe(data)``; a ValueError becomes a one-line _Fail naming the tensor and,
-    for NaN/Inf, the position (``where(i)`` maps an index in `data` to a phrase)."""
+    for NaN/Inf, the position (``where(i)`` maps an index in `data` to a phrase).  When
+    ``c_index(i)`` (the flat C-order index in the tensor) is given and the stored value
+    there is finite, the problem is a value beyond the float32 range (float64 1e39):
+    reported as such with the stored value, not as the ``inf`` it would become."""
     try:
         obs.observe(data)
     except ValueError as exc:
         i = _first_nonfinite(data)
         if i < 0:
-            raise _Fail(f"{ref.name}: {str(exc).removeprefix('observe: ')}") from None
+            raise _Fail(f"{_show(ref.name)}: {str(exc).removeprefix('observe: ')}") from None
         value = float(data.reshape(-1)[i])
-        raise _Fail(f"{ref.name}: non-finite value {value!r} at {where(i)}") from None
+        stored = _stored_value(ref, c_index(i)) if c_index is not None else None
+        if stored is not None:
+            raise _Fail(f"{_show(ref.name)}: value {stored!r} at {where(i)} is outside the "
+                        f"float32 range (|x| <= {float(_F32_MAX)!r}), which calibration "
+                        "computes in") from None
+        raise _Fail(f"{_show(ref.name)}: non-finite value {value!r} at {where(i)}") from None
+
+
+_F32_MAX = 3.4028234663852886e+38
+
+
+def _stored_value(ref, c_flat: int):
+    """The stored value at `c_flat` when it is finite but beyond float32 (else None)."""
+    import math
+
+    if ref.kind != "float" or ref.bfloat16 or ref.dtype.itemsize <= 4:
+        return None
+    try:
+        v = float(ref.value_at(c_flat))
+    except (_io_error(), OSError, ValueError, IndexError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _position_text(ref, c_flat: int) -> str:
@@ -452,7 +498,9 @@ def _position_text(ref, c_flat: int) -> str:
 
 def _calibrate_one(ref, config, batch_axis, n_threads, progress, obs=None):
     """Calibrate one tensor into `obs` (a new observer when None); returns (observer,
-    batches)."""
+    batches).  The input file is only ever read in bounded chunks (never mapped, see
+    qatcore._io); a whole-tensor float32 copy, when an observer needs one, lives in an
+    unlinked temporary file."""
     import numpy as np
 
     from . import QuantObserver
@@ -474,49 +522,59 @@ def _calibrate_one(ref, config, batch_axis, n_threads, progress, obs=None):
             for start, chunk in ref.memory_chunks(WINDOW_ELEMS if ref.direct else CHUNK_ELEMS):
                 data = ref.to_float32(chunk)
                 _observe(mm, data, ref,
-                         lambda i, s=start: _position_text(ref, ref.c_index(s + i)))
+                         lambda i, s=start: _position_text(ref, ref.c_index(s + i)),
+                         lambda i, s=start: ref.c_index(s + i))
                 progress.advance(chunk.nbytes)
-                del chunk, data          # unmap the window before mapping the next
+                del chunk, data
             if mm is not obs:
                 lo, hi = mm.range()
                 obs.observe(np.array([lo, hi], dtype=np.float32))   # one batch: avg = (lo, hi)
             return obs, 1
         # PERCENTILE, MEAN_STD: one observe call on the whole tensor.
-        if ref.direct:
-            data = ref.array().reshape(-1)
-        else:
-            data = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2)).reshape(-1)
-            total /= 2
-        _observe(obs, data, ref, lambda i: _position_text(ref, i))
-        progress.advance(total)
+        data = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2)).reshape(-1)
+        _observe(obs, data, ref, lambda i: _position_text(ref, i), lambda i: i)
+        progress.advance(total / 2)
         return obs, 1
 
     # --batch-axis: one observe call per slice.
     axis = batch_axis + len(ref.shape) if batch_axis < 0 else batch_axis
-    if ref.random_access:
-        src, convert = ref.array(), ref.to_float32
+    nb = ref.shape[axis]
+    slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
+    per_elems = ref.size // nb if nb else 0
+    if axis == 0 and not ref.fortran_order:
+        # Slices along axis 0 of a C-order tensor are consecutive runs of the file: read
+        # one slice at a time (a bounded buffer of one batch, which the API needs whole).
+        slices = (chunk.reshape(slice_shape) for _, chunk in ref.memory_chunks(max(per_elems, 1)))
+        convert = ref.to_float32
+        per = total / nb if nb else 0
     else:
         src = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2))
-        convert, total = to_float32, total / 2
-    nb = ref.shape[axis]
-    per = total / nb if nb else 0
-    slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
-    # Slices along axis 0 of a C-order map are contiguous views: no copy, cheap indexing.
-    slices = src if axis == 0 else np.moveaxis(src, axis, 0)
+        slices, convert = np.moveaxis(src, axis, 0), to_float32
+        per = total / 2 / nb if nb else 0
     b = 0
 
     def where(i):
+        return f"batch {b} along axis {axis}, position {full(i)}"
+
+    def full(i):
         pos = tuple(int(p) for p in np.unravel_index(i, slice_shape)) if slice_shape else ()
-        pos = pos[:axis] + (b,) + pos[axis:]
-        return f"batch {b} along axis {axis}, position {pos}"
+        return pos[:axis] + (b,) + pos[axis:]
+
+    def c_index(i):
+        return int(np.ravel_multi_index(full(i), ref.shape))
 
     observe = obs.observe
-    for b in range(nb):
-        data = convert(slices[b])
+    if per_elems == 0:
+        for b in range(nb):
+            observe(np.empty(slice_shape, np.float32))
+            progress.done += per
+        return obs, nb
+    for b, part in enumerate(slices):
+        data = convert(part)
         try:
             observe(data)
         except ValueError:
-            _observe(obs, data, ref, where)      # re-raises it as a one-line message
+            _observe(obs, data, ref, where, c_index)      # re-raises it as a one-line message
             raise
         progress.done += per
     return obs, nb
@@ -545,15 +603,15 @@ def _preflight(args):
                 what = ("complex numbers" if ref.dtype.kind == "c" else
                         "structured records" if ref.dtype.kind == "V" else
                         "strings" if ref.dtype.kind in "SU" else f"kind {ref.dtype.kind!r}")
-                errors.append(f"{ref.name}: dtype {ref.dtype} is not supported ({what}; "
+                errors.append(f"{_show(ref.name)}: dtype {ref.dtype} is not supported ({what}; "
                               "calibration needs real numbers)")
                 continue
             if args.batch_axis is not None and not -len(ref.shape) <= args.batch_axis < len(ref.shape):
-                errors.append(f"{ref.name}: --batch-axis {args.batch_axis} is out of range for "
+                errors.append(f"{_show(ref.name)}: --batch-axis {args.batch_axis} is out of range for "
                               f"a tensor of shape {ref.shape}")
                 continue
             if ref.kind == "int" and not args.quiet:
-                _warn(f"{ref.name}: {ref.dtype_name} values converted to float32")
+                _warn(f"{_show(ref.name)}: {ref.dtype_name} values converted to float32")
             refs.append(ref)
     return refs, errors
 
@@ -629,7 +687,14 @@ def _cmd_calibrate(args) -> int:
                 batches += nb
             if failed:
                 continue
-            result = _result(members[0], obs, batches, config)
+            try:
+                result = _result(members[0], obs, batches, config)
+            except _Fail as exc:
+                progress.error(str(exc))
+                errors.append(str(exc))
+                if not args.keep_going:
+                    return EXIT_USAGE
+                continue
             if key is not None:
                 result.update(_merged_fields(key, members))
             results.append(result)
@@ -646,7 +711,7 @@ def _cmd_calibrate(args) -> int:
             try:
                 _write_json_atomic(json_path, doc)
             except OSError as exc:
-                _error(f"{json_path}: cannot write the JSON output: {exc.strerror or exc}")
+                _error(f"{_show(json_path)}: cannot write the JSON output: {exc.strerror or exc}")
                 return EXIT_USAGE
         if not args.quiet:
             nbytes = sum(r.nbytes for r in refs)
@@ -750,11 +815,38 @@ def _deploy_qparams(obs, scale: float, zero_point: float, config) -> dict:
 
 
 def _result(ref, obs, batches, config) -> dict:
+    """The JSON entry of one calibrated tensor.  _Fail when its scale or zero point is not
+    a finite float32 (e.g. 1-bit codes over a ±2e38 range: the scale overflows to inf):
+    strict JSON has no inf/NaN, and writing null would hand a runtime a layer it cannot
+    use, so such a tensor is refused, named, with its range."""
+    import math
+
     import numpy as np
 
     lo, hi = obs.range()
-    scale, zero_point = obs.compute_qparams(config)
+    try:
+        scale, zero_point = obs.compute_qparams(config)
+    except (ValueError, OverflowError, ZeroDivisionError) as exc:
+        raise _Fail(f"{_show(ref.name)}: cannot compute the quantization parameters: {exc}") from None
     f = lambda v: float(np.float32(v))        # noqa: E731  (exact: float32 → float)
+    values = {"scale": scale, "zero_point": zero_point}
+    if obs.count:
+        values.update(min=lo, max=hi)
+    for what, v in values.items():
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = math.isfinite(f(v))
+        if not finite:
+            raise _Fail(f"{_show(ref.name)}: {what} is {float(v)!r} for the range "
+                        f"[{float(lo)!r}, {float(hi)!r}] with {config.bits}-bit "
+                        f"{'symmetric' if config.symmetric else 'asymmetric'} codes (not a "
+                        "finite float32; nothing written)")
+    try:
+        deploy = _deploy_qparams(obs, scale, zero_point, config)
+    except (ValueError, OverflowError) as exc:
+        raise _Fail(f"{_show(ref.name)}: cannot derive the integer quantization parameters: {exc}") from None
+    if not math.isfinite(deploy["deploy_scale"]):
+        raise _Fail(f"{_show(ref.name)}: deploy_scale is {deploy['deploy_scale']!r} (not a "
+                    "finite float32; nothing written)")
     return {
         "name": ref.name,
         "file": ref.path,
@@ -765,7 +857,7 @@ def _result(ref, obs, batches, config) -> dict:
         "range": [f(lo), f(hi)] if obs.count else None,
         "scale": f(scale),
         "zero_point": f(zero_point),
-        **_deploy_qparams(obs, scale, zero_point, config),
+        **deploy,
     }
 
 
@@ -788,6 +880,7 @@ def _json_doc(config, batch_axis, n_threads, results, errors, merge_by_name=Fals
 
 
 def _table(headers, rows, right=()) -> str:
+    rows = [[_show(c) if isinstance(c, str) else c for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
     lines = []
     for row in [headers] + rows:
@@ -819,9 +912,9 @@ def _cmd_inspect(args) -> int:
     path = args.file
     try:
         if not os.path.exists(path):
-            raise _Fail(f"{path}: no such file or directory")
+            raise _Fail(f"{_show(path)}: no such file or directory")
         if os.path.isdir(path):
-            raise _Fail(f"{path}: is a directory")
+            raise _Fail(f"{_show(path)}: is a directory")
         if args.bins < 1:
             raise _Fail(f"--bins must be at least 1, got {args.bins}")
         low = path.lower()
@@ -830,7 +923,7 @@ def _cmd_inspect(args) -> int:
         elif low.endswith((".npz", ".npy", ".safetensors")):
             _inspect_tensors(path, args.bins)
         else:
-            raise _Fail(f"{path}: not a calibration .json, a QuantizedLinear .npz or a tensor file")
+            raise _Fail(f"{_show(path)}: not a calibration .json, a QuantizedLinear .npz or a tensor file")
     except _Fail as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -847,12 +940,12 @@ def _inspect_json(path: str) -> None:
         with open(path, encoding="utf-8") as f:
             doc = json.load(f)
     except (OSError, ValueError) as exc:
-        raise _Fail(f"{path}: cannot read JSON: {exc}") from None
+        raise _Fail(f"{_show(path)}: cannot read JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tensors"), dict):
-        raise _Fail(f"{path}: not a calibration written by `qatcore calibrate --json`")
+        raise _Fail(f"{_show(path)}: not a calibration written by `qatcore calibrate --json`")
     kind = "symmetric" if doc.get("symmetric") else "asymmetric"
     axis = doc.get("batch_axis")
-    print(f"calibration  {path}")
+    print(f"calibration  {_show(path)}")
     print(f"  observer {doc.get('observer')}, {doc.get('bits')}-bit {kind}, quant range "
           f"{doc.get('quant_range')}, batches: {'whole tensor' if axis is None else f'axis {axis}'}, "
           f"qatcore {doc.get('qatcore_version')}")
@@ -933,7 +1026,7 @@ def _inspect_tensors(path: str, bins: int) -> None:
     if "weights_q" in members and "weight_scale" in members:
         _inspect_linear(path, members, bins)
         return
-    print(f"{path}: {len(refs)} tensor{'s' * (len(refs) != 1)}")
+    print(f"{_show(path)}: {len(refs)} tensor{'s' * (len(refs) != 1)}")
     rows = []
     for key, r in members.items():
         rows.append([key, _shape_text(r.shape), r.dtype_name, _human_bytes(r.nbytes),
@@ -977,10 +1070,10 @@ def _inspect_linear(path: str, members, bins: int) -> None:
         try:
             loader(path)
         except (TypeError, ValueError) as exc:
-            raise _Fail(f"{path}: not a valid QuantizedLinear: {exc}") from None
+            raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: {exc}") from None
     wq = _read_small(members["weights_q"], limit=1 << 31)
     if wq is None or wq.ndim != 2:
-        raise _Fail(f"{path}: weights_q is not a 2-D array")
+        raise _Fail(f"{_show(path)}: weights_q is not a 2-D array")
     out_f, in_f = wq.shape
     ws = _read_small(members["weight_scale"])
     bits = _scalar(members, "bits", 8)
@@ -988,7 +1081,7 @@ def _inspect_linear(path: str, members, bins: int) -> None:
     input_scale = _scalar(members, "input_scale", 1.0)
     out_scale = np.asarray(ws, dtype=np.float32) * np.float32(input_scale)
     per_channel = bool(_scalar(members, "per_channel", np.asarray(ws).size > 1))
-    print(f"QuantizedLinear  {path}")
+    print(f"QuantizedLinear  {_show(path)}")
     info = [("in_features", in_f), ("out_features", out_f), ("bits", bits),
             ("weights_q", f"{members['weights_q'].dtype_name} {_shape_text(wq.shape)}, "
                           f"{'per-channel' if per_channel else 'per-tensor'} symmetric"),
