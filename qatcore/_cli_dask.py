@@ -1,9 +1,10 @@
 """``qatcore calibrate --dask-workers N`` / ``--scheduler ADDRESS``: the same calibration
 on a ``dask.distributed`` cluster (a local one with N worker processes, or a running one).
 
-Each tensor file becomes a dask array whose chunks the workers read themselves (a
-read-only memory map of the chunk's window of the file, converted to float32 on the
-worker: the client never touches the data), and :func:`qatcore.dask.calibrate_graph`
+Each tensor file becomes a dask array whose chunks the workers read themselves (the
+chunk's window of the file read into a bounded buffer -- never memory-mapped, so a file
+truncated meanwhile is an error, not a SIGBUS -- converted to float32 on the worker: the
+client never touches the data), and :func:`qatcore.dask.calibrate_graph`
 reduces it; results, JSON and error messages are those of the in-process command.
 Deflated ``.npz`` members cannot be read piecewise by several processes and are
 calibrated in the client process, as without Dask.
@@ -29,7 +30,7 @@ class ReadError(Exception):
 
 class _FileArray:
     """A random-access tensor in a file, sliceable by dask.array.from_array: each
-    ``__getitem__`` maps just the window holding the requested block and returns it as
+    ``__getitem__`` reads just the window holding the requested block and returns it as
     float32 (the conversions of ``qatcore calibrate``).  Pickles as the file reference."""
 
     def __init__(self, ref):
@@ -61,7 +62,7 @@ class _FileArray:
         first = int(np.ravel_multi_index(starts, self.shape, order=order))
         stop = int(np.ravel_multi_index(last, self.shape, order=order)) + 1
         try:
-            window = ref._map(first, stop - first)
+            window = ref._read(first, stop - first)
         except Exception as exc:        # InputError does not pickle back to the client
             raise ReadError(str(exc)) from None
         block = np.lib.stride_tricks.as_strided(
@@ -152,7 +153,7 @@ def calibrate_refs(args, refs, config, progress, client):
     """Calibrate `refs` on `client`; returns [(ref, result-or-None, error-or-None)] in
     the order of `refs` (error: the command's one-line message)."""
     from . import QuantObserver
-    from .cli import _calibrate_one, _Fail, _io_error, _position_text, _show
+    from .cli import _calibrate_one, _Fail, _io_error, _position_text, _show, _stored_value
     from .dask import calibrate_graph, finish
 
     import dask.array as da
@@ -196,13 +197,20 @@ def calibrate_refs(args, refs, config, progress, client):
                 continue
             batch, index, value = pos
             if batch is None:
-                where = _position_text(ref, index)
+                where, c_flat = _position_text(ref, index), index
             else:
                 axis = axis_arg % len(ref.shape)
                 slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
                 p = tuple(int(v) for v in np.unravel_index(index, slice_shape)) if slice_shape else ()
                 p = p[:axis] + (batch,) + p[axis:]
                 where = f"batch {batch} along axis {axis}, position {p}"
+                c_flat = int(np.ravel_multi_index(p, ref.shape))
+            stored = _stored_value(ref, c_flat)
+            if stored is not None:
+                out.append((ref, None, f"{_show(ref.name)}: value {stored!r} at {where} is "
+                            "outside the float32 range (|x| <= 3.4028234663852886e+38), "
+                            "which calibration computes in"))
+                continue
             out.append((ref, None, f"{_show(ref.name)}: non-finite value {value!r} at {where}"))
             continue
         except (_io_error(), ReadError) as exc:

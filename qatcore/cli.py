@@ -118,6 +118,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPT
+    except MemoryError:
+        _error("out of memory")
+        return EXIT_FAIL
+    except Exception as exc:
+        # Last resort: a bug must still be one line, not a traceback over the terminal
+        # (QATCORE_DEBUG=1 shows it).  Bad input never gets here: it is exit status 2.
+        if os.environ.get("QATCORE_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (please report it; "
+               "QATCORE_DEBUG=1 shows the traceback)")
+        return EXIT_FAIL
     except BrokenPipeError:            # `qatcore ... | head`
         try:
             sys.stdout = open(os.devnull, "w")
@@ -144,6 +155,26 @@ class _VersionAction(argparse.Action):
     def __call__(self, parser, namespace, values, option_string=None):
         print(_version_text())
         parser.exit()
+
+
+#: Upper bound of ``inspect --bins`` (8-bit codes have 255 levels; more bins only allocate).
+MAX_BINS = 1024
+
+
+def _bins(text: str) -> int:
+    """``--bins`` value: an integer in [1, MAX_BINS] (an argument error otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= n <= MAX_BINS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_BINS}, got {_short_int(n)}")
+    return n
+
+
+def _short_int(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
 
 
 def _observer_name(text: str) -> str:
@@ -218,7 +249,8 @@ def _build_parser() -> argparse.ArgumentParser:
                          ".npz (shapes, scales, bit width, weight-code histogram) or any "
                          "tensor file."))
     ins.add_argument("file", metavar="FILE")
-    ins.add_argument("--bins", type=int, default=16, help="histogram bins (default: 16)")
+    ins.add_argument("--bins", type=_bins, default=16,
+                     help=f"histogram bins, 1 to {MAX_BINS} (default: 16)")
     ins.set_defaults(func=_cmd_inspect)
 
     for cmd, (_, what) in _FORWARDED.items():
@@ -909,19 +941,19 @@ def _print_table(results) -> None:
 
 # --- inspect ---------------------------------------------------------------------------
 def _cmd_inspect(args) -> int:
+    from ._io import check_regular
+
     path = args.file
     try:
-        if not os.path.exists(path):
-            raise _Fail(f"{_show(path)}: no such file or directory")
-        if os.path.isdir(path):
-            raise _Fail(f"{_show(path)}: is a directory")
-        if args.bins < 1:
-            raise _Fail(f"--bins must be at least 1, got {args.bins}")
+        check_regular(path)      # missing, symlink loop, folder, FIFO, device: refused
         low = path.lower()
         if low.endswith(".json"):
             _inspect_json(path)
         elif low.endswith((".npz", ".npy", ".safetensors")):
-            _inspect_tensors(path, args.bins)
+            import numpy as np
+
+            with np.errstate(all="ignore"):
+                _inspect_tensors(path, args.bins)
         else:
             raise _Fail(f"{_show(path)}: not a calibration .json, a QuantizedLinear .npz or a tensor file")
     except _Fail as exc:
@@ -933,35 +965,92 @@ def _cmd_inspect(args) -> int:
     return EXIT_OK
 
 
+#: Largest calibration JSON `inspect` reads (about 400 000 tensors).
+MAX_JSON_BYTES = 256 << 20
+
+
+def _no_json_constant(text):
+    raise ValueError(f"{text} is not valid JSON")
+
+
+def _is_f32(v) -> bool:
+    """`v` is a JSON number a float32 holds (finite, |v| <= float32 max)."""
+    import math
+
+    if type(v) not in (int, float):
+        return False
+    try:
+        x = float(v)
+    except OverflowError:
+        return False
+    return math.isfinite(x) and abs(x) <= _F32_MAX
+
+
 def _inspect_json(path: str) -> None:
     import json
 
+    from ._io import open_regular
+
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_JSON_BYTES:
+            raise _Fail(f"{_show(path)}: {_human_bytes(size)} is too large for a calibration "
+                        f"JSON (at most {_human_bytes(MAX_JSON_BYTES)})")
+        raw = f.read(MAX_JSON_BYTES + 1)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as exc:
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_json_constant)
+    except RecursionError:
+        raise _Fail(f"{_show(path)}: cannot read JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
         raise _Fail(f"{_show(path)}: cannot read JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tensors"), dict):
         raise _Fail(f"{_show(path)}: not a calibration written by `qatcore calibrate --json`")
+
+    def bad(name, what):
+        return _Fail(f"{_show(path)}: not a valid calibration: tensor {_show(name)}: {what}")
+
+    rows = []
+    for name, r in doc["tensors"].items():
+        if not isinstance(r, dict):
+            raise bad(name, "entry is not a JSON object")
+        for key in ("scale", "zero_point"):
+            if not _is_f32(r.get(key)):
+                raise bad(name, f"{key} is missing or not a finite float32 number")
+        rng = r.get("range")
+        if rng is None:
+            rng = ["-", "-"]
+        elif not (isinstance(rng, list) and len(rng) == 2 and all(_is_f32(v) for v in rng)):
+            raise bad(name, "range is not null or [min, max] of finite float32 numbers")
+        else:
+            rng = [_f32(v) for v in rng]
+        shape = r.get("shape", [])
+        if shape is not None and not (isinstance(shape, list) and len(shape) <= 64
+                                      and all(type(v) is int for v in shape)):
+            raise bad(name, "shape is not null or a list of integers")
+        rows.append([name, _shape_text(shape), _cell(r.get("dtype", "?")),
+                     _cell(r.get("batches", "?")), rng[0], rng[1], _f32(r["scale"]),
+                     _f32(r["zero_point"]), _cell(r.get("zero_point_int", "-")),
+                     _cell(r.get("code_dtype", "-"))])
     kind = "symmetric" if doc.get("symmetric") else "asymmetric"
     axis = doc.get("batch_axis")
     print(f"calibration  {_show(path)}")
-    print(f"  observer {doc.get('observer')}, {doc.get('bits')}-bit {kind}, quant range "
-          f"{doc.get('quant_range')}, batches: {'whole tensor' if axis is None else f'axis {axis}'}, "
-          f"qatcore {doc.get('qatcore_version')}")
-    rows = []
-    for name, r in doc["tensors"].items():
-        rng = r.get("range") or ["-", "-"]
-        rows.append([name, _shape_text(r.get("shape", [])), r.get("dtype", "?"),
-                     r.get("batches", "?"), rng[0] if rng[0] == "-" else _f32(rng[0]),
-                     rng[1] if rng[1] == "-" else _f32(rng[1]), _f32(r["scale"]),
-                     _f32(r["zero_point"]), r.get("zero_point_int", "-"),
-                     r.get("code_dtype", "-")])
+    print("  " + _one_line(
+        f"observer {_cell(doc.get('observer'))}, {_cell(doc.get('bits'))}-bit {kind}, quant "
+        f"range {_cell(doc.get('quant_range'))}, batches: "
+        f"{'whole tensor' if axis is None else f'axis {_cell(axis)}'}, "
+        f"qatcore {_cell(doc.get('qatcore_version'))}"))
     print(f"  {len(rows)} tensor{'s' * (len(rows) != 1)}")
     print(_table(["tensor", "shape", "dtype", "batches", "min", "max", "scale", "zero_point",
                   "zp_int", "codes"], rows, right={3, 4, 5, 6, 7, 8}))
-    for e in doc.get("errors") or []:
-        print(f"  error: {e}")
+    errors = doc.get("errors") or []
+    for e in errors if isinstance(errors, list) else [errors]:
+        print(f"  error: {_one_line(_cell(e))}")
+
+
+def _cell(v, limit: int = 80) -> str:
+    """A JSON value from a file as one short, escaped line."""
+    text = _one_line(v if isinstance(v, str) else repr(v))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _read_small(ref, limit=1 << 28):
@@ -1069,15 +1158,21 @@ def _inspect_linear(path: str, members, bins: int) -> None:
     if loader is not None:
         try:
             loader(path)
-        except (TypeError, ValueError) as exc:
-            raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: {exc}") from None
+        except MemoryError:
+            raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: too large to load") from None
+        except Exception as exc:        # a hostile file may fail anywhere in np.load
+            raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: "
+                        f"{type(exc).__name__}: {exc}") from None
     wq = _read_small(members["weights_q"], limit=1 << 31)
     if wq is None or wq.ndim != 2:
         raise _Fail(f"{_show(path)}: weights_q is not a 2-D array")
     out_f, in_f = wq.shape
     ws = _read_small(members["weight_scale"])
     bits = _scalar(members, "bits", 8)
-    qmax = (1 << (int(bits) - 1)) - 1
+    if type(bits) is not int or not 1 <= bits <= 8:
+        raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: bits {bits!r} is not an "
+                    "integer in [1, 8]")
+    qmax = (1 << (bits - 1)) - 1
     input_scale = _scalar(members, "input_scale", 1.0)
     out_scale = np.asarray(ws, dtype=np.float32) * np.float32(input_scale)
     per_channel = bool(_scalar(members, "per_channel", np.asarray(ws).size > 1))
