@@ -740,12 +740,17 @@ def _npz_members(path: str, raw) -> List[TensorRef]:
     fsize = os.fstat(raw.fileno()).st_size
     zf = zipfile.ZipFile(raw)
     refs = []
+    names = set()
     with zf:
         for info in zf.infolist():
             if info.is_dir():
                 continue
             if not info.filename.endswith(".npy"):
                 raise InputError(path, f"archive member {info.filename!r} is not a .npy array")
+            if info.filename in names:
+                # np.load would show the last one under both: refuse the ambiguity.
+                raise InputError(path, f"archive holds two members named {info.filename!r}")
+            names.add(info.filename)
             member = info.filename[:-4]
             name = f"{path}:{member}"
             if info.flag_bits & 0x1:
@@ -798,6 +803,15 @@ def _npz_members(path: str, raw) -> List[TensorRef]:
     return refs
 
 
+def _unique_keys(pairs):
+    out = dict(pairs)
+    if len(out) != len(pairs):
+        seen = set()
+        dup = next(k for k, _ in pairs if k in seen or seen.add(k))
+        raise ValueError(f"key {dup!r} appears twice")
+    return out
+
+
 def _no_constant(text):
     raise ValueError(f"{text} is not valid JSON")
 
@@ -817,7 +831,8 @@ def _open_safetensors(path: str) -> List[TensorRef]:
         if len(raw) != hlen:
             raise InputError(path, "truncated .safetensors header")
     try:
-        meta = json.loads(raw.decode("utf-8"), parse_constant=_no_constant)
+        meta = json.loads(raw.decode("utf-8"), parse_constant=_no_constant,
+                          object_pairs_hook=_unique_keys)
     except (ValueError, UnicodeDecodeError, RecursionError) as exc:
         what = "nested too deeply" if isinstance(exc, RecursionError) else str(exc)
         raise InputError(path, f"corrupt .safetensors header ({what})") from None

@@ -1176,7 +1176,6 @@ def _inspect_linear(path: str, members, bins: int) -> None:
     input_scale = _scalar(members, "input_scale", 1.0)
     out_scale = np.asarray(ws, dtype=np.float32) * np.float32(input_scale)
     per_channel = bool(_scalar(members, "per_channel", np.asarray(ws).size > 1))
-    print(f"QuantizedLinear  {_show(path)}")
     info = [("in_features", in_f), ("out_features", out_f), ("bits", bits),
             ("weights_q", f"{members['weights_q'].dtype_name} {_shape_text(wq.shape)}, "
                           f"{'per-channel' if per_channel else 'per-tensor'} symmetric"),
@@ -1209,11 +1208,15 @@ def _inspect_linear(path: str, members, bins: int) -> None:
              "output_quant_scale", "output_quant_zero_point", "output_quant_qrange"}
     for key, r in members.items():
         if key not in shown:
-            info.append((key, f"{r.dtype_name} {_shape_text(r.shape)}"))
+            info.append((_show(key), f"{r.dtype_name} {_shape_text(r.shape)}"))
+    print(f"QuantizedLinear  {_show(path)}")     # everything read: no partial output
     w = max(len(k) for k, _ in info)
     for k, v in info:
-        print(f"  {k.ljust(w)}  {v}")
+        print(f"  {k.ljust(w)}  {_one_line(v)}")
     flat = wq.reshape(-1).astype(np.int64)
+    if flat.size == 0:
+        print("  weight codes: none (empty weights)")
+        return
     sat = np.count_nonzero(np.abs(flat) >= qmax)
     print(f"  weight codes: mean |q| {np.abs(flat).mean():.2f}, zeros "
           f"{100 * np.count_nonzero(flat == 0) / flat.size:.1f}%, at ±{qmax} "
