@@ -19,6 +19,8 @@ import numpy as np
 
 #: Elements per chunk a worker reads (64 MiB of float32): the bound on a worker's memory.
 DASK_CHUNK_ELEMS = 1 << 24
+#: Upper bound of ``--dask-workers`` (each is a process on this machine).
+MAX_DASK_WORKERS = 256
 
 
 __all__ = ["DASK_CHUNK_ELEMS", "ReadError", "dask_calibrator"]
@@ -135,8 +137,8 @@ def open_client(args):
         except (OSError, TimeoutError, ValueError) as exc:
             raise _Fail(f"--scheduler {args.scheduler}: cannot connect: {exc}") from None
     n = args.dask_workers
-    if n < 1:
-        raise _Fail(f"--dask-workers must be at least 1, got {n}")
+    if not 1 <= n <= MAX_DASK_WORKERS:
+        raise _Fail(f"--dask-workers must be between 1 and {MAX_DASK_WORKERS}, got {n}")
     threads = args.threads if args.threads is not None else 1
     import warnings
 

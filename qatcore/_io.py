@@ -202,8 +202,23 @@ def discover(paths: Sequence[str], seen: Optional[set] = None) -> List[str]:
             raise InputError(path, f"invalid file name ({exc})") from None
         if stat.S_ISDIR(st.st_mode):
             found = []
-            for root, dirs, names in os.walk(path, onerror=walk_error):
+            # Symlinked subfolders are followed; a link back to one of its own ancestors
+            # (a loop) is an error, as are folders that cannot be listed.
+            ancestors = {os.path.normpath(path): frozenset([(st.st_dev, st.st_ino)])}
+            for root, dirs, names in os.walk(path, onerror=walk_error, followlinks=True):
                 dirs.sort()
+                above = ancestors.pop(os.path.normpath(root), frozenset())
+                for d in dirs:
+                    sub = os.path.join(root, d)
+                    try:
+                        dst = os.stat(sub)
+                    except OSError as exc:
+                        raise os_error(sub, exc, "cannot read folder") from None
+                    key = (dst.st_dev, dst.st_ino)
+                    if key in above:
+                        raise InputError(sub, "too many levels of symbolic links (a symlink "
+                                         "loop: it leads back to a folder that contains it)")
+                    ancestors[os.path.normpath(sub)] = above | {key}
                 for n in sorted(names):
                     if n.lower().endswith(SUFFIXES) and not n.startswith("."):
                         p = os.path.join(root, n)

@@ -1,8 +1,10 @@
 """The ``qatcore`` command: ``calibrate``, ``inspect``, ``bench``, ``demo``.
 
 ``calibrate`` runs the public API (:class:`qatcore.QuantObserver`,
-:class:`qatcore.FakeQuantConfig`) over memory-mapped tensor files, so its figures are the
-API's figures bit for bit.  How each observer is fed without loading a tensor whole:
+:class:`qatcore.FakeQuantConfig`) over tensor files read in bounded chunks, so its figures are
+the API's figures bit for bit.  Input files are never memory-mapped (a file truncated by
+another process while mapped would kill the run with SIGBUS; a short read is one error
+line instead, see qatcore._io).  How each observer is fed without loading a tensor whole:
 
 * whole-tensor MIN_MAX: chunk by chunk (min and max are associative, so the range is
   exact; only the sign of a zero extreme may depend on the chunking, as it does on the
@@ -10,10 +12,11 @@ API's figures bit for bit.  How each observer is fed without loading a tensor wh
 * whole-tensor MOVING_AVERAGE: one batch's update depends only on that batch's min and
   max, so they are found chunk by chunk and the batch ``[min, max]`` is observed once;
 * whole-tensor PERCENTILE and MEAN_STD: one ``observe`` call on the whole tensor, a
-  read-only memory map when the file already holds aligned float32 in C order (no copy),
-  otherwise a float32 copy in an unlinked temporary file made chunk by chunk;
+  float32 C-order copy in an unlinked temporary file of our own (made chunk by chunk,
+  memory-mapped: page cache, not heap; nobody else can truncate it);
 * ``--batch-axis k``: one ``observe`` call per slice along axis k (the Rust multi-batch
-  semantics), each slice converted on its own.
+  semantics), each slice converted on its own: read slice by slice for axis 0 of a
+  C-order tensor, otherwise from the temporary float32 copy.
 
 Exit status: 0 success, 2 bad usage or bad input (one line on stderr per problem, nothing
 written), 130 interrupted (no partial output).
@@ -31,9 +34,9 @@ __all__ = ["main"]
 
 #: Elements per chunk when a tensor is converted piecewise (16 MiB of float32 out).
 CHUNK_ELEMS = 1 << 22
-#: Elements per memory-mapped window when a float32 tensor is read as is (128 MiB): large
-#: enough that the per-call thread start-up is noise, small enough to bound the mapping.
-WINDOW_ELEMS = 1 << 25
+#: Elements per read when a float32 tensor is used as stored (16 MiB buffer): large enough
+#: that the per-call thread start-up is noise, small enough to bound the heap.
+WINDOW_ELEMS = 1 << 22
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
@@ -201,7 +204,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="compute quantization ranges, scales and zero points of tensor files",
         description=wrap("Calibrate quantizers over tensor files (.npy, .npz, .safetensors, "
                          "or folders of them) with qatcore.QuantObserver. Files are "
-                         "memory-mapped, never loaded whole; results equal the Python API's "
+                         "read in bounded chunks, never loaded whole; results equal the Python API's "
                          "bit for bit. A table goes to stdout, a progress bar to stderr when "
                          "it is a terminal."))
     cal.add_argument("paths", nargs="+", metavar="PATH", help=".npy/.npz/.safetensors file or folder")
@@ -705,7 +708,7 @@ def _cmd_calibrate(args) -> int:
         for key, members in groups:
             obs, batches, failed = None, 0, False
             for ref in members:
-                progress.label = os.path.basename(ref.name)
+                progress.label = _show(os.path.basename(ref.name))
                 try:
                     obs, nb = calibrate_one(ref, config, args.batch_axis, n_threads, progress,
                                             obs)

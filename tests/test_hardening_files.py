@@ -41,8 +41,10 @@ from qatcore import _io  # noqa: E402
 from qatcore.cli import main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(qatcore.__file__)))
-FUZZ = settings(max_examples=120, deadline=None, derandomize=True,
-                suppress_health_check=list(HealthCheck))
+#: QATCORE_FUZZ_EXAMPLES=5000 runs a deep, random (not derandomized) fuzz campaign.
+_DEEP = int(os.environ.get("QATCORE_FUZZ_EXAMPLES", "0"))
+FUZZ = settings(max_examples=_DEEP or 120, deadline=None, derandomize=not _DEEP,
+                suppress_health_check=list(HealthCheck), database=None)
 
 
 # --- running the command -----------------------------------------------------------------
@@ -742,6 +744,23 @@ def test_symlink_loop_reported_as_such(tmp, where):
     one_line_exit2(rc, out, err, warns, "symbolic links", "loop.npy")
     rc, out, err, warns = run_cli("inspect", loop)
     one_line_exit2(rc, out, err, warns, "symbolic links")
+
+
+def test_folder_symlink_loop_is_an_error_and_links_are_followed(tmp):
+    """A symlinked subfolder is searched (once, however many links lead to it); a link
+    back to a folder that contains it is a loop, reported as such, not an endless walk."""
+    os.makedirs(os.path.join(tmp, "top", "sub"))
+    os.makedirs(os.path.join(tmp, "elsewhere"))
+    write(os.path.join(tmp, "top", "sub"), "a.npy", npy_bytes(BASE_ARRAYS["f4"]))
+    write(os.path.join(tmp, "elsewhere"), "b.npy", npy_bytes(BASE_ARRAYS["i2"]))
+    os.symlink(os.path.join(tmp, "elsewhere"), os.path.join(tmp, "top", "sub", "link1"))
+    os.symlink(os.path.join(tmp, "elsewhere"), os.path.join(tmp, "top", "link2"))
+    rc, out, err, warns = run_cli("calibrate", os.path.join(tmp, "top"), "--json", "-", "--quiet")
+    assert rc == 0, err
+    assert len(json.loads(out)["tensors"]) == 2
+    os.symlink("..", os.path.join(tmp, "top", "sub", "up"))
+    rc, out, err, warns = run_cli("calibrate", os.path.join(tmp, "top"), "--quiet")
+    one_line_exit2(rc, out, err, warns, "symlink loop", "up")
 
 
 def _unprivileged():
