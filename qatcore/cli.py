@@ -300,6 +300,13 @@ def _one_line(text) -> str:
     return scrub(" ".join(str(text).split()))
 
 
+def _scrub(text) -> str:
+    """`text` with its non-printable characters escaped (spacing kept)."""
+    from ._io import scrub
+
+    return scrub(text)
+
+
 def _show(name) -> str:
     """A file or tensor name for a message or table cell (repr-escaped if not printable)."""
     from ._io import show
@@ -1215,7 +1222,7 @@ def _inspect_linear(path: str, members, bins: int) -> None:
     print(f"QuantizedLinear  {_show(path)}")     # everything read: no partial output
     w = max(len(k) for k, _ in info)
     for k, v in info:
-        print(f"  {k.ljust(w)}  {_one_line(v)}")
+        print(f"  {k.ljust(w)}  {_scrub(v)}")
     flat = wq.reshape(-1).astype(np.int64)
     if flat.size == 0:
         print("  weight codes: none (empty weights)")
