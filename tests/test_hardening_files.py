@@ -105,9 +105,9 @@ def inspect(path, *extra):
     return rc, out, err
 
 
-def expected_ranges(arrays):
-    """[(shape, (lo, hi) or None)] the API gives for each array (min_max, whole tensor);
-    None when the array is not something calibration accepts."""
+def expected_ranges(arrays, observer="min_max", axis=None):
+    """[(shape, (lo, hi) or None)] the API gives for each array (whole tensor, or one
+    batch per slice along `axis`); None when calibration must refuse the array."""
     out = []
     for a in arrays:
         a = np.asarray(a)
@@ -115,14 +115,15 @@ def expected_ranges(arrays):
             return None
         with np.errstate(all="ignore"):
             x = a.astype(np.float32)
-        if not np.isfinite(x).all():
+        if not np.isfinite(x).all() or (axis is not None and x.ndim == 0):
             return None
-        obs = QuantObserver("min_max", n_threads=1)
-        if x.size:
+        obs = QuantObserver(observer, n_threads=1)
+        if axis is not None:
+            for i in range(x.shape[axis]):
+                obs.observe(np.take(x, i, axis=axis))
+        elif x.size:
             obs.observe(x)
-            out.append((list(a.shape), obs.range()))
-        else:
-            out.append((list(a.shape), None))
+        out.append((list(a.shape), obs.range() if obs.count else None))
     return out
 
 
@@ -131,10 +132,10 @@ def got_ranges(doc):
             for e in doc["tensors"].values()]
 
 
-def assert_correct(doc, *candidates):
+def assert_correct(doc, *candidates, observer="min_max", axis=None):
     """The JSON result equals the API on one of the candidate readings of the file."""
     got = got_ranges(doc)
-    wanted = [expected_ranges(c) for c in candidates if c is not None]
+    wanted = [expected_ranges(c, observer, axis) for c in candidates if c is not None]
     wanted = [[(s, tuple(r) if r is not None else None) for s, r in w] for w in wanted if w is not None]
     assert any(got == w for w in wanted), (got, wanted)
 
@@ -304,46 +305,61 @@ def _mutate(data, blob):
     return bytes(blob)
 
 
+#: (observer, batch axis) pairs: every reading path (chunks, the float32 temporary copy,
+#: slice by slice, the temporary copy moved along an axis).
+PATHS = st.sampled_from([("min_max", None), ("percentile", None), ("mean_std", None),
+                         ("moving_average", "0"), ("min_max", "-1")])
+
+
+def calibrate_as(path, how):
+    observer, axis = how
+    extra = ["--observer", observer] + (["--batch-axis", axis] if axis else [])
+    rc, out, err, warns, doc = calibrate(path, *extra)
+    return rc, doc, dict(observer=observer, axis=None if axis is None else int(axis))
+
+
 @FUZZ
-@given(data=st.data(), key=st.sampled_from(sorted(BASE_ARRAYS)), version=st.sampled_from([(1, 0), (2, 0), (3, 0)]))
-def test_fuzz_npy(data, key, version):
+@given(data=st.data(), key=st.sampled_from(sorted(BASE_ARRAYS)),
+       version=st.sampled_from([(1, 0), (2, 0), (3, 0)]), how=PATHS)
+def test_fuzz_npy(data, key, version, how):
     blob = npy_bytes(BASE_ARRAYS[key], version=version)
     mutated = _mutate(data, blob)
     with tempfile.TemporaryDirectory() as tmp:
         path = write(tmp, "m.npy", mutated)
-        rc, *_, doc = calibrate(path)
+        rc, doc, kw = calibrate_as(path, how)
         if rc == 0:
-            assert_correct(doc, np_load_all(path), [BASE_ARRAYS[key]])
+            assert_correct(doc, np_load_all(path), [BASE_ARRAYS[key]], **kw)
         inspect(path)
 
 
 @FUZZ
 @given(data=st.data(), compressed=st.booleans(),
-       keys=st.lists(st.sampled_from(sorted(BASE_ARRAYS)), min_size=1, max_size=3, unique=True))
-def test_fuzz_npz(data, compressed, keys):
+       keys=st.lists(st.sampled_from(sorted(BASE_ARRAYS)), min_size=1, max_size=3, unique=True),
+       how=PATHS)
+def test_fuzz_npz(data, compressed, keys, how):
     arrays = {k: BASE_ARRAYS[k] for k in keys}
     blob = npz_bytes(arrays, compressed)
     mutated = _mutate(data, blob)
     with tempfile.TemporaryDirectory() as tmp:
         path = write(tmp, "m.npz", mutated)
-        rc, *_, doc = calibrate(path)
+        rc, doc, kw = calibrate_as(path, how)
         if rc == 0:
-            assert_correct(doc, np_load_all(path), list(arrays.values()))
+            assert_correct(doc, np_load_all(path), list(arrays.values()), **kw)
         inspect(path)
 
 
 @FUZZ
-@given(data=st.data())
-def test_fuzz_safetensors(data):
+@given(data=st.data(), how=PATHS)
+def test_fuzz_safetensors(data, how):
     tensors = {"w": BASE_ARRAYS["f4"], "b": np.arange(3, dtype=np.int32),
                "h": np.array([0.5, -1], np.float16)}
     blob = st_bytes(tensors)
     mutated = _mutate(data, blob)
     with tempfile.TemporaryDirectory() as tmp:
         path = write(tmp, "m.safetensors", mutated)
-        rc, *_, doc = calibrate(path)
+        rc, doc, kw = calibrate_as(path, how)
         if rc == 0:
-            assert_correct(doc, st_decode(mutated), list(tensors.values()))
+            assert_correct(doc, st_decode(mutated), list(tensors.values()), **kw)
         inspect(path)
 
 
