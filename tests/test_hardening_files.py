@@ -436,14 +436,12 @@ def test_fuzz_calibration_json(calibration_blob, data):
         inspect(write(tmp, "m.json", mutated))
 
 
-_JSON = st.recursive(st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
-                               st.floats(allow_nan=False, allow_infinity=False),
-                               st.text(max_size=4)),
-                     lambda kids: st.one_of(st.lists(kids, max_size=3),
-                                            st.dictionaries(st.sampled_from(
-                                                ["scale", "zero_point", "range", "shape", "dtype",
-                                                 "batches", "x\x1b[2J"]), kids, max_size=5)),
-                     max_leaves=12)
+_JSON_SCALAR = st.one_of(st.none(), st.booleans(), st.integers(-2**70, 2**70),
+                        st.floats(allow_nan=False, allow_infinity=False), st.text(max_size=4))
+_JSON_KEY = st.sampled_from(["scale", "zero_point", "range", "shape", "dtype", "batches",
+                             "x\x1b[2J"])
+_JSON = st.deferred(lambda: st.one_of(_JSON_SCALAR, _JSON_SCALAR, st.lists(_JSON, max_size=3),
+                                      st.dictionaries(_JSON_KEY, _JSON, max_size=5)))
 
 
 @FUZZ
