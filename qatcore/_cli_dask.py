@@ -137,8 +137,10 @@ def open_client(args):
         except (OSError, TimeoutError, ValueError) as exc:
             raise _Fail(f"--scheduler {args.scheduler}: cannot connect: {exc}") from None
     n = args.dask_workers
-    if not 1 <= n <= MAX_DASK_WORKERS:
-        raise _Fail(f"--dask-workers must be between 1 and {MAX_DASK_WORKERS}, got {n}")
+    if n < 1:
+        raise _Fail(f"--dask-workers must be at least 1, got {n}")
+    if n > MAX_DASK_WORKERS:
+        raise _Fail(f"--dask-workers must be at most {MAX_DASK_WORKERS}, got {n}")
     threads = args.threads if args.threads is not None else 1
     import warnings
 
@@ -210,8 +212,8 @@ def calibrate_refs(args, refs, config, progress, client):
             stored = _stored_value(ref, c_flat)
             if stored is not None:
                 out.append((ref, None, f"{_show(ref.name)}: value {stored!r} at {where} is "
-                            "outside the float32 range (|x| <= 3.4028234663852886e+38), "
-                            "which calibration computes in"))
+                            "outside the float32 range that calibration computes in "
+                            "(|x| <= 3.4028234663852886e+38)"))
                 continue
             out.append((ref, None, f"{_show(ref.name)}: non-finite value {value!r} at {where}"))
             continue

@@ -511,8 +511,7 @@ def _observe(obs, data, ref, where, c_index=None):
         stored = _stored_value(ref, c_index(i)) if c_index is not None else None
         if stored is not None:
             raise _Fail(f"{_show(ref.name)}: value {stored!r} at {where(i)} is outside the "
-                        f"float32 range (|x| <= {float(_F32_MAX)!r}), which calibration "
-                        "computes in") from None
+                        f"float32 range that calibration computes in (|x| <= {_F32_MAX!r})") from None
         raise _Fail(f"{_show(ref.name)}: non-finite value {value!r} at {where(i)}") from None
 
 
@@ -881,14 +880,14 @@ def _result(ref, obs, batches, config) -> dict:
             raise _Fail(f"{_show(ref.name)}: {what} is {float(v)!r} for the range "
                         f"[{float(lo)!r}, {float(hi)!r}] with {config.bits}-bit "
                         f"{'symmetric' if config.symmetric else 'asymmetric'} codes (not a "
-                        "finite float32; nothing written)")
+                        "finite float32: no result for this tensor)")
     try:
         deploy = _deploy_qparams(obs, scale, zero_point, config)
     except (ValueError, OverflowError) as exc:
         raise _Fail(f"{_show(ref.name)}: cannot derive the integer quantization parameters: {exc}") from None
     if not math.isfinite(deploy["deploy_scale"]):
         raise _Fail(f"{_show(ref.name)}: deploy_scale is {deploy['deploy_scale']!r} (not a "
-                    "finite float32; nothing written)")
+                    "finite float32: no result for this tensor)")
     return {
         "name": ref.name,
         "file": ref.path,

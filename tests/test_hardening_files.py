@@ -986,3 +986,34 @@ def test_calibrate_model_outputs_are_atomic(tmp):
                                   os.path.join(tmp, "r.json"), "--qdq", os.path.join(tmp, "q.onnx"))
     assert rc == 2 and len(err.splitlines()) == 1 and "Traceback" not in err, err
     assert set(os.listdir(tmp)) == before
+
+
+def test_dask_workers_same_errors(tmp, monkeypatch):
+    """On a dask.distributed cluster: float64 1e39 is the in-process message, and a file
+    truncated after the preflight is one error line (workers read, never map)."""
+    distributed = pytest.importorskip("distributed")
+    from qatcore import cli
+
+    x = np.arange(12, dtype=np.float64).reshape(3, 4)
+    x[1, 2] = 1e39
+    big = write(tmp, "big.npy", npy_bytes(x))
+    cut = write(tmp, "cut.npy", npy_bytes(np.arange(4096, dtype=np.float32)))
+    with distributed.LocalCluster(n_workers=1, threads_per_worker=1, processes=False,
+                                  dashboard_address=None) as cluster, \
+            distributed.Client(cluster) as client:
+        addr = client.scheduler.address
+        for axis in ([], ["--batch-axis", "0"]):
+            rc_in, out, err_in, warns = run_cli("calibrate", big, "-q", *axis)
+            rc_dk, out, err_dk, warns = run_cli("calibrate", big, "-q", "--scheduler", addr, *axis)
+            assert rc_in == rc_dk == 2 and err_in == err_dk and "1e+39" in err_dk, (err_in, err_dk)
+        real = cli._preflight
+
+        def preflight_then_truncate(args):
+            out = real(args)
+            os.truncate(cut, 1000)
+            return out
+
+        monkeypatch.setattr(cli, "_preflight", preflight_then_truncate)
+        rc, out, err, warns = run_cli("calibrate", cut, "-q", "--scheduler", addr)
+        assert rc == 2 and len(err.splitlines()) == 1 and "cut.npy" in err, err
+        assert "Traceback" not in err
