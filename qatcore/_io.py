@@ -467,7 +467,7 @@ def _zip_errors():
 
     return (zipfile.BadZipFile, zipfile.LargeZipFile, zlib.error, EOFError,
             NotImplementedError, RuntimeError, ValueError, OverflowError, struct.error,
-            UnicodeDecodeError, OSError)
+            UnicodeDecodeError, OSError, IndexError, KeyError)
 
 
 _ZIP_ERRORS = _zip_errors()
@@ -758,6 +758,8 @@ def _npz_members(path: str, raw) -> List[TensorRef]:
     names = set()
     with zf:
         for info in zf.infolist():
+            if not info.filename:
+                raise InputError(path, "corrupt archive (a member has an empty name)")
             if info.is_dir():
                 continue
             if not info.filename.endswith(".npy"):

@@ -636,6 +636,18 @@ def test_npz_unsupported_zip_version(tmp):
         assert inspect(path)[0] == 2
 
 
+def test_npz_member_with_empty_name_exit2(tmp):
+    """Found by the fuzzer: a zero name length in the central directory (zipfile's
+    ZipInfo.is_dir raises IndexError on it)."""
+    blob = npz_bytes({"0d": BASE_ARRAYS["0d"]}, True)
+    _, central = _zip_fields(blob)
+    blob = _set_u16(blob, central + 28, 0)
+    path = write(tmp, "e.npz", blob)
+    rc, out, err, warns, _ = calibrate(path)
+    one_line_exit2(rc, out, err, warns, "e.npz")
+    assert inspect(path)[0] == 2
+
+
 def test_npz_zip_bomb_claim_exit2(tmp):
     """A deflated member claiming far more bytes than DEFLATE can expand to."""
     blob = npz_bytes({"x": np.zeros(4, np.float32)}, True)
