@@ -64,6 +64,29 @@ def _temp_beside(path):
     return tmp
 
 
+def _check_data(data) -> None:
+    """Parse the header of every .npy/.npz the data reader will load (the files it picks:
+    a folder's regular files, not recursive) with qatcore._io, which bounds every shape by
+    the file's size: a tiny file claiming a 32 TiB array is one error line here instead of
+    a MemoryError inside np.load.  InputError."""
+    import os
+
+    from ._io import check_regular, open_tensors
+
+    if os.path.isdir(data):
+        names = sorted(os.listdir(data))
+        files = [os.path.join(data, n) for n in names
+                 if n.lower().endswith((".npy", ".npz"))
+                 and os.path.isfile(os.path.join(data, n))]
+    elif os.path.lexists(data):
+        check_regular(data)
+        files = [data] if data.lower().endswith((".npy", ".npz")) else []
+    else:
+        files = []                      # the reader says it does not exist
+    for f in files:
+        open_tensors(f)
+
+
 def _error(msg) -> None:
     from ._io import scrub
 
@@ -84,6 +107,7 @@ def main(argv=None) -> int:
 
         try:
             check_regular(args.model)     # a FIFO would block the ONNX reader forever
+            _check_data(args.data)
         except InputError as exc:
             raise ValueError(str(exc)) from None
         for key in ("json_path", "qdq_path"):

@@ -1035,3 +1035,16 @@ def test_dask_workers_same_errors(tmp, monkeypatch):
         rc, out, err, warns = run_cli("calibrate", cut, "-q", "--scheduler", addr)
         assert rc == 2 and len(err.splitlines()) == 1 and "cut.npy" in err, err
         assert "Traceback" not in err
+
+
+@pytest.mark.parametrize("where", ["file", "folder"])
+def test_calibrate_model_data_bounded_before_np_load(tmp, where):
+    """calibrate-model's data files are header-checked by qatcore._io first: a 144-byte
+    .npy claiming 32 TiB is one line, exit 2 (np.load would try to allocate it)."""
+    folder = os.path.join(tmp, "data")
+    os.mkdir(folder)
+    huge = write(folder, "huge.npy", npy_raw(F4 % "(8796093022208,)", b"\x00" * 64))
+    model = write(tmp, "m.onnx", b"junk")
+    rc, out, err, warns = run_cli("calibrate-model", model, "--data",
+                                  huge if where == "file" else folder)
+    assert rc == 2 and len(err.splitlines()) == 1 and "huge.npy" in err and "truncated" in err, err
