@@ -108,7 +108,7 @@ def main(argv=None) -> int:
         if extra:
             # A typo'd option of a command gets that command's usage, not the top-level one.
             command = _command_parser(parser, getattr(args, "command", None))
-            command.error(f"unrecognized arguments: {' '.join(extra)}")
+            command.error(f"unrecognized arguments: {' '.join(_show(a) for a in extra)}")
     except SystemExit as exc:          # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:

@@ -1048,3 +1048,11 @@ def test_calibrate_model_data_bounded_before_np_load(tmp, where):
     rc, out, err, warns = run_cli("calibrate-model", model, "--data",
                                   huge if where == "file" else folder)
     assert rc == 2 and len(err.splitlines()) == 1 and "huge.npy" in err and "truncated" in err, err
+
+
+@pytest.mark.parametrize("argv", [["calibrate", "x.npy", "--\x1b[2Jz"], ["calibrate", "x.npy", "--observer", "\x1b[2J"],
+                                  ["\x1b[2J"], ["inspect", "x.npy", "--bins", "\x1b[2J"],
+                                  ["calibrate", "\x1b]0;t\x07.npy"], ["inspect", "\x1b[2J.json"]])
+def test_arguments_with_escape_sequences_are_escaped(argv):
+    rc, out, err, warns = run_cli(*argv)
+    assert rc == 2 and "\x1b" not in out + err and "\x07" not in err and "Traceback" not in err
