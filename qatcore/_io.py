@@ -953,37 +953,37 @@ def _materialize(ref: TensorRef, max_elems: int, progress) -> np.ndarray:
     n = ref.size
     if n == 0:
         return np.empty(ref.shape, np.float32)
-    # Convert straight into a shared writable mapping of the temporary file (one copy
-    # fewer than write()); the space is reserved first, so a full disk is an OSError
-    # here rather than a SIGBUS on a page fault later.
-    with _temp_file() as out:
-        if hasattr(os, "posix_fallocate"):
-            os.posix_fallocate(out.fileno(), 0, n * 4)
-        else:               # pragma: no cover
-            os.ftruncate(out.fileno(), n * 4)
-        mm = mmap.mmap(out.fileno(), n * 4)
-    dst = np.frombuffer(mm, dtype=np.float32, count=n)
     if not ref.fortran_order:
-        # Memory order is C order: one mapped (or streamed) window at a time.
+        # Memory order is C order: one bounded read (or streamed window) at a time.
         blocks = (chunk for _, chunk in ref.memory_chunks(max_elems))
     else:
         # Fortran order: spill the raw bytes (read in bounded chunks) to a temporary
         # file of our own, map that (never the input file), then reorder.
         with _temp_file() as raw:
             for _, chunk in ref.memory_chunks(max_elems):
-                raw.write(memoryview(np.ascontiguousarray(chunk)).cast("B"))
+                raw.write(memoryview(np.ascontiguousarray(chunk).view(np.uint8)))
             src = _map_file(raw, ref.dtype, ref.shape, order="F")
         blocks = c_order_blocks(src, max_elems)
-    pos = 0
-    for block in blocks:
-        k = block.size
-        target = dst[pos:pos + k].reshape(block.shape)
-        if ref.bfloat16:
-            target[...] = ref.to_float32(block)
-        else:
-            with np.errstate(over="ignore", invalid="ignore"):   # ±inf: reported by position
-                np.copyto(target, block, casting="unsafe")     # C order of the block's shape
-        pos += k
-        if progress:
-            progress(k * ref.dtype.itemsize)
-    return dst.reshape(ref.shape)
+    # Each block is converted into one reused buffer and written with write(): page-cache
+    # copies, about 20x faster than storing through a fresh shared mapping (a page fault
+    # per 4 KiB).  The space is reserved first, so a full disk is an OSError here.
+    buf = np.empty(min(max_elems, n), np.float32)
+    with _temp_file() as out:
+        if hasattr(os, "posix_fallocate"):
+            os.posix_fallocate(out.fileno(), 0, n * 4)
+        written = 0
+        for block in blocks:
+            k = block.size
+            target = buf[:k].reshape(block.shape)
+            if ref.bfloat16:
+                target[...] = ref.to_float32(block)
+            else:
+                with np.errstate(over="ignore", invalid="ignore"):   # ±inf: reported by position
+                    np.copyto(target, block, casting="unsafe")     # C order of the block's shape
+            out.write(memoryview(buf[:k].view(np.uint8)))
+            written += k
+            if progress:
+                progress(k * ref.dtype.itemsize)
+        if written != n:        # pragma: no cover - the blocks cover the tensor
+            raise InputError(ref.path, f"internal: converted {written} of {n} elements", ref.name)
+        return _map_file(out, np.float32, ref.shape)

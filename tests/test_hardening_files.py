@@ -226,6 +226,7 @@ BASE_ARRAYS = {
     "f8F": np.asfortranarray(np.linspace(-3, 5, 12).reshape(4, 3)),
     "i2": np.array([[-7, 3], [12, 0]], dtype=np.int16),
     "be": np.array([1.5, -2.25, 8.0], dtype=">f4"),
+    "beF": np.asfortranarray(np.arange(-3, 9, dtype=">f4").reshape(3, 4)),
     "0d": np.array(2.5, dtype=np.float32),
     "empty": np.zeros((0, 3), np.float32),
 }
