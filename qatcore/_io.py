@@ -929,11 +929,25 @@ def c_order_blocks(a: np.ndarray, max_elems: int) -> Iterator[np.ndarray]:
             yield from c_order_blocks(a[i], max_elems)
 
 
+#: A whole-tensor float32 copy needing at most this many bytes of memory (the stored bytes
+#: read plus the float32 result, or the result alone when the stored bytes are already
+#: native float32) is made in process memory; larger ones in an unlinked temporary file.
+HEAP_COPY_BYTES = 256 << 20
+
+
 def materialize_float32(ref: TensorRef, max_elems: int, progress=None) -> np.ndarray:
-    """The tensor as a C-order float32 array in an unlinked temporary file, memory-mapped
-    (converted chunkwise: bounded process memory; the copy lives in the page cache and
-    can be written back to disk, unlike anonymous memory).  `progress(nbytes)` is called
-    as stored bytes are consumed.  InputError when the temporary folder is full."""
+    """The tensor as a C-order float32 array: read into process memory when that needs
+    at most HEAP_COPY_BYTES, otherwise converted chunkwise into an unlinked temporary
+    file of our own, memory-mapped (bounded process memory; the copy lives in the page
+    cache and can be written back to disk, unlike anonymous memory).  The input file is
+    only read, never mapped.  `progress(nbytes)` is called as stored bytes are consumed.
+    InputError when the temporary folder is full."""
+    need = ref.size * 4 + (0 if ref.direct else ref.nbytes)
+    if need <= HEAP_COPY_BYTES:
+        out = ref.to_float32(ref.array())
+        if progress:
+            progress(ref.nbytes)
+        return out.reshape(ref.shape)
     try:
         return _materialize(ref, max_elems, progress)
     except OSError as exc:

@@ -1057,3 +1057,31 @@ def test_calibrate_model_data_bounded_before_np_load(tmp, where):
 def test_arguments_with_escape_sequences_are_escaped(argv):
     rc, out, err, warns = run_cli(*argv)
     assert rc == 2 and "\x1b" not in out + err and "\x07" not in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize("observer,axis", [("percentile", None), ("mean_std", None),
+                                           ("min_max", 1), ("mean_std", 0)])
+@pytest.mark.parametrize("heap", [True, False], ids=["heap-copy", "temp-file-copy"])
+def test_float32_copies_equal_api(tmp, monkeypatch, observer, axis, heap):
+    """Both homes of a whole-tensor float32 copy (process memory up to HEAP_COPY_BYTES, an
+    unlinked temporary file beyond) give the API's result bit for bit, in every storage."""
+    from qatcore import cli
+
+    if not heap:
+        monkeypatch.setattr(_io, "HEAP_COPY_BYTES", 0)
+    monkeypatch.setattr(cli, "CHUNK_ELEMS", 1000)
+    x = (np.random.default_rng(5).standard_normal((97, 53)) * 3).astype(np.float32)
+    write(tmp, "c.npy", npy_bytes(x))
+    write(tmp, "d.npy", npy_bytes(x.astype(np.float64)))
+    write(tmp, "f.npy", npy_bytes(np.asfortranarray(x).astype(">f4")))
+    write(tmp, "z.npz", npz_bytes({"c": x, "f": np.asfortranarray(x)}, True))
+    write(tmp, "s.npz", npz_bytes({"f": np.asfortranarray(x)}, False))
+    write(tmp, "t.safetensors", st_bytes({"d": x.astype(np.float64)}))
+    extra = ["--observer", observer] + (["--batch-axis", str(axis)] if axis is not None else [])
+    rc, out, err, warns = run_cli("calibrate", tmp, "--json", "-", "--quiet", *extra)
+    assert rc == 0, err
+    doc = json.loads(out)
+    assert len(doc["tensors"]) == 7
+    exp = expected_ranges([x], observer, axis)[0][1]
+    for name, entry in doc["tensors"].items():
+        assert tuple(entry["range"]) == exp, name
