@@ -511,13 +511,16 @@ class _Corrupt(Exception):
     """The .npy header literal does not parse (the message says where)."""
 
 
+# Python's own whitespace and ASCII digits only (re.ASCII): "\x1c" or "\u0663" would pass
+# for a separator or a digit with a Unicode \s / \d, and numpy (ast) refuses them.
+_WS = " \t\n\r\f"
 _TOKEN = re.compile(r"""
-    \s*(?:
-      (?P<str>'(?:[^'\\\n]|\\.)*'|"(?:[^"\\\n]|\\.)*")
+    [ \t\n\r\f]*(?:
+      (?P<str>'(?:[^'\\\n\r]|\\.)*'|"(?:[^"\\\n\r]|\\.)*")
     | (?P<num>[-+]?(?:\d+\.\d*|\.\d+|\d+)(?:[eE][-+]?\d+)?L?)
     | (?P<name>[A-Za-z_]\w*)
     | (?P<punct>[{}()\[\],:])
-    )""", re.VERBOSE | re.DOTALL)
+    )""", re.VERBOSE | re.DOTALL | re.ASCII)
 _ESCAPE = re.compile(r"\\(x[0-9a-fA-F]{2}|u[0-9a-fA-F]{4}|U[0-9a-fA-F]{8}|.)", re.DOTALL)
 _SIMPLE_ESCAPES = {"\\": "\\", "'": "'", '"': '"', "n": "\n", "t": "\t", "r": "\r", "0": "\0"}
 
@@ -538,10 +541,12 @@ def _parse_header_literal(text: str):
     """The Python literal of a .npy header (a dict of strings, ints, floats, bools, None,
     tuples and lists), parsed without ``ast``: nesting is bounded by _MAX_DEPTH and
     nothing is evaluated.  Floats are returned as floats so the caller can name them."""
+    if "\x00" in text:
+        raise _Corrupt("NUL byte in the header")
     tokens = []
     pos, n = 0, len(text)
     while pos < n:
-        if text[pos:].isspace():
+        if not text[pos:].strip(_WS):
             break
         m = _TOKEN.match(text, pos)
         if m is None or m.end() == pos:
@@ -558,6 +563,9 @@ def _parse_header_literal(text: str):
             else:
                 if len(body) > 400:
                     raise _Corrupt("integer literal too long")
+                digits = body.lstrip("+-")
+                if len(digits) > 1 and digits[0] == "0" and digits.strip("0"):
+                    raise _Corrupt(f"integer literal {body!r} has a leading zero")
                 tokens.append(("v", int(body)))
         elif kind == "name":
             consts = {"True": True, "False": False, "None": None}

@@ -498,7 +498,8 @@ def test_header_literal_parser_never_accepts_what_ast_rejects():
                          "latin1")
         for _ in range(data.draw(st.integers(1, 3))):
             pos = data.draw(st.integers(0, len(text) - 1))
-            text[pos] = data.draw(st.sampled_from(b"()[]{},:'\"\\0123456789eE.-+ TrueFalsNn_x"))
+            text[pos] = data.draw(st.sampled_from(b"()[]{},:'\"\\0123456789eE.-+ TrueFalsNn_x"
+                                                  b"\x00\x0b\x0c\x1c\x85\xa0\t\r\n"))
         s = text.decode("latin1")
         try:
             mine = _io._parse_header_literal(s)
@@ -506,7 +507,11 @@ def test_header_literal_parser_never_accepts_what_ast_rejects():
             return
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")
-            assert mine == ast.literal_eval(s), s
+            try:
+                theirs = ast.literal_eval(s)
+            except (SyntaxError, ValueError, TypeError, MemoryError, RecursionError) as exc:
+                raise AssertionError(f"accepted {s!r}, which ast refuses: {exc}") from None
+        assert mine == theirs, s
 
     check()
 
