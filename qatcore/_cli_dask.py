@@ -1,9 +1,10 @@
 """``qatcore calibrate --dask-workers N`` / ``--scheduler ADDRESS``: the same calibration
 on a ``dask.distributed`` cluster (a local one with N worker processes, or a running one).
 
-Each tensor file becomes a dask array whose chunks the workers read themselves (a
-read-only memory map of the chunk's window of the file, converted to float32 on the
-worker: the client never touches the data), and :func:`qatcore.dask.calibrate_graph`
+Each tensor file becomes a dask array whose chunks the workers read themselves (the
+chunk's window of the file read into a bounded buffer -- never memory-mapped, so a file
+truncated meanwhile is an error, not a SIGBUS -- converted to float32 on the worker: the
+client never touches the data), and :func:`qatcore.dask.calibrate_graph`
 reduces it; results, JSON and error messages are those of the in-process command.
 Deflated ``.npz`` members cannot be read piecewise by several processes and are
 calibrated in the client process, as without Dask.
@@ -18,6 +19,8 @@ import numpy as np
 
 #: Elements per chunk a worker reads (64 MiB of float32): the bound on a worker's memory.
 DASK_CHUNK_ELEMS = 1 << 24
+#: Upper bound of ``--dask-workers`` (each is a process on this machine).
+MAX_DASK_WORKERS = 256
 
 
 __all__ = ["DASK_CHUNK_ELEMS", "ReadError", "dask_calibrator"]
@@ -29,7 +32,7 @@ class ReadError(Exception):
 
 class _FileArray:
     """A random-access tensor in a file, sliceable by dask.array.from_array: each
-    ``__getitem__`` maps just the window holding the requested block and returns it as
+    ``__getitem__`` reads just the window holding the requested block and returns it as
     float32 (the conversions of ``qatcore calibrate``).  Pickles as the file reference."""
 
     def __init__(self, ref):
@@ -61,7 +64,7 @@ class _FileArray:
         first = int(np.ravel_multi_index(starts, self.shape, order=order))
         stop = int(np.ravel_multi_index(last, self.shape, order=order)) + 1
         try:
-            window = ref._map(first, stop - first)
+            window = ref._read(first, stop - first)
         except Exception as exc:        # InputError does not pickle back to the client
             raise ReadError(str(exc)) from None
         block = np.lib.stride_tricks.as_strided(
@@ -136,6 +139,8 @@ def open_client(args):
     n = args.dask_workers
     if n < 1:
         raise _Fail(f"--dask-workers must be at least 1, got {n}")
+    if n > MAX_DASK_WORKERS:
+        raise _Fail(f"--dask-workers must be at most {MAX_DASK_WORKERS}, got {n}")
     threads = args.threads if args.threads is not None else 1
     import warnings
 
@@ -152,7 +157,7 @@ def calibrate_refs(args, refs, config, progress, client):
     """Calibrate `refs` on `client`; returns [(ref, result-or-None, error-or-None)] in
     the order of `refs` (error: the command's one-line message)."""
     from . import QuantObserver
-    from .cli import _calibrate_one, _Fail, _io_error, _position_text
+    from .cli import _calibrate_one, _Fail, _io_error, _position_text, _show, _stored_value
     from .dask import calibrate_graph, finish
 
     import dask.array as da
@@ -192,18 +197,25 @@ def calibrate_refs(args, refs, config, progress, client):
         except ValueError as exc:
             pos = getattr(exc, "qatcore_position", None)
             if pos is None:
-                out.append((ref, None, f"{ref.name}: {str(exc).removeprefix('observe: ')}"))
+                out.append((ref, None, f"{_show(ref.name)}: {str(exc).removeprefix('observe: ')}"))
                 continue
             batch, index, value = pos
             if batch is None:
-                where = _position_text(ref, index)
+                where, c_flat = _position_text(ref, index), index
             else:
                 axis = axis_arg % len(ref.shape)
                 slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
                 p = tuple(int(v) for v in np.unravel_index(index, slice_shape)) if slice_shape else ()
                 p = p[:axis] + (batch,) + p[axis:]
                 where = f"batch {batch} along axis {axis}, position {p}"
-            out.append((ref, None, f"{ref.name}: non-finite value {value!r} at {where}"))
+                c_flat = int(np.ravel_multi_index(p, ref.shape))
+            stored = _stored_value(ref, c_flat)
+            if stored is not None:
+                out.append((ref, None, f"{_show(ref.name)}: value {stored!r} at {where} is "
+                            "outside the float32 range that calibration computes in "
+                            "(|x| <= 3.4028234663852886e+38)"))
+                continue
+            out.append((ref, None, f"{_show(ref.name)}: non-finite value {value!r} at {where}"))
             continue
         except (_io_error(), ReadError) as exc:
             out.append((ref, None, str(exc)))

@@ -15,6 +15,8 @@ import shutil
 import sys
 import tempfile
 
+from ._io import show
+
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPT = 0, 2, 130
 
 _EPILOG = """\
@@ -64,15 +66,15 @@ def _load(path: str):
     from .model import QuantizedSequential
 
     if not os.path.exists(path):
-        raise _Fail(f"{path}: no such file")
+        raise _Fail(f"{show(path)}: no such file")
     if os.path.isdir(path):
-        raise _Fail(f"{path}: is a directory")
+        raise _Fail(f"{show(path)}: is a directory")
     try:
         return QuantizedSequential.load(path)
     except ValueError as exc:
         raise _Fail(f"not a valid QuantizedSequential: {exc}") from None
     except OSError as exc:
-        raise _Fail(f"{path}: cannot read: {exc.strerror or exc}") from None
+        raise _Fail(f"{show(path)}: cannot read: {exc.strerror or exc}") from None
 
 
 def _stem(path: str) -> str:
@@ -92,7 +94,7 @@ def _atomic_file(target: str, write) -> None:
     """Call ``write(tmp_path)``, then move tmp_path to `target`; on any error remove it."""
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
-        raise _Fail(f"{target}: directory {directory} does not exist")
+        raise _Fail(f"{show(target)}: directory {show(directory)} does not exist")
     fd, tmp = tempfile.mkstemp(prefix=".qatcore-export-", suffix=".tmp", dir=directory)
     os.close(fd)
     try:
@@ -120,7 +122,7 @@ def _export_c(model, out_dir: str, name: str) -> list:
     if not os.path.isdir(out_dir):
         parent = os.path.dirname(os.path.abspath(out_dir))
         if not os.path.isdir(parent):
-            raise _Fail(f"{out_dir}: parent directory {parent} does not exist")
+            raise _Fail(f"{show(out_dir)}: parent directory {show(parent)} does not exist")
         os.mkdir(out_dir)
     scratch = tempfile.mkdtemp(prefix=".qatcore-export-", dir=out_dir)
     try:
@@ -177,14 +179,14 @@ def main(argv=None) -> int:
         if args.fmt == "c":
             out_dir = args.out if args.out is not None else src_dir
             if os.path.exists(out_dir) and not os.path.isdir(out_dir):
-                raise _Fail(f"--out {out_dir}: not a directory (--to c writes a directory)")
+                raise _Fail(f"--out {show(out_dir)}: not a directory (--to c writes a directory)")
             written = _export_c(model, out_dir, args.name or _c_name(_stem(args.model)))
         else:
             suffix = ".tflite" if args.fmt == "tflite" else ".onnx"
             target = args.out if args.out is not None else os.path.join(
                 src_dir, _stem(args.model) + suffix)
             if os.path.isdir(target):
-                raise _Fail(f"--out {target}: is a directory (give a file name)")
+                raise _Fail(f"--out {show(target)}: is a directory (give a file name)")
             if os.path.abspath(target) == os.path.abspath(args.model):
                 raise _Fail("--out would overwrite MODEL")
             if args.fmt == "tflite":
@@ -221,7 +223,7 @@ def inspect_sequential(path: str) -> None:
 
     model = QuantizedSequential.load(path)
     f32 = lambda v: str(np.float32(v))       # noqa: E731
-    print(f"QuantizedSequential  {path}")
+    print(f"QuantizedSequential  {show(path)}")
     print(f"  {len(model)} layers, {model.in_features} -> {model.out_features}, input "
           f"scale {f32(model.input_scale)} zero point {model.input_zero_point} (codes "
           f"{model.input_qrange[0]}..{model.input_qrange[1]}, rounded as "

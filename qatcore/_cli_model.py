@@ -50,20 +50,104 @@ def _parser():
     return p
 
 
+def _temp_beside(path):
+    """A fresh temporary name in `path`'s folder (so os.replace is atomic), or None."""
+    import os
+    import tempfile
+
+    if path is None:
+        return None
+    folder = os.path.dirname(os.path.abspath(path))
+    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                               suffix=os.path.splitext(path)[1] or ".tmp")
+    os.close(fd)
+    return tmp
+
+
+def _check_data(data) -> None:
+    """Parse the header of every .npy/.npz the data reader will load (the files it picks:
+    a folder's regular files, not recursive) with qatcore._io, which bounds every shape by
+    the file's size: a tiny file claiming a 32 TiB array is one error line here instead of
+    a MemoryError inside np.load.  InputError."""
+    import os
+
+    from ._io import check_regular, open_tensors
+
+    if os.path.isdir(data):
+        names = sorted(os.listdir(data))
+        files = [os.path.join(data, n) for n in names
+                 if n.lower().endswith((".npy", ".npz"))
+                 and os.path.isfile(os.path.join(data, n))]
+    elif os.path.lexists(data):
+        check_regular(data)
+        files = [data] if data.lower().endswith((".npy", ".npz")) else []
+    else:
+        files = []                      # the reader says it does not exist
+    for f in files:
+        open_tensors(f)
+
+
+def _error(msg) -> None:
+    from ._io import scrub
+
+    print(f"qatcore: error: calibrate-model: {scrub(' '.join(str(msg).split()))}",
+          file=sys.stderr, flush=True)
+
+
 def main(argv=None) -> int:
+    """Run ``qatcore calibrate-model``.  The JSON and QDQ outputs are written to temporary
+    files beside their targets and renamed over them only when everything succeeded:
+    nothing is half-written, and a failed run leaves no file behind."""
+    import os
+
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
+    tmps = {}
     try:
+        from ._io import check_regular, InputError
+
+        try:
+            check_regular(args.model)     # a FIFO would block the ONNX reader forever
+            _check_data(args.data)
+        except InputError as exc:
+            raise ValueError(str(exc)) from None
+        for key in ("json_path", "qdq_path"):
+            target = getattr(args, key)
+            if target is not None and os.path.isdir(target):
+                raise ValueError(f"{target}: cannot write the output: is a directory")
+            tmps[key] = _temp_beside(target)
         from .onnx_calibrate import calibrate_model
         result = calibrate_model(
             args.model, args.data, method=args.method, percentile=args.percentile,
             symmetric=args.symmetric, bins=args.bins, image_size=args.image_size,
             image_mean=tuple(args.image_mean), image_std=tuple(args.image_std),
-            json_path=args.json_path, qdq_path=args.qdq_path,
+            json_path=tmps["json_path"], qdq_path=tmps["qdq_path"],
             per_channel=not args.per_tensor_weights, preprocess=not args.no_preprocess,
             progress=not args.quiet and sys.stderr.isatty())
-    except (ValueError, TypeError, ImportError, OSError) as exc:
-        print(f"qatcore: error: calibrate-model: {exc}", file=sys.stderr)
-        return EXIT_USAGE if isinstance(exc, (ValueError, TypeError)) else EXIT_FAIL
+        mask = os.umask(0)
+        os.umask(mask)
+        for key, tmp in tmps.items():
+            if tmp is not None:
+                os.chmod(tmp, 0o666 & ~mask)
+                os.replace(tmp, getattr(args, key))
+                tmps[key] = None
+    except KeyboardInterrupt:
+        raise
+    except (ImportError, MemoryError) as exc:
+        _error(exc if isinstance(exc, ImportError) else "out of memory")
+        return EXIT_FAIL
+    except Exception as exc:
+        # The model, the data files and the paths come from the user: a problem with any
+        # of them (onnxruntime's own exception types included) is one line and status 2.
+        text = str(exc) if isinstance(exc, (ValueError, TypeError)) else f"{type(exc).__name__}: {exc}"
+        _error(text)
+        return EXIT_USAGE
+    finally:
+        for tmp in tmps.values():
+            if tmp is not None:
+                try:
+                    os.unlink(tmp)
+                except OSError:
+                    pass
     if not args.quiet:
         print(f"calibrated {len(result)} tensors of {args.model} over {result.batches} batches "
               f"({result.samples} samples) with {args.method} in {result.seconds:.2f} s")

@@ -1,8 +1,10 @@
 """The ``qatcore`` command: ``calibrate``, ``inspect``, ``bench``, ``demo``.
 
 ``calibrate`` runs the public API (:class:`qatcore.QuantObserver`,
-:class:`qatcore.FakeQuantConfig`) over memory-mapped tensor files, so its figures are the
-API's figures bit for bit.  How each observer is fed without loading a tensor whole:
+:class:`qatcore.FakeQuantConfig`) over tensor files read in bounded chunks, so its figures are
+the API's figures bit for bit.  Input files are never memory-mapped (a file truncated by
+another process while mapped would kill the run with SIGBUS; a short read is one error
+line instead, see qatcore._io).  How each observer is fed without loading a tensor whole:
 
 * whole-tensor MIN_MAX: chunk by chunk (min and max are associative, so the range is
   exact; only the sign of a zero extreme may depend on the chunking, as it does on the
@@ -10,10 +12,11 @@ API's figures bit for bit.  How each observer is fed without loading a tensor wh
 * whole-tensor MOVING_AVERAGE: one batch's update depends only on that batch's min and
   max, so they are found chunk by chunk and the batch ``[min, max]`` is observed once;
 * whole-tensor PERCENTILE and MEAN_STD: one ``observe`` call on the whole tensor, a
-  read-only memory map when the file already holds aligned float32 in C order (no copy),
-  otherwise a float32 copy in an unlinked temporary file made chunk by chunk;
+  float32 C-order copy in an unlinked temporary file of our own (made chunk by chunk,
+  memory-mapped: page cache, not heap; nobody else can truncate it);
 * ``--batch-axis k``: one ``observe`` call per slice along axis k (the Rust multi-batch
-  semantics), each slice converted on its own.
+  semantics), each slice converted on its own: read slice by slice for axis 0 of a
+  C-order tensor, otherwise from the temporary float32 copy.
 
 Exit status: 0 success, 2 bad usage or bad input (one line on stderr per problem, nothing
 written), 130 interrupted (no partial output).
@@ -31,9 +34,9 @@ __all__ = ["main"]
 
 #: Elements per chunk when a tensor is converted piecewise (16 MiB of float32 out).
 CHUNK_ELEMS = 1 << 22
-#: Elements per memory-mapped window when a float32 tensor is read as is (128 MiB): large
-#: enough that the per-call thread start-up is noise, small enough to bound the mapping.
-WINDOW_ELEMS = 1 << 25
+#: Elements per read when a float32 tensor is used as stored (16 MiB buffer): large enough
+#: that the per-call thread start-up is noise, small enough to bound the heap.
+WINDOW_ELEMS = 1 << 22
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE, EXIT_INTERRUPT = 0, 1, 2, 130
 
@@ -106,7 +109,7 @@ def main(argv=None) -> int:
         if extra:
             # A typo'd option of a command gets that command's usage, not the top-level one.
             command = _command_parser(parser, getattr(args, "command", None))
-            command.error(f"unrecognized arguments: {' '.join(extra)}")
+            command.error(f"unrecognized arguments: {' '.join(_show(a) for a in extra)}")
     except SystemExit as exc:          # --help, --version, usage errors
         return exc.code if isinstance(exc.code, int) else EXIT_USAGE
     if args.command is None:
@@ -119,6 +122,17 @@ def main(argv=None) -> int:
     except KeyboardInterrupt:
         _error("interrupted")
         return EXIT_INTERRUPT
+    except MemoryError:
+        _error("out of memory")
+        return EXIT_FAIL
+    except Exception as exc:
+        # Last resort: a bug must still be one line, not a traceback over the terminal
+        # (QATCORE_DEBUG=1 shows it).  Bad input never gets here: it is exit status 2.
+        if os.environ.get("QATCORE_DEBUG"):
+            raise
+        _error(f"internal error: {type(exc).__name__}: {exc} (please report it; "
+               "QATCORE_DEBUG=1 shows the traceback)")
+        return EXIT_FAIL
     except BrokenPipeError:            # `qatcore ... | head`
         try:
             sys.stdout = open(os.devnull, "w")
@@ -147,6 +161,26 @@ class _VersionAction(argparse.Action):
         parser.exit()
 
 
+#: Upper bound of ``inspect --bins`` (8-bit codes have 255 levels; more bins only allocate).
+MAX_BINS = 1024
+
+
+def _bins(text: str) -> int:
+    """``--bins`` value: an integer in [1, MAX_BINS] (an argument error otherwise)."""
+    try:
+        n = int(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"invalid int value: {text!r}") from None
+    if not 1 <= n <= MAX_BINS:
+        raise argparse.ArgumentTypeError(f"must be between 1 and {MAX_BINS}, got {_short_int(n)}")
+    return n
+
+
+def _short_int(n: int) -> str:
+    text = str(n)
+    return text if len(text) <= 30 else f"{text[:12]}...({len(text)} digits)"
+
+
 def _observer_name(text: str) -> str:
     """``--observer`` value: case and ``-``/``_`` do not matter (``PERCENTILE``,
     ``mean-std``), as in the Python API."""
@@ -171,7 +205,7 @@ def _build_parser() -> argparse.ArgumentParser:
         help="compute quantization ranges, scales and zero points of tensor files",
         description=wrap("Calibrate quantizers over tensor files (.npy, .npz, .safetensors, "
                          "or folders of them) with qatcore.QuantObserver. Files are "
-                         "memory-mapped, never loaded whole; results equal the Python API's "
+                         "read in bounded chunks, never loaded whole; results equal the Python API's "
                          "bit for bit. A table goes to stdout, a progress bar to stderr when "
                          "it is a terminal."))
     cal.add_argument("paths", nargs="+", metavar="PATH", help=".npy/.npz/.safetensors file or folder")
@@ -219,7 +253,8 @@ def _build_parser() -> argparse.ArgumentParser:
                          ".npz (shapes, scales, bit width, weight-code histogram) or any "
                          "tensor file."))
     ins.add_argument("file", metavar="FILE")
-    ins.add_argument("--bins", type=int, default=16, help="histogram bins (default: 16)")
+    ins.add_argument("--bins", type=_bins, default=16,
+                     help=f"histogram bins, 1 to {MAX_BINS} (default: 16)")
     ins.set_defaults(func=_cmd_inspect)
 
     for cmd, (_, what) in _FORWARDED.items():
@@ -259,7 +294,25 @@ def _forward(cmd: str, argv) -> int:
 
 # --- messages --------------------------------------------------------------------------
 def _one_line(text) -> str:
-    return " ".join(str(text).split())
+    """One line, every non-printable character escaped: messages quote file names and
+    file contents, which must never reach the terminal raw (escape sequences)."""
+    from ._io import scrub
+
+    return scrub(" ".join(str(text).split()))
+
+
+def _scrub(text) -> str:
+    """`text` with its non-printable characters escaped (spacing kept)."""
+    from ._io import scrub
+
+    return scrub(text)
+
+
+def _show(name) -> str:
+    """A file or tensor name for a message or table cell (repr-escaped if not printable)."""
+    from ._io import show
+
+    return show(name)
 
 
 def _error(msg: str) -> None:
@@ -365,19 +418,30 @@ def _check_output(path: str) -> None:
     read-only folder.  Probes with a real temporary file in the target folder."""
     import tempfile
 
+    import stat
+
     if os.path.isdir(path):
-        raise _Fail(f"{path}: cannot write the JSON output: is a directory")
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: is a directory")
+    try:
+        mode = os.stat(path).st_mode
+    except (OSError, ValueError):
+        mode = None
+    if mode is not None and not stat.S_ISREG(mode):
+        # os.replace would put a regular file in place of a FIFO or /dev/... node.
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: not a regular file "
+                    "(use --json - for stdout)")
     folder = os.path.dirname(os.path.abspath(path))
     if not os.path.isdir(folder):
-        raise _Fail(f"{path}: cannot write the JSON output: folder {folder} does not exist")
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: folder {_show(folder)} "
+                    "does not exist")
     if os.path.exists(path) and not os.access(path, os.W_OK):
-        raise _Fail(f"{path}: cannot write the JSON output: file is read-only")
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: file is read-only")
     try:
         fd, probe = tempfile.mkstemp(dir=folder, prefix=".qatcore-probe-")
         os.close(fd)
         os.unlink(probe)
     except OSError as exc:
-        raise _Fail(f"{path}: cannot write the JSON output: {exc.strerror or exc}") from None
+        raise _Fail(f"{_show(path)}: cannot write the JSON output: {exc.strerror or exc}") from None
 
 
 def _write_json_atomic(path: str, obj) -> None:
@@ -432,17 +496,40 @@ def _first_nonfinite(data) -> int:
     return -1
 
 
-def _observe(obs, data, ref, where):
+def _observe(obs, data, ref, where, c_index=None):
     """``obs.observe(data)``; a ValueError becomes a one-line _Fail naming the tensor and,
-    for NaN/Inf, the position (``where(i)`` maps an index in `data` to a phrase)."""
+    for NaN/Inf, the position (``where(i)`` maps an index in `data` to a phrase).  When
+    ``c_index(i)`` (the flat C-order index in the tensor) is given and the stored value
+    there is finite, the problem is a value beyond the float32 range (float64 1e39):
+    reported as such with the stored value, not as the ``inf`` it would become."""
     try:
         obs.observe(data)
     except ValueError as exc:
         i = _first_nonfinite(data)
         if i < 0:
-            raise _Fail(f"{ref.name}: {str(exc).removeprefix('observe: ')}") from None
+            raise _Fail(f"{_show(ref.name)}: {str(exc).removeprefix('observe: ')}") from None
         value = float(data.reshape(-1)[i])
-        raise _Fail(f"{ref.name}: non-finite value {value!r} at {where(i)}") from None
+        stored = _stored_value(ref, c_index(i)) if c_index is not None else None
+        if stored is not None:
+            raise _Fail(f"{_show(ref.name)}: value {stored!r} at {where(i)} is outside the "
+                        f"float32 range that calibration computes in (|x| <= {_F32_MAX!r})") from None
+        raise _Fail(f"{_show(ref.name)}: non-finite value {value!r} at {where(i)}") from None
+
+
+_F32_MAX = 3.4028234663852886e+38
+
+
+def _stored_value(ref, c_flat: int):
+    """The stored value at `c_flat` when it is finite but beyond float32 (else None)."""
+    import math
+
+    if ref.kind != "float" or ref.bfloat16 or ref.dtype.itemsize <= 4:
+        return None
+    try:
+        v = float(ref.value_at(c_flat))
+    except (_io_error(), OSError, ValueError, IndexError):
+        return None
+    return v if math.isfinite(v) else None
 
 
 def _position_text(ref, c_flat: int) -> str:
@@ -453,7 +540,9 @@ def _position_text(ref, c_flat: int) -> str:
 
 def _calibrate_one(ref, config, batch_axis, n_threads, progress, obs=None):
     """Calibrate one tensor into `obs` (a new observer when None); returns (observer,
-    batches)."""
+    batches).  The input file is only ever read in bounded chunks (never mapped, see
+    qatcore._io); a whole-tensor float32 copy, when an observer needs one, lives in an
+    unlinked temporary file."""
     import numpy as np
 
     from . import QuantObserver
@@ -475,49 +564,59 @@ def _calibrate_one(ref, config, batch_axis, n_threads, progress, obs=None):
             for start, chunk in ref.memory_chunks(WINDOW_ELEMS if ref.direct else CHUNK_ELEMS):
                 data = ref.to_float32(chunk)
                 _observe(mm, data, ref,
-                         lambda i, s=start: _position_text(ref, ref.c_index(s + i)))
+                         lambda i, s=start: _position_text(ref, ref.c_index(s + i)),
+                         lambda i, s=start: ref.c_index(s + i))
                 progress.advance(chunk.nbytes)
-                del chunk, data          # unmap the window before mapping the next
+                del chunk, data
             if mm is not obs:
                 lo, hi = mm.range()
                 obs.observe(np.array([lo, hi], dtype=np.float32))   # one batch: avg = (lo, hi)
             return obs, 1
         # PERCENTILE, MEAN_STD: one observe call on the whole tensor.
-        if ref.direct:
-            data = ref.array().reshape(-1)
-        else:
-            data = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2)).reshape(-1)
-            total /= 2
-        _observe(obs, data, ref, lambda i: _position_text(ref, i))
-        progress.advance(total)
+        data = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2)).reshape(-1)
+        _observe(obs, data, ref, lambda i: _position_text(ref, i), lambda i: i)
+        progress.advance(total / 2)
         return obs, 1
 
     # --batch-axis: one observe call per slice.
     axis = batch_axis + len(ref.shape) if batch_axis < 0 else batch_axis
-    if ref.random_access:
-        src, convert = ref.array(), ref.to_float32
+    nb = ref.shape[axis]
+    slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
+    per_elems = ref.size // nb if nb else 0
+    if axis == 0 and not ref.fortran_order:
+        # Slices along axis 0 of a C-order tensor are consecutive runs of the file: read
+        # one slice at a time (a bounded buffer of one batch, which the API needs whole).
+        slices = (chunk.reshape(slice_shape) for _, chunk in ref.memory_chunks(max(per_elems, 1)))
+        convert = ref.to_float32
+        per = total / nb if nb else 0
     else:
         src = materialize_float32(ref, CHUNK_ELEMS, lambda n: progress.advance(n / 2))
-        convert, total = to_float32, total / 2
-    nb = ref.shape[axis]
-    per = total / nb if nb else 0
-    slice_shape = ref.shape[:axis] + ref.shape[axis + 1:]
-    # Slices along axis 0 of a C-order map are contiguous views: no copy, cheap indexing.
-    slices = src if axis == 0 else np.moveaxis(src, axis, 0)
+        slices, convert = np.moveaxis(src, axis, 0), to_float32
+        per = total / 2 / nb if nb else 0
     b = 0
 
     def where(i):
+        return f"batch {b} along axis {axis}, position {full(i)}"
+
+    def full(i):
         pos = tuple(int(p) for p in np.unravel_index(i, slice_shape)) if slice_shape else ()
-        pos = pos[:axis] + (b,) + pos[axis:]
-        return f"batch {b} along axis {axis}, position {pos}"
+        return pos[:axis] + (b,) + pos[axis:]
+
+    def c_index(i):
+        return int(np.ravel_multi_index(full(i), ref.shape))
 
     observe = obs.observe
-    for b in range(nb):
-        data = convert(slices[b])
+    if per_elems == 0:
+        for b in range(nb):
+            observe(np.empty(slice_shape, np.float32))
+            progress.done += per
+        return obs, nb
+    for b, part in enumerate(slices):
+        data = convert(part)
         try:
             observe(data)
         except ValueError:
-            _observe(obs, data, ref, where)      # re-raises it as a one-line message
+            _observe(obs, data, ref, where, c_index)      # re-raises it as a one-line message
             raise
         progress.done += per
     return obs, nb
@@ -546,15 +645,15 @@ def _preflight(args):
                 what = ("complex numbers" if ref.dtype.kind == "c" else
                         "structured records" if ref.dtype.kind == "V" else
                         "strings" if ref.dtype.kind in "SU" else f"kind {ref.dtype.kind!r}")
-                errors.append(f"{ref.name}: dtype {ref.dtype} is not supported ({what}; "
+                errors.append(f"{_show(ref.name)}: dtype {ref.dtype} is not supported ({what}; "
                               "calibration needs real numbers)")
                 continue
             if args.batch_axis is not None and not -len(ref.shape) <= args.batch_axis < len(ref.shape):
-                errors.append(f"{ref.name}: --batch-axis {args.batch_axis} is out of range for "
+                errors.append(f"{_show(ref.name)}: --batch-axis {args.batch_axis} is out of range for "
                               f"a tensor of shape {ref.shape}")
                 continue
             if ref.kind == "int" and not args.quiet:
-                _warn(f"{ref.name}: {ref.dtype_name} values converted to float32")
+                _warn(f"{_show(ref.name)}: {ref.dtype_name} values converted to float32")
             refs.append(ref)
     return refs, errors
 
@@ -616,7 +715,7 @@ def _cmd_calibrate(args) -> int:
         for key, members in groups:
             obs, batches, failed = None, 0, False
             for ref in members:
-                progress.label = os.path.basename(ref.name)
+                progress.label = _show(os.path.basename(ref.name))
                 try:
                     obs, nb = calibrate_one(ref, config, args.batch_axis, n_threads, progress,
                                             obs)
@@ -630,7 +729,14 @@ def _cmd_calibrate(args) -> int:
                 batches += nb
             if failed:
                 continue
-            result = _result(members[0], obs, batches, config)
+            try:
+                result = _result(members[0], obs, batches, config)
+            except _Fail as exc:
+                progress.error(str(exc))
+                errors.append(str(exc))
+                if not args.keep_going:
+                    return EXIT_USAGE
+                continue
             if key is not None:
                 result.update(_merged_fields(key, members))
             results.append(result)
@@ -647,7 +753,7 @@ def _cmd_calibrate(args) -> int:
             try:
                 _write_json_atomic(json_path, doc)
             except OSError as exc:
-                _error(f"{json_path}: cannot write the JSON output: {exc.strerror or exc}")
+                _error(f"{_show(json_path)}: cannot write the JSON output: {exc.strerror or exc}")
                 return EXIT_USAGE
         if not args.quiet:
             nbytes = sum(r.nbytes for r in refs)
@@ -751,11 +857,38 @@ def _deploy_qparams(obs, scale: float, zero_point: float, config) -> dict:
 
 
 def _result(ref, obs, batches, config) -> dict:
+    """The JSON entry of one calibrated tensor.  _Fail when its scale or zero point is not
+    a finite float32 (e.g. 1-bit codes over a ±2e38 range: the scale overflows to inf):
+    strict JSON has no inf/NaN, and writing null would hand a runtime a layer it cannot
+    use, so such a tensor is refused, named, with its range."""
+    import math
+
     import numpy as np
 
     lo, hi = obs.range()
-    scale, zero_point = obs.compute_qparams(config)
+    try:
+        scale, zero_point = obs.compute_qparams(config)
+    except (ValueError, OverflowError, ZeroDivisionError) as exc:
+        raise _Fail(f"{_show(ref.name)}: cannot compute the quantization parameters: {exc}") from None
     f = lambda v: float(np.float32(v))        # noqa: E731  (exact: float32 → float)
+    values = {"scale": scale, "zero_point": zero_point}
+    if obs.count:
+        values.update(min=lo, max=hi)
+    for what, v in values.items():
+        with np.errstate(over="ignore", invalid="ignore"):
+            finite = math.isfinite(f(v))
+        if not finite:
+            raise _Fail(f"{_show(ref.name)}: {what} is {float(v)!r} for the range "
+                        f"[{float(lo)!r}, {float(hi)!r}] with {config.bits}-bit "
+                        f"{'symmetric' if config.symmetric else 'asymmetric'} codes (not a "
+                        "finite float32: no result for this tensor)")
+    try:
+        deploy = _deploy_qparams(obs, scale, zero_point, config)
+    except (ValueError, OverflowError) as exc:
+        raise _Fail(f"{_show(ref.name)}: cannot derive the integer quantization parameters: {exc}") from None
+    if not math.isfinite(deploy["deploy_scale"]):
+        raise _Fail(f"{_show(ref.name)}: deploy_scale is {deploy['deploy_scale']!r} (not a "
+                    "finite float32: no result for this tensor)")
     return {
         "name": ref.name,
         "file": ref.path,
@@ -766,7 +899,7 @@ def _result(ref, obs, batches, config) -> dict:
         "range": [f(lo), f(hi)] if obs.count else None,
         "scale": f(scale),
         "zero_point": f(zero_point),
-        **_deploy_qparams(obs, scale, zero_point, config),
+        **deploy,
     }
 
 
@@ -789,6 +922,7 @@ def _json_doc(config, batch_axis, n_threads, results, errors, merge_by_name=Fals
 
 
 def _table(headers, rows, right=()) -> str:
+    rows = [[_show(c) if isinstance(c, str) else c for c in row] for row in rows]
     widths = [max(len(str(c)) for c in col) for col in zip(headers, *rows)]
     lines = []
     for row in [headers] + rows:
@@ -817,21 +951,21 @@ def _print_table(results) -> None:
 
 # --- inspect ---------------------------------------------------------------------------
 def _cmd_inspect(args) -> int:
+    from ._io import check_regular
+
     path = args.file
     try:
-        if not os.path.exists(path):
-            raise _Fail(f"{path}: no such file or directory")
-        if os.path.isdir(path):
-            raise _Fail(f"{path}: is a directory")
-        if args.bins < 1:
-            raise _Fail(f"--bins must be at least 1, got {args.bins}")
+        check_regular(path)      # missing, symlink loop, folder, FIFO, device: refused
         low = path.lower()
         if low.endswith(".json"):
             _inspect_json(path)
         elif low.endswith((".npz", ".npy", ".safetensors")):
-            _inspect_tensors(path, args.bins)
+            import numpy as np
+
+            with np.errstate(all="ignore"):
+                _inspect_tensors(path, args.bins)
         else:
-            raise _Fail(f"{path}: not a calibration .json, a QuantizedLinear .npz or a tensor file")
+            raise _Fail(f"{_show(path)}: not a calibration .json, a QuantizedLinear .npz or a tensor file")
     except _Fail as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -841,35 +975,92 @@ def _cmd_inspect(args) -> int:
     return EXIT_OK
 
 
+#: Largest calibration JSON `inspect` reads (about 400 000 tensors).
+MAX_JSON_BYTES = 256 << 20
+
+
+def _no_json_constant(text):
+    raise ValueError(f"{text} is not valid JSON")
+
+
+def _is_f32(v) -> bool:
+    """`v` is a JSON number a float32 holds (finite, |v| <= float32 max)."""
+    import math
+
+    if type(v) not in (int, float):
+        return False
+    try:
+        x = float(v)
+    except OverflowError:
+        return False
+    return math.isfinite(x) and abs(x) <= _F32_MAX
+
+
 def _inspect_json(path: str) -> None:
     import json
 
+    from ._io import open_regular
+
+    with open_regular(path) as f:
+        size = os.fstat(f.fileno()).st_size
+        if size > MAX_JSON_BYTES:
+            raise _Fail(f"{_show(path)}: {_human_bytes(size)} is too large for a calibration "
+                        f"JSON (at most {_human_bytes(MAX_JSON_BYTES)})")
+        raw = f.read(MAX_JSON_BYTES + 1)
     try:
-        with open(path, encoding="utf-8") as f:
-            doc = json.load(f)
-    except (OSError, ValueError) as exc:
-        raise _Fail(f"{path}: cannot read JSON: {exc}") from None
+        doc = json.loads(raw.decode("utf-8"), parse_constant=_no_json_constant)
+    except RecursionError:
+        raise _Fail(f"{_show(path)}: cannot read JSON: nested too deeply") from None
+    except (ValueError, UnicodeDecodeError) as exc:
+        raise _Fail(f"{_show(path)}: cannot read JSON: {exc}") from None
     if not isinstance(doc, dict) or not isinstance(doc.get("tensors"), dict):
-        raise _Fail(f"{path}: not a calibration written by `qatcore calibrate --json`")
-    kind = "symmetric" if doc.get("symmetric") else "asymmetric"
-    axis = doc.get("batch_axis")
-    print(f"calibration  {path}")
-    print(f"  observer {doc.get('observer')}, {doc.get('bits')}-bit {kind}, quant range "
-          f"{doc.get('quant_range')}, batches: {'whole tensor' if axis is None else f'axis {axis}'}, "
-          f"qatcore {doc.get('qatcore_version')}")
+        raise _Fail(f"{_show(path)}: not a calibration written by `qatcore calibrate --json`")
+
+    def bad(name, what):
+        return _Fail(f"{_show(path)}: not a valid calibration: tensor {_show(name)}: {what}")
+
     rows = []
     for name, r in doc["tensors"].items():
-        rng = r.get("range") or ["-", "-"]
-        rows.append([name, _shape_text(r.get("shape", [])), r.get("dtype", "?"),
-                     r.get("batches", "?"), rng[0] if rng[0] == "-" else _f32(rng[0]),
-                     rng[1] if rng[1] == "-" else _f32(rng[1]), _f32(r["scale"]),
-                     _f32(r["zero_point"]), r.get("zero_point_int", "-"),
-                     r.get("code_dtype", "-")])
+        if not isinstance(r, dict):
+            raise bad(name, "entry is not a JSON object")
+        for key in ("scale", "zero_point"):
+            if not _is_f32(r.get(key)):
+                raise bad(name, f"{key} is missing or not a finite float32 number")
+        rng = r.get("range")
+        if rng is None:
+            rng = ["-", "-"]
+        elif not (isinstance(rng, list) and len(rng) == 2 and all(_is_f32(v) for v in rng)):
+            raise bad(name, "range is not null or [min, max] of finite float32 numbers")
+        else:
+            rng = [_f32(v) for v in rng]
+        shape = r.get("shape", [])
+        if shape is not None and not (isinstance(shape, list) and len(shape) <= 64
+                                      and all(type(v) is int for v in shape)):
+            raise bad(name, "shape is not null or a list of integers")
+        rows.append([name, _shape_text(shape), _cell(r.get("dtype", "?")),
+                     _cell(r.get("batches", "?")), rng[0], rng[1], _f32(r["scale"]),
+                     _f32(r["zero_point"]), _cell(r.get("zero_point_int", "-")),
+                     _cell(r.get("code_dtype", "-"))])
+    kind = "symmetric" if doc.get("symmetric") else "asymmetric"
+    axis = doc.get("batch_axis")
+    print(f"calibration  {_show(path)}")
+    print("  " + _one_line(
+        f"observer {_cell(doc.get('observer'))}, {_cell(doc.get('bits'))}-bit {kind}, quant "
+        f"range {_cell(doc.get('quant_range'))}, batches: "
+        f"{'whole tensor' if axis is None else f'axis {_cell(axis)}'}, "
+        f"qatcore {_cell(doc.get('qatcore_version'))}"))
     print(f"  {len(rows)} tensor{'s' * (len(rows) != 1)}")
     print(_table(["tensor", "shape", "dtype", "batches", "min", "max", "scale", "zero_point",
                   "zp_int", "codes"], rows, right={3, 4, 5, 6, 7, 8}))
-    for e in doc.get("errors") or []:
-        print(f"  error: {e}")
+    errors = doc.get("errors") or []
+    for e in errors if isinstance(errors, list) else [errors]:
+        print(f"  error: {_one_line(_cell(e))}")
+
+
+def _cell(v, limit: int = 80) -> str:
+    """A JSON value from a file as one short, escaped line."""
+    text = _one_line(v if isinstance(v, str) else repr(v))
+    return text if len(text) <= limit else text[:limit - 3] + "..."
 
 
 def _read_small(ref, limit=1 << 28):
@@ -941,7 +1132,7 @@ def _inspect_tensors(path: str, bins: int) -> None:
         except ValueError as exc:
             raise _Fail(str(exc)) from None
         return
-    print(f"{path}: {len(refs)} tensor{'s' * (len(refs) != 1)}")
+    print(f"{_show(path)}: {len(refs)} tensor{'s' * (len(refs) != 1)}")
     rows = []
     for key, r in members.items():
         rows.append([key, _shape_text(r.shape), r.dtype_name, _human_bytes(r.nbytes),
@@ -984,19 +1175,24 @@ def _inspect_linear(path: str, members, bins: int) -> None:
     if loader is not None:
         try:
             loader(path)
-        except (TypeError, ValueError) as exc:
-            raise _Fail(f"{path}: not a valid QuantizedLinear: {exc}") from None
+        except MemoryError:
+            raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: too large to load") from None
+        except Exception as exc:        # a hostile file may fail anywhere in np.load
+            raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: "
+                        f"{type(exc).__name__}: {exc}") from None
     wq = _read_small(members["weights_q"], limit=1 << 31)
     if wq is None or wq.ndim != 2:
-        raise _Fail(f"{path}: weights_q is not a 2-D array")
+        raise _Fail(f"{_show(path)}: weights_q is not a 2-D array")
     out_f, in_f = wq.shape
     ws = _read_small(members["weight_scale"])
     bits = _scalar(members, "bits", 8)
-    qmax = (1 << (int(bits) - 1)) - 1
+    if type(bits) is not int or not 1 <= bits <= 8:
+        raise _Fail(f"{_show(path)}: not a valid QuantizedLinear: bits {bits!r} is not an "
+                    "integer in [1, 8]")
+    qmax = (1 << (bits - 1)) - 1
     input_scale = _scalar(members, "input_scale", 1.0)
     out_scale = np.asarray(ws, dtype=np.float32) * np.float32(input_scale)
     per_channel = bool(_scalar(members, "per_channel", np.asarray(ws).size > 1))
-    print(f"QuantizedLinear  {path}")
     info = [("in_features", in_f), ("out_features", out_f), ("bits", bits),
             ("weights_q", f"{members['weights_q'].dtype_name} {_shape_text(wq.shape)}, "
                           f"{'per-channel' if per_channel else 'per-tensor'} symmetric"),
@@ -1029,11 +1225,15 @@ def _inspect_linear(path: str, members, bins: int) -> None:
              "output_quant_scale", "output_quant_zero_point", "output_quant_qrange"}
     for key, r in members.items():
         if key not in shown:
-            info.append((key, f"{r.dtype_name} {_shape_text(r.shape)}"))
+            info.append((_show(key), f"{r.dtype_name} {_shape_text(r.shape)}"))
+    print(f"QuantizedLinear  {_show(path)}")     # everything read: no partial output
     w = max(len(k) for k, _ in info)
     for k, v in info:
-        print(f"  {k.ljust(w)}  {v}")
+        print(f"  {k.ljust(w)}  {_scrub(v)}")
     flat = wq.reshape(-1).astype(np.int64)
+    if flat.size == 0:
+        print("  weight codes: none (empty weights)")
+        return
     sat = np.count_nonzero(np.abs(flat) >= qmax)
     print(f"  weight codes: mean |q| {np.abs(flat).mean():.2f}, zeros "
           f"{100 * np.count_nonzero(flat == 0) / flat.size:.1f}%, at ±{qmax} "
