@@ -15,6 +15,7 @@ import shutil
 import sys
 import tempfile
 
+from ._files import write_atomic
 from ._io import show
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPT = 0, 2, 130
@@ -95,20 +96,7 @@ def _atomic_file(target: str, write) -> None:
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise _Fail(f"{show(target)}: directory {show(directory)} does not exist")
-    fd, tmp = tempfile.mkstemp(prefix=".qatcore-export-", suffix=".tmp", dir=directory)
-    os.close(fd)
-    try:
-        write(tmp)
-        umask = os.umask(0)
-        os.umask(umask)
-        os.chmod(tmp, 0o666 & ~umask)          # mkstemp's 0600 is not what users expect
-        os.replace(tmp, target)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+    write_atomic(target, write)
 
 
 def _export_c(model, out_dir: str, name: str) -> list:

@@ -14,6 +14,7 @@ import numpy.typing as npt
 
 from . import _backend
 from ._checks import as_float32, base_array, check_index, check_scale, int_array
+from ._files import write_atomic
 from ._typing import ArrayLike, F32Array, Int8Array, Int32Array, Integer, Real
 from .config import FakeQuantConfig
 from .fake_quantize import FakeQuantize, Module
@@ -943,15 +944,13 @@ class QuantizedLinear(Module):
         if os.path.isdir(path):
             raise ValueError(f"path {path!r} is a directory; give a file name such as "
                              f"{os.path.join(path, 'layer.npz')!r}")
-        tmp = f"{path}.tmp{os.getpid()}.{threading.get_ident()}"
-        try:
+        state = self.state_dict()
+
+        def write(tmp: str) -> None:
             with open(tmp, "wb") as f:
-                np.savez(f, **self.state_dict())
-            os.replace(tmp, path)
-        except BaseException:
-            if os.path.exists(tmp):
-                os.unlink(tmp)
-            raise
+                np.savez(f, **state)
+
+        write_atomic(path, write)
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"], *, n_threads: Optional[Integer] = None

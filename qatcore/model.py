@@ -26,6 +26,7 @@ from . import _backend
 from ._checks import as_float32, check_index, check_scale
 from .linear import QuantizedLinear, _check_int8_codes, _qparams_of, quantize_multiplier
 from .linear import requant_real_multiplier
+from ._files import write_atomic
 
 __all__ = ["QuantizedSequential", "NUMERICS", "ACTIVATIONS", "ROUNDINGS"]
 
@@ -580,20 +581,12 @@ class QuantizedSequential:
         the target directory, then ``os.replace``.  ``numpy.savez`` adds ``.npz`` to a
         name without it; this does not."""
         path = os.fspath(path)
-        directory = os.path.dirname(os.path.abspath(path))
-        import tempfile
-        fd, tmp = tempfile.mkstemp(prefix=".qatcore-", suffix=".npz.tmp", dir=directory)
-        try:
-            with os.fdopen(fd, "wb") as f:
+
+        def write(tmp: str) -> None:
+            with open(tmp, "wb") as f:
                 np.savez(f, **self.state_dict())
-            os.chmod(tmp, _default_mode())
-            os.replace(tmp, path)
-        except BaseException:
-            try:
-                os.unlink(tmp)
-            except OSError:
-                pass
-            raise
+
+        write_atomic(path, write)
 
     @classmethod
     def load(cls, path: Union[str, "os.PathLike[str]"]) -> "QuantizedSequential":
@@ -701,11 +694,6 @@ class QuantizedSequential:
 
 
 # ---------------------------------------------------------------------- file reading
-def _default_mode() -> int:
-    """The permissions a plain ``open(path, "w")`` would give (mkstemp's are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
 
 
 

@@ -12,7 +12,6 @@ from __future__ import annotations
 import math
 import os
 import re
-import tempfile
 from dataclasses import dataclass
 from typing import Any, List, Optional, Tuple, Union
 
@@ -169,25 +168,3 @@ def check_directory(directory: Any) -> str:
     if not os.access(path, os.W_OK | os.X_OK):
         raise ValueError(f"directory {path!r} is not writable")
     return path
-
-
-def write_atomically(files: List[Tuple[str, Union[str, bytes]]]) -> None:
-    """Write each (path, content) to a temporary file beside it, then rename them all
-    into place (os.replace): a reader never sees a half-written file, and a failure
-    before the renames leaves nothing behind."""
-    temps = []
-    try:
-        for path, content in files:
-            fd, tmp = tempfile.mkstemp(prefix=".qatcore-", suffix=".tmp",
-                                       dir=os.path.dirname(os.path.abspath(path)))
-            temps.append(tmp)
-            data = content.encode("utf-8") if isinstance(content, str) else content
-            with os.fdopen(fd, "wb") as fh:
-                fh.write(data)
-            os.chmod(tmp, 0o644)                 # mkstemp creates 0600
-        for (path, _), tmp in zip(files, temps):
-            os.replace(tmp, path)
-    finally:
-        for tmp in temps:
-            if os.path.exists(tmp):
-                os.unlink(tmp)

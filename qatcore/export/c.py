@@ -35,8 +35,8 @@ from typing import Any, List, Tuple
 
 import numpy as np
 
-from ._common import (ModelPlan, PathLike, check_directory, check_name, plan_model,
-                      write_atomically)
+from .._files import write_files_atomic
+from ._common import ModelPlan, PathLike, check_directory, check_name, plan_model
 
 __all__ = ["write_c", "write_tflite_c_array", "c_sources"]
 
@@ -333,7 +333,7 @@ def write_c(model: Any, directory: PathLike, name: str) -> Tuple[str, str]:
     header, source = c_sources(model, name)
     h_path = os.path.join(directory, f"{name}.h")
     c_path = os.path.join(directory, f"{name}.c")
-    write_atomically([(h_path, header), (c_path, source)])
+    write_files_atomic([(h_path, header), (c_path, source)])
     return h_path, c_path
 
 
@@ -389,5 +389,5 @@ def write_tflite_c_array(tflite_bytes: bytes, directory: PathLike, name: str
          f"extern const unsigned int {array}_size;\n\n#endif  // {guard}\n")
     h_path = os.path.join(directory, f"{stem}.h")
     cc_path = os.path.join(directory, f"{stem}.cc")
-    write_atomically([(h_path, h), (cc_path, cc)])
+    write_files_atomic([(h_path, h), (cc_path, cc)])
     return h_path, cc_path

@@ -55,7 +55,8 @@ from typing import Any, Callable, List, Optional, Tuple
 
 import numpy as np
 
-from ._common import PathLike, plan_model, write_atomically
+from .._files import write_files_atomic
+from ._common import PathLike, plan_model
 
 __all__ = ["to_onnx", "onnx_model", "DEFAULT_OPSET"]
 
@@ -263,5 +264,5 @@ def to_onnx(model: Any, path: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"path {path!r}: directory {parent!r} is not writable")
     proto = onnx_model(model, opset=opset)
-    write_atomically([(path, proto.SerializeToString())])
+    write_files_atomic([(path, proto.SerializeToString())])
     return path

@@ -39,10 +39,11 @@ in the ``tflite-micro`` wheel (``schema_py_generated``) and the ``flatbuffers`` 
 from __future__ import annotations
 
 import os
-import tempfile
 from typing import Optional, Union
 
 import numpy as np
+
+from .._files import write_files_atomic
 
 __all__ = ["tflite_bytes", "write_tflite"]
 
@@ -223,28 +224,5 @@ def write_tflite(model, path: Union[str, "os.PathLike[str]"], *, float_io: bool 
     directory, then ``os.replace``: an error leaves nothing behind); returns the size in
     bytes."""
     data = tflite_bytes(model, float_io=float_io, batch_size=batch_size)
-    _write_atomic(os.fspath(path), data)
+    write_files_atomic([(os.fspath(path), data)])
     return len(data)
-
-
-def _write_atomic(path: str, data: bytes) -> None:
-    directory = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(prefix=".qatcore-", suffix=".tmp", dir=directory)
-    try:
-        with os.fdopen(fd, "wb") as f:
-            f.write(data)
-        os.chmod(tmp, _default_mode())
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
-
-
-def _default_mode() -> int:
-    """The permissions a plain ``open(path, "w")`` would give (mkstemp's are 0600)."""
-    umask = os.umask(0)
-    os.umask(umask)
-    return 0o666 & ~umask
