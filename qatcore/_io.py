@@ -30,6 +30,7 @@ import re
 import stat
 import struct
 import tempfile
+import warnings
 from typing import Iterator, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -679,9 +680,10 @@ def _read_npy_header(f, path: str, name=None):
     if not isinstance(d["fortran_order"], bool):
         raise InputError(path, "corrupt .npy header (fortran_order is not a bool)", name)
     try:
-        dtype = np.lib.format.descr_to_dtype(d["descr"])
-    except (TypeError, ValueError, KeyError, IndexError, OverflowError, MemoryError,
-            RecursionError) as exc:
+        with warnings.catch_warnings():      # e.g. the deprecated 'a' alias: not our line
+            warnings.simplefilter("ignore")
+            dtype = np.lib.format.descr_to_dtype(d["descr"])
+    except Exception as exc:    # numpy's descr parsers raise many types (',f4': SyntaxError)
         raise InputError(path, f"corrupt .npy header (bad dtype {d['descr']!r}: {exc})", name) from None
     _check_shape(path, name, shape)
     return shape, dtype, d["fortran_order"], used + hlen

@@ -1090,3 +1090,12 @@ def test_float32_copies_equal_api(tmp, monkeypatch, observer, axis, heap):
     exp = expected_ranges([x], observer, axis)[0][1]
     for name, entry in doc["tensors"].items():
         assert tuple(entry["range"]) == exp, name
+
+
+@pytest.mark.parametrize("descr", [",f4", "<,4", "<a4", "f4,", "(", "<f4" * 40, "|V-1", "<M8[bogus]"])
+def test_npy_hostile_descr_one_line(tmp, descr):
+    """Found by fuzzing: numpy's descr parsers raise SyntaxError (',f4') or warn ('a')."""
+    path = write(tmp, "c.npy", npy_raw(F4.replace("'<f4'", repr(descr)) % "(4,)", b"\x00" * 16))
+    rc, out, err, warns, _ = calibrate(path)
+    one_line_exit2(rc, out, err, warns, "c.npy")
+    assert inspect(path)[0] in (0, 2)
