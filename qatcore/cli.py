@@ -445,27 +445,17 @@ def _check_output(path: str) -> None:
 
 
 def _write_json_atomic(path: str, obj) -> None:
-    """Write `obj` as JSON to a temporary file beside `path`, fsync, rename over `path`:
-    readers see the old file or the whole new one, never a partial one."""
-    import tempfile
+    """Write `obj` as JSON (fsync'ed) to a temporary file beside `path`, then rename it over
+    `path`: readers see the old file or the whole new one, never a partial one."""
+    from ._files import write_atomic
 
-    folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as f:
+    def write(tmp: str) -> None:
+        with open(tmp, "w", encoding="utf-8") as f:
             f.write(_dumps(obj) + "\n")
             f.flush()
             os.fsync(f.fileno())
-        mask = os.umask(0)
-        os.umask(mask)
-        os.chmod(tmp, 0o666 & ~mask)
-        os.replace(tmp, path)
-    except BaseException:
-        try:
-            os.unlink(tmp)
-        except OSError:
-            pass
-        raise
+
+    write_atomic(path, write)
 
 
 def _dumps(obj, indent: int = 0) -> str:

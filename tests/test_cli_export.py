@@ -133,7 +133,7 @@ def test_export_c(saved, capsys, tmp_path):
     assert rc == 0 and err == ""
     files = _files(out_dir)
     assert "mlp.h" in files and "mlp.c" in files
-    assert not any(f.startswith(".qatcore-export-") for f in files)
+    assert not any(f.startswith(".qatcore-") for f in files)
 
 
 def test_export_c_missing_module_is_one_line(saved, capsys, tmp_path, monkeypatch):
@@ -154,4 +154,4 @@ def test_export_onnx(saved, capsys, tmp_path):
     rc, out, err = _run(capsys, "export", path, "--to", "onnx")
     assert rc == 0 and err == ""
     assert (tmp_path / "mlp.onnx").stat().st_size > 0
-    assert not any(f.startswith(".qatcore-export-") for f in _files(tmp_path))
+    assert not any(f.startswith(".qatcore-") for f in _files(tmp_path))
