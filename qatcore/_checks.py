@@ -47,6 +47,10 @@ def _refuse_grad_tensor(x, name: str) -> None:
 def int_array(x, dtypes, name: str):
     """`x` as a C-contiguous, aligned base-class array of one of `dtypes` (integer codes:
     never cast); shape and size come from the buffer, not from a subclass's attributes."""
+    if type(x) is np.ndarray and x.dtype.type in dtypes and x.dtype.isnative:
+        flags = x.flags
+        if flags.c_contiguous and flags.aligned:
+            return x                    # the common case (a per-call path: keep it cheap)
     names = " or ".join(np.dtype(d).name for d in dtypes)
     if not isinstance(x, np.ndarray):
         raise TypeError(f"{name} must be a numpy {names} array, got {type(x).__name__}")

@@ -118,7 +118,7 @@ def _check_int8_codes(x, in_features: int, name: str) -> np.ndarray:
     else:
         raise ValueError(f"{name} must be 1-D (batch*in_features) or 2-D (batch, in_features), "
                          f"got {x.ndim}-D")
-    return np.ascontiguousarray(x)
+    return x                            # C-contiguous (int_array), so is its reshape
 
 
 def _check_features(value, name: str) -> int:
