@@ -190,6 +190,37 @@ def calibrate_fake_quantize(object x,  # IN, any object; used if an aligned C-co
     return out, mask, lo, hi, mn, mx, scale, zp
 
 
+def fake_quantize_fresh(object x,  # IN, used if an aligned C-contiguous native float32 ndarray of size < CAL_MAX
+                        float scale, float zero_point, float qmin, float qmax,
+                        bint want_mask):
+    """The frozen call on a small batch with a fresh output: ``(out, mask)`` (out float32
+    of x's shape; mask uint8 of x's size, or None), or None where this path does not apply
+    (the same conditions as calibrate_fake_quantize)."""
+    cdef cnp.ndarray a
+    if not cnp.PyArray_CheckExact(x):
+        return None
+    a = <cnp.ndarray>x
+    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISCARRAY_RO(a)
+            or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return None
+    cdef const float *xp = <const float *>cnp.PyArray_DATA(a)
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef cnp.npy_intp nn = n
+    cdef cnp.ndarray out
+    cdef cnp.ndarray mask = None
+    cdef uint8_t *m = NULL
+    if n == 0 or n >= CAL_MAX:
+        return None
+    out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
+    if want_mask:
+        mask = cnp.PyArray_EMPTY(1, &nn, cnp.NPY_UINT8, 0)
+        m = <uint8_t *>cnp.PyArray_DATA(mask)
+    with nogil:
+        _fake_quantize_core(xp, <float *>cnp.PyArray_DATA(out), m, n, scale, zero_point,
+                            qmin, qmax)
+    return out, mask
+
+
 cdef void _quantize_core(const float *x, code_t *out, Py_ssize_t n, float scale,
                          float zero_point, float qmin, float qmax) noexcept nogil:
     """out[i] = clamp(round(x[i] / scale + zero_point), qmin, qmax) as an integer code.

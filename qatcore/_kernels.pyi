@@ -45,6 +45,11 @@ def calibrate_fake_quantize(x: object,        # used if an aligned C-contiguous 
                             ) -> "Tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.uint8]], float, float, float, float, float, float] | int":
     """(out, mask, lo, hi, new_min, new_max, scale, zero_point); the first non-finite
     index of x; or -1 where the fused small-batch path does not apply."""
+def fake_quantize_fresh(x: object,          # used if an aligned C-contiguous float32 ndarray
+                        scale: float, zero_point: float, qmin: float, qmax: float,
+                        want_mask: bool
+                        ) -> Optional[Tuple[npt.NDArray[np.float32], Optional[npt.NDArray[np.uint8]]]]:
+    """(out, mask) of a small batch into a fresh output, or None where that does not apply."""
 def quantize(x: npt.NDArray[np.float32],   # ndarray, C-contiguous float32
              out: np.ndarray,              # ndarray, writable int8/uint8/int16/uint16, same size
              scale: float, zero_point: float, qmin: float, qmax: float,

@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import copy as _copy
 import math
-import threading
 from typing import Any, Dict, List, Mapping, Optional, Tuple, TypeVar, Union
 
 import numpy as np
@@ -136,8 +135,10 @@ class FakeQuantize(Module):
         # (qparams, STE mask, LSQ input and parameters) for the whole call, kernel
         # included: concurrent calls on one object equal some serial order, and a
         # backward never reads a mask or saved input that another thread's forward is
-        # replacing (docs/threading.md).
-        self._lock = threading.RLock()
+        # replacing (docs/threading.md).  It is the observer's own lock: one lock covers
+        # both (calibrating calls update both), and a caller holding the observer locks
+        # the quantizer too.
+        self._lock = self._observer._lock
         self._scale = 1.0
         self._zero_point = 0.0
         self._calibrating = True
@@ -157,6 +158,9 @@ class FakeQuantize(Module):
                                 and config.observer in (ObserverMethod.MIN_MAX,
                                                         ObserverMethod.MOVING_AVERAGE))
         self._moving_average = config.observer is ObserverMethod.MOVING_AVERAGE
+        # ... and the frozen call on a small batch with a fresh output (Rust arithmetic,
+        # no LSQ parameters to sync): one kernel call that also allocates the output.
+        self._fresh_frozen = not self._learnable and self._mode is None
         if self._learnable:
             self._scale_param = np.ones(1, dtype=np.float32)
             self._zp_param = np.zeros(1, dtype=np.float32)
@@ -356,10 +360,9 @@ class FakeQuantize(Module):
             # returns a non-tuple where it does not apply.
             obs = self._observer
             qmin, qmax = self._qrange
-            # Both locks (this quantizer's, then its observer's, the order every path
-            # takes): the mask and qparams written here are what a concurrent backward
-            # reads under self._lock.
-            with self._lock, obs._lock:
+            # The quantizer's lock, which is its observer's: the mask and qparams written
+            # here are what a concurrent backward reads under it.
+            with self._lock:
                 ma = self._moving_average
                 r = _backend.kernels.calibrate_fake_quantize(
                     x, obs._min, obs._max, obs._count, ma, obs._avg_min, obs._avg_max,
@@ -375,6 +378,10 @@ class FakeQuantize(Module):
                     self._scale, self._zero_point = scale, zero_point
                     self._mask, self._mask_shape = mask, (y.shape if mask is not None else None)
                     return y
+        if out is None and self._fresh_frozen and not self._calibrating:
+            y = self._frozen_small(x)
+            if y is not None:
+                return y
         data, shape = as_float32(x)
         with self._lock:
             dst = self._output(data, shape, out)
@@ -389,10 +396,27 @@ class FakeQuantize(Module):
         Same result as Rust's ``Module::forward``: ±Inf saturates to the range ends and
         NaN stays NaN. The input's shape is kept.
         """
+        if out is None and self._fresh_frozen:
+            y = self._frozen_small(x)
+            if y is not None:
+                return y
         data, shape = as_float32(x)
         with self._lock:
             dst = self._output(data, shape, out)
             return self._run(data, shape, dst, out, _owns(data, x))
+
+    def _frozen_small(self, x):
+        """The frozen forward of a small aligned float32 ndarray into a fresh output in one
+        kernel call (as _run computes it); None where that call does not apply."""
+        qmin, qmax = self._qrange
+        with self._lock:
+            r = _backend.kernels.fake_quantize_fresh(x, self._scale, self._zero_point, qmin,
+                                                     qmax, self.training)
+            if r is None:
+                return None
+            y, mask = r
+            self._mask, self._mask_shape = mask, (y.shape if mask is not None else None)
+            return y
 
     def _output(self, data, shape, out):
         if out is None:
@@ -596,7 +620,7 @@ class FakeQuantize(Module):
             if self._learnable:     # the learned values are state, not shared storage
                 for name in ("_scale_param", "_zp_param", "_scale_grad", "_zp_grad"):
                     setattr(new, name, getattr(self, name).copy())
-        new._lock = threading.RLock()
+        new._lock = new._observer._lock
         return new
 
     def __deepcopy__(self, memo: Any) -> "FakeQuantize":
@@ -614,7 +638,7 @@ class FakeQuantize(Module):
 
     def __setstate__(self, state: Dict[str, Any]) -> None:
         self.__dict__.update(state)
-        self._lock = threading.RLock()
+        self._lock = self._observer._lock
 
     def __repr__(self) -> str:
         return (f"FakeQuantize(config={self._config!r}, scale={self._scale!r}, "

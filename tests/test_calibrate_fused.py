@@ -138,3 +138,73 @@ def test_other_calls_take_the_step_by_step_path(case, fused_calls, rng):
     assert fq.observer.range() == oracle.range()
     assert y.shape == x.shape and y.dtype == np.float32
     assert not any(fused_calls)
+
+
+@pytest.fixture
+def fresh_calls(monkeypatch, target):
+    calls = []
+    kernel = _backend.kernels.fake_quantize_fresh
+
+    def counting(*args):
+        r = kernel(*args)
+        calls.append(r is not None)
+        return r
+
+    monkeypatch.setattr(_backend.kernels, "fake_quantize_fresh", counting)
+    return calls
+
+
+@pytest.mark.parametrize("call", ["forward", "fake_quantize"])
+@pytest.mark.parametrize("training", [True, False], ids=["train", "eval"])
+@pytest.mark.parametrize("kind", KINDS)
+@pytest.mark.parametrize("shape", [(1,), (7,), (10, 100), (4097,)], ids=str)
+@pytest.mark.parametrize("bits,symmetric", CONFIGS, ids=[f"{b}{'s' if s else 'a'}"
+                                                         for b, s in CONFIGS])
+def test_frozen_fresh_output_equals_reference(bits, symmetric, shape, kind, training, call,
+                                              rng, fresh_calls):
+    n = int(np.prod(shape))
+    calib = _batches(kind, n, rng)
+    fq = FakeQuantize(FakeQuantConfig(bits=bits, symmetric=symmetric), n_threads=1)
+    for x in calib:
+        fq.fake_quantize(x)
+    fq.disable_calibration()
+    fq.train(training)
+    with np.errstate(over="ignore", invalid="ignore"):     # "wide": 1.5 · 3e38 is inf
+        x = (calib[-1] * np.float32(1.5)).reshape(shape)
+        y = getattr(fq, call)(x)
+        y_ref, mask_ref = fake_quantize_ref(x, fq.scale, fq.zero_point,
+                                            *fq.config.quant_range())
+    assert y.shape == shape and y.dtype == np.float32
+    np.testing.assert_array_equal(bits_of(y), bits_of(y_ref))
+    if training:
+        np.testing.assert_array_equal(fq._mask.astype(bool), mask_ref.ravel())
+        g = fq.backward(np.ones(shape, np.float32))
+        np.testing.assert_array_equal(g, mask_ref.astype(np.float32))
+    else:
+        assert fq._mask is None
+    assert fresh_calls == [True]
+
+
+@pytest.mark.parametrize("case", ["large", "strided", "unaligned", "out", "torch_numerics",
+                                  "learnable", "calibrating"])
+def test_frozen_other_calls_take_the_general_path(case, fresh_calls, rng):
+    config = FakeQuantConfig(numerics="torch" if case == "torch_numerics" else "aprender",
+                             learnable=case == "learnable",
+                             observer=ObserverMethod.PERCENTILE if case == "calibrating"
+                             else ObserverMethod.MIN_MAX)
+    fq = FakeQuantize(config, n_threads=1)
+    x = rng.standard_normal(_backend.kernels.PAR_MIN_PER_THREAD if case == "large" else 64
+                            ).astype(np.float32)
+    fq.fake_quantize(x)
+    if case != "calibrating":
+        fq.disable_calibration()
+    kwargs = {}
+    if case == "strided":
+        x = x[::2]
+    elif case == "unaligned":
+        x = np.frombuffer(bytearray(4 * x.size + 1), np.float32, x.size, 1)
+    elif case == "out":
+        kwargs["out"] = np.empty_like(x)
+    y = (fq.fake_quantize if case == "calibrating" else fq.forward)(x, **kwargs)
+    assert y.shape == x.shape
+    assert not any(fresh_calls)
