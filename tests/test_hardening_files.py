@@ -726,8 +726,11 @@ def test_inspect_bins_bounded(tmp, bins):
 def _subprocess(args, timeout=20, prefix=()):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
+    # cwd = the folder the imported qatcore lives in: `python -m` puts the cwd first on
+    # sys.path, and a clone's root holds the source qatcore/ without compiled kernels
+    # when the package under test is the installed one (CI).
     return subprocess.run([*prefix, sys.executable, "-m", "qatcore", *map(str, args)],
-                          env=env, capture_output=True, text=True, timeout=timeout)
+                          env=env, capture_output=True, text=True, timeout=timeout, cwd=ROOT)
 
 
 def _one_error(proc, *needles):
@@ -890,7 +893,7 @@ def test_file_truncated_while_read_is_an_error_not_sigbus(tmp):
     env = dict(os.environ)
     env["PYTHONPATH"] = ROOT + os.pathsep + env.get("PYTHONPATH", "")
     proc = subprocess.run([sys.executable, "-c", TRUNCATE_SCRIPT, os.path.join(tmp, "t.npy")],
-                          env=env, capture_output=True, text=True, timeout=60)
+                          env=env, capture_output=True, text=True, timeout=60, cwd=ROOT)
     assert proc.returncode == 0, (proc.returncode, proc.stderr)
     assert proc.stdout.count("refused:") == 4 and "ends" in proc.stdout
 
