@@ -75,8 +75,8 @@ def entropy_amax_modelopt(hist, edges, num_bits=8, unsigned=False, stride=1, sta
     -------
     float
     """
-    b = np.array(hist, dtype=np.float64)
-    edges = np.asarray(edges, dtype=np.float64)
+    b = np.array(base_array(hist, "hist"), dtype=np.float64)     # a copy: edited below
+    edges = np.asarray(base_array(edges, "edges"), dtype=np.float64)
     n = b.size
     if n < 2 or n < start_bin or edges.size != n + 1:
         raise ValueError(f"hist needs at least max(2, start_bin={start_bin}) bins and "
@@ -140,8 +140,8 @@ def entropy_threshold_onnxruntime(hist, edges, min_value, max_value, num_quantiz
     -------
     (float, float)
     """
-    h = np.asarray(hist, dtype=np.float64)
-    edges = np.asarray(edges, dtype=np.float64)
+    h = np.asarray(base_array(hist, "hist"), dtype=np.float64)
+    edges = np.asarray(base_array(edges, "edges"), dtype=np.float64)
     nbins = h.size
     nq = int(num_quantized_bins)
     zero = nbins // 2
@@ -248,8 +248,8 @@ def mse_amax_modelopt(hist, edges, num_bits=8, unsigned=False, stride=1, start_b
     -------
     float
     """
-    counts = np.asarray(hist, dtype=F32)
-    e = np.asarray(edges, dtype=F32)
+    counts = np.asarray(base_array(hist, "hist"), dtype=F32)
+    e = np.asarray(base_array(edges, "edges"), dtype=F32)
     centers = (e[1:] + e[:-1]) / F32(2)
     n = centers.size
     if n <= start_bin:
@@ -283,8 +283,8 @@ def percentile_threshold(hist, edges, percentile, symmetric=True):
     -------
     float (symmetric) or (float, float)
     """
-    hist = np.asarray(hist)
-    edges = np.asarray(edges, dtype=np.float64)
+    hist = np.asarray(base_array(hist, "hist"))
+    edges = np.asarray(base_array(edges, "edges"), dtype=np.float64)
     cdf = np.cumsum(hist / hist.sum())
     if symmetric:
         return float(edges[np.searchsorted(cdf, percentile / 100.0)])

@@ -901,3 +901,18 @@ def test_copies_and_pickles_of_locked_objects_work():
         for clone in (copy.copy(obj), copy.deepcopy(obj), pickle.loads(pickle.dumps(obj))):
             assert repr(clone) == repr(obj)
     assert qatcore.FakeQuantize.from_state(fq.state_dict()).scale == fq.scale
+
+
+@pytest.mark.parametrize("fn,extra", [
+    ("entropy_amax_modelopt", ()), ("mse_amax_modelopt", ()),
+    ("percentile_threshold", (99.9,)), ("entropy_threshold_onnxruntime", (-1.0, 1.0))])
+@pytest.mark.parametrize("which", ["hist", "edges"])
+def test_histogram_helpers_refuse_masked_arrays(fn, extra, which):
+    from qatcore import histogram
+
+    hist = np.arange(1.0, 257.0)
+    edges = np.linspace(0.0, 1.0, 257)
+    args = {"hist": hist, "edges": edges}
+    args[which] = np.ma.masked_array(args[which], mask=np.zeros(args[which].shape, bool))
+    with pytest.raises(TypeError, match=f"{which} is a numpy.ma.MaskedArray"):
+        getattr(histogram, fn)(args["hist"], args["edges"], *extra)
