@@ -11,11 +11,8 @@ from __future__ import annotations
 import argparse
 import os
 import re
-import shutil
 import sys
-import tempfile
 
-from ._files import write_atomic
 from ._io import show
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPT = 0, 2, 130
@@ -91,61 +88,35 @@ def _c_name(text: str) -> str:
     return name
 
 
-def _atomic_file(target: str, write) -> None:
-    """Call ``write(tmp_path)``, then move tmp_path to `target`; on any error remove it."""
+def _check_parent(target: str) -> None:
     directory = os.path.dirname(os.path.abspath(target))
     if not os.path.isdir(directory):
         raise _Fail(f"{show(target)}: directory {show(directory)} does not exist")
-    write_atomic(target, write)
 
 
+# Every exporter writes its files atomically itself (qatcore._files: temporary files in
+# the target folder, renamed into place only when all are complete).
 def _export_c(model, out_dir: str, name: str) -> list:
-    try:
-        from .export.c import write_c
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("qatcore"):
-            raise _Fail("the C export is not available in this installation "
-                        "(qatcore.export.c is missing)") from None
-        raise
+    from .export.c import write_c
+
     if not os.path.isdir(out_dir):
-        parent = os.path.dirname(os.path.abspath(out_dir))
-        if not os.path.isdir(parent):
-            raise _Fail(f"{show(out_dir)}: parent directory {show(parent)} does not exist")
+        _check_parent(out_dir)
         os.mkdir(out_dir)
-    scratch = tempfile.mkdtemp(prefix=".qatcore-export-", dir=out_dir)
-    try:
-        write_c(model, scratch, name)
-        produced = sorted(os.listdir(scratch))
-        if not produced:
-            raise _Fail("the C export wrote no files")
-        for f in produced:                 # same file system: each rename is atomic
-            os.replace(os.path.join(scratch, f), os.path.join(out_dir, f))
-    finally:
-        shutil.rmtree(scratch, ignore_errors=True)
-    return [os.path.join(out_dir, f) for f in produced]
+    return list(write_c(model, out_dir, name))
 
 
 def _export_onnx(model, target: str) -> None:
-    try:
-        from .export.onnx import to_onnx
-    except ModuleNotFoundError as exc:
-        if exc.name and exc.name.startswith("qatcore"):
-            raise _Fail("the ONNX export is not available in this installation "
-                        "(qatcore.export.onnx is missing)") from None
-        raise
-    _atomic_file(target, lambda tmp: to_onnx(model, tmp))
+    from .export.onnx import to_onnx
+
+    _check_parent(target)
+    to_onnx(model, target)
 
 
 def _export_tflite(model, target: str, float_io: bool) -> None:
-    from .export.tflite import tflite_bytes
+    from .export.tflite import write_tflite
 
-    data = tflite_bytes(model, float_io=float_io)
-
-    def write(tmp):
-        with open(tmp, "wb") as f:
-            f.write(data)
-
-    _atomic_file(target, write)
+    _check_parent(target)
+    write_tflite(model, target, float_io=float_io)
 
 
 def main(argv=None) -> int:
