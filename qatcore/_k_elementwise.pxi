@@ -118,24 +118,55 @@ cdef enum:
     CAL_MAX = PAR_MIN       # larger batches take the step-by-step (threaded) path
 
 
-def calibrate_fake_quantize(object x,  # IN, any object; used if an aligned C-contiguous float32 ndarray of size < CAL_MAX
-                            double run_min, double run_max, Py_ssize_t count,
-                            bint moving_average, float avg_min, float avg_max, bint symmetric, float qmin, float qmax,
-                            bint want_mask):
-    """Observe x into the running (min, max) (MIN_MAX, or MOVING_AVERAGE with
-    `moving_average`), compute the aprender qparams and fake-quantize x.
-
-    Returns ``(out, mask, lo, hi, new_min, new_max, scale, zero_point)`` (out: float32 of
-    x's shape; `avg_min`/`avg_max`: the MOVING_AVERAGE state; mask: uint8 of x's size, or None; lo/hi: the batch's own range), or the
-    index of the first NaN/±Inf in x (an int; nothing computed), or -1 when this path does
-    not apply: x not exactly a numpy.ndarray (subclasses' attributes are not trusted),
-    not aligned C-contiguous native float32, empty, or not small."""
+cdef cnp.ndarray _small_f32(object x):
+    """x when the one-call small-batch paths apply to it: exactly a numpy.ndarray (a
+    subclass's attributes are not trusted), aligned C-contiguous native float32, with
+    1 <= size < CAL_MAX; else None."""
     cdef cnp.ndarray a
     if not cnp.PyArray_CheckExact(x):
-        return -1
+        return None
     a = <cnp.ndarray>x
     if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISCARRAY_RO(a)
             or not cnp.PyArray_ISNOTSWAPPED(a)):
+        return None
+    if cnp.PyArray_SIZE(a) == 0 or cnp.PyArray_SIZE(a) >= CAL_MAX:
+        return None
+    return a
+
+
+cdef tuple _fake_quantize_new(cnp.ndarray a, float scale, float zero_point, float qmin,
+                              float qmax, bint want_mask):
+    """(out, mask) of a _small_f32 array: fresh float32 out of a's shape, the uint8 STE
+    mask (a's size) when wanted, else None."""
+    cdef cnp.npy_intp n = cnp.PyArray_SIZE(a)
+    cdef cnp.ndarray out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a),
+                                             cnp.NPY_FLOAT32, 0)
+    cdef cnp.ndarray mask = None
+    cdef uint8_t *m = NULL
+    if want_mask:
+        mask = cnp.PyArray_EMPTY(1, &n, cnp.NPY_UINT8, 0)
+        m = <uint8_t *>cnp.PyArray_DATA(mask)
+    with nogil:
+        _fake_quantize_core(<const float *>cnp.PyArray_DATA(a),
+                            <float *>cnp.PyArray_DATA(out), m, n, scale, zero_point,
+                            qmin, qmax)
+    return out, mask
+
+
+def calibrate_fake_quantize(object x,  # IN, used if _small_f32 accepts it
+                            double run_min, double run_max, Py_ssize_t count,
+                            bint moving_average, float avg_min, float avg_max,
+                            bint symmetric, float qmin, float qmax, bint want_mask):
+    """Observe x into the running (min, max) (MIN_MAX, or MOVING_AVERAGE from the state
+    `avg_min`/`avg_max` with `moving_average`), compute the aprender qparams and
+    fake-quantize x.
+
+    Returns ``(out, mask, lo, hi, new_min, new_max, scale, zero_point)`` (out: float32 of
+    x's shape; mask: uint8 of x's size, or None; lo/hi: the batch's own range), or the
+    index of the first NaN/±Inf in x (an int; nothing computed), or -1 when _small_f32
+    refuses x."""
+    cdef cnp.ndarray a = _small_f32(x)
+    if a is None:
         return -1
     cdef const float *xp = <const float *>cnp.PyArray_DATA(a)
     cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
@@ -144,12 +175,6 @@ def calibrate_fake_quantize(object x,  # IN, any object; used if an aligned C-co
     cdef float one_minus_c = (<float>1) - c         # float32, as in observer.py
     cdef double wide
     cdef Py_ssize_t bad
-    cdef cnp.ndarray out
-    cdef cnp.ndarray mask = None
-    cdef uint8_t *m = NULL
-    cdef cnp.npy_intp nn = n
-    if n == 0 or n >= CAL_MAX:
-        return -1
     with nogil:
         bad = _minmax_serial(xp, n, &lo, &hi)
     if bad >= 0:
@@ -181,44 +206,19 @@ def calibrate_fake_quantize(object x,  # IN, any object; used if an aligned C-co
         else:
             scale = 1
         zp = qmin - mn / scale
-    out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
-    if want_mask:
-        mask = cnp.PyArray_EMPTY(1, &nn, cnp.NPY_UINT8, 0)
-        m = <uint8_t *>cnp.PyArray_DATA(mask)
-    with nogil:
-        _fake_quantize_core(xp, <float *>cnp.PyArray_DATA(out), m, n, scale, zp, qmin, qmax)
+    out, mask = _fake_quantize_new(a, scale, zp, qmin, qmax, want_mask)
     return out, mask, lo, hi, mn, mx, scale, zp
 
 
-def fake_quantize_fresh(object x,  # IN, used if an aligned C-contiguous native float32 ndarray of size < CAL_MAX
+def fake_quantize_fresh(object x,  # IN, used if _small_f32 accepts it
                         float scale, float zero_point, float qmin, float qmax,
                         bint want_mask):
     """The frozen call on a small batch with a fresh output: ``(out, mask)`` (out float32
-    of x's shape; mask uint8 of x's size, or None), or None where this path does not apply
-    (the same conditions as calibrate_fake_quantize)."""
-    cdef cnp.ndarray a
-    if not cnp.PyArray_CheckExact(x):
+    of x's shape; mask uint8 of x's size, or None), or None when _small_f32 refuses x."""
+    cdef cnp.ndarray a = _small_f32(x)
+    if a is None:
         return None
-    a = <cnp.ndarray>x
-    if (cnp.PyArray_TYPE(a) != cnp.NPY_FLOAT32 or not cnp.PyArray_ISCARRAY_RO(a)
-            or not cnp.PyArray_ISNOTSWAPPED(a)):
-        return None
-    cdef const float *xp = <const float *>cnp.PyArray_DATA(a)
-    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
-    cdef cnp.npy_intp nn = n
-    cdef cnp.ndarray out
-    cdef cnp.ndarray mask = None
-    cdef uint8_t *m = NULL
-    if n == 0 or n >= CAL_MAX:
-        return None
-    out = cnp.PyArray_EMPTY(cnp.PyArray_NDIM(a), cnp.PyArray_DIMS(a), cnp.NPY_FLOAT32, 0)
-    if want_mask:
-        mask = cnp.PyArray_EMPTY(1, &nn, cnp.NPY_UINT8, 0)
-        m = <uint8_t *>cnp.PyArray_DATA(mask)
-    with nogil:
-        _fake_quantize_core(xp, <float *>cnp.PyArray_DATA(out), m, n, scale, zero_point,
-                            qmin, qmax)
-    return out, mask
+    return _fake_quantize_new(a, scale, zero_point, qmin, qmax, want_mask)
 
 
 cdef void _quantize_core(const float *x, code_t *out, Py_ssize_t n, float scale,

@@ -585,6 +585,8 @@ static void qc_requantize_rows(const int32_t *acc, ptrdiff_t m, ptrdiff_t n,
     int64_t lo64 = (int64_t)qmin - zero_point, hi64 = (int64_t)qmax - zero_point;
     int32_t lo = lo64 < INT32_MIN ? INT32_MIN : (lo64 > INT32_MAX ? INT32_MAX : (int32_t)lo64);
     int32_t hi = hi64 < INT32_MIN ? INT32_MIN : (hi64 > INT32_MAX ? INT32_MAX : (int32_t)hi64);
+    (void)lo;                   /* read by the AVX2 loop only */
+    (void)hi;
     for (i = 0; i < m; i++) {
         const int32_t *a = acc + i * n;
         int8_t *o = out + i * n;
