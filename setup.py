@@ -1,6 +1,7 @@
 """Build qatcore's Cython kernels once per CPU target.
 
-The kernel source (``qatcore/_kernels_body.pxi``) is compiled into one extension per
+The kernel sources live in ``qatcore/kernels/`` (``_kernels_body.pxi`` includes the
+``_k_*.pxi`` parts, which include the C headers ``qc_*.h``); they are compiled into one extension per
 instruction-set target; ``qatcore._backend`` imports the best one the running CPU
 supports (``QATCORE_TARGET`` forces one).  The baseline module ``qatcore._kernels``
 always exists and is safe on any x86-64 (or any other architecture).
@@ -112,24 +113,25 @@ DIRECTIVES = {
 }
 
 
+# Every kernel source (Cython and C) sits in one folder; the compiled modules keep their
+# names (qatcore._kernels, qatcore._kernels_avx2, ...) and their stubs (qatcore/_kernels*.pyi).
+KERNELS = os.path.join("qatcore", "kernels")
+
+
 def _extension(target, flags):
     module = "qatcore._kernels" if target == "baseline" else f"qatcore._kernels_{target}"
-    pyx = "qatcore/_kernels.pyx" if target == "baseline" else f"qatcore/_kernels_{target}.pyx"
+    pyx = os.path.join(KERNELS, "_kernels.pyx" if target == "baseline" else f"_kernels_{target}.pyx")
     return Extension(
         module,
         [pyx],
-        include_dirs=[np.get_include(), "qatcore/src"],
+        include_dirs=[np.get_include(), KERNELS],
         define_macros=[
             ("NPY_NO_DEPRECATED_API", "NPY_1_7_API_VERSION"),
             ("QATCORE_TARGET_NAME", f'"{target}"'),
         ],
         extra_compile_args=BASE_FLAGS + flags + OMP_FLAGS,
         extra_link_args=OMP_FLAGS,
-        depends=[
-            "qatcore/_kernels_body.pxi",
-            *[os.path.join("qatcore", f) for f in os.listdir("qatcore") if f.startswith("_k_")],
-            *[os.path.join("qatcore/src", f) for f in os.listdir("qatcore/src")],
-        ],
+        depends=[os.path.join(KERNELS, f) for f in os.listdir(KERNELS) if f.endswith((".pxi", ".h"))],
     )
 
 

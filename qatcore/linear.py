@@ -1001,3 +1001,20 @@ class QuantizedLinear(Module):
         return (f"QuantizedLinear(in_features={self.in_features}, "
                 f"out_features={self.out_features}, bits={self.bits}, {kind}, "
                 f"bias={'yes' if self.bias_q is not None else 'no'})")
+
+
+def activation_range(activation: Optional[str], scale: float, zero_point: int
+                     ) -> Tuple[int, int]:
+    """int8 output clamp ``(qmin, qmax)`` of a fused activation, as TFLite's
+    ``CalculateActivationRangeQuantized`` computes it: ``[-128, 127]``; ReLU from
+    ``max(-128, zp)``; ReLU6 also up to ``min(127, zp + round_half_away(6.0f / scale))``
+    (float32 division)."""
+    lo, hi = -128, 127
+    if activation is None:
+        return lo, hi
+    lo = max(lo, int(zero_point))
+    if activation == "relu6":
+        with np.errstate(over="ignore"):
+            six = _round_half_away(np.float32(6.0) / np.float32(scale))
+        hi = min(hi, int(zero_point) + int(min(float(six), 2.0 ** 31)))
+    return lo, hi

@@ -6,7 +6,7 @@ import importlib
 import pytest
 
 MODULES = ["qatcore.config", "qatcore.observer", "qatcore.fake_quantize", "qatcore.dynamic",
-           "qatcore.mixed_precision", "qatcore.histogram", "qatcore.model"]
+           "qatcore.mixed_precision", "qatcore.histogram", "qatcore.model.sequential"]
 
 
 @pytest.mark.parametrize("name", MODULES)

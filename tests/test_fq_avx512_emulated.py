@@ -15,7 +15,7 @@ import pytest
 
 from reference import fake_quantize_ref
 
-SRC = Path(__file__).resolve().parent.parent / "qatcore" / "src"
+SRC = Path(__file__).resolve().parent.parent / "qatcore" / "kernels"
 
 PROGRAM = r"""
 #include <math.h>

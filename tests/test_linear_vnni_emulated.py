@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 
-SRC = Path(__file__).resolve().parent.parent / "qatcore" / "src"
+SRC = Path(__file__).resolve().parent.parent / "qatcore" / "kernels"
 
 PROGRAM = r"""
 #include <stdint.h>

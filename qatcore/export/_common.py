@@ -17,8 +17,7 @@ from typing import Any, List, Optional, Tuple, Union
 
 import numpy as np
 
-from ..linear import QuantizedLinear
-from ..model import activation_range
+from ..linear import QuantizedLinear, activation_range
 
 _ACTIVATIONS = (None, "relu", "relu6")
 # A C identifier that is not reserved (no leading underscore).  24 characters keep

@@ -63,9 +63,10 @@ def _schema():
 
 
 def _check_model(model):
-    from ..model import QuantizedSequential
-
-    if not isinstance(model, QuantizedSequential):
+    # Duck-typed, as the other exporters (plan_model): the exporters take the model as an
+    # argument and never import the model package (which delegates to them).
+    if not all(hasattr(model, a) for a in ("layers", "activations", "output_qparams",
+                                           "requantization", "forward_int8")):
         raise TypeError(f"model must be a qatcore.QuantizedSequential, got "
                         f"{type(model).__name__}")
 

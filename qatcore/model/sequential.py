@@ -22,11 +22,11 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
 
-from . import _backend
-from ._checks import as_float32, check_index, check_scale
-from .linear import QuantizedLinear, _check_int8_codes, _qparams_of, quantize_multiplier
-from .linear import requant_real_multiplier
-from ._files import write_atomic
+from .. import _backend
+from .._checks import as_float32, check_index, check_scale
+from ..linear import QuantizedLinear, _check_int8_codes, _qparams_of, quantize_multiplier
+from ..linear import activation_range, requant_real_multiplier
+from .._files import write_atomic
 
 __all__ = ["QuantizedSequential", "NUMERICS", "ACTIVATIONS", "ROUNDINGS"]
 
@@ -101,23 +101,6 @@ def _requantize_int64(acc: np.ndarray, multiplier: np.ndarray, shift: np.ndarray
         high = np.where(num >= 0, num >> 31, -((-num) >> 31))   # C division truncates
         v = (high + ((np.int64(1) << right) >> 1)) >> right
     return np.clip(v, lo32, hi32)
-
-
-def activation_range(activation: Optional[str], scale: float, zero_point: int
-                     ) -> Tuple[int, int]:
-    """int8 output clamp ``(qmin, qmax)`` of a fused activation, as TFLite's
-    ``CalculateActivationRangeQuantized`` computes it: ``[-128, 127]``; ReLU from
-    ``max(-128, zp)``; ReLU6 also up to ``min(127, zp + round_half_away(6.0f / scale))``
-    (float32 division)."""
-    lo, hi = -128, 127
-    if activation is None:
-        return lo, hi
-    lo = max(lo, int(zero_point))
-    if activation == "relu6":
-        with np.errstate(over="ignore"):
-            six = _round_half_away(np.float32(6.0) / np.float32(scale))
-        hi = min(hi, int(zero_point) + int(min(float(six), 2.0 ** 31)))
-    return lo, hi
 
 
 def _check_activations(activations, n: int) -> List[Optional[str]]:
@@ -320,8 +303,8 @@ class QuantizedSequential:
             calibrating, no output quantizer (or two), and the errors of
             :meth:`QuantizedLinear.from_qat`.
         """
-        from . import nn
-        from .fake_quantize import FakeQuantize
+        from .. import nn
+        from ..fake_quantize import FakeQuantize
 
         if not isinstance(model, nn.Sequential):
             raise TypeError(f"model must be a qatcore.nn.Sequential, got {type(model).__name__}")
@@ -667,17 +650,17 @@ class QuantizedSequential:
         :mod:`qatcore.export.tflite`).  `batch_size` is the batch dimension of the input and
         output tensors.  Written atomically.  Needs ``pip install "qatcore[export]"``; see
         :func:`qatcore.export.tflite.tflite_bytes`."""
-        from .export.tflite import write_tflite
+        from ..export.tflite import write_tflite
         return write_tflite(self, path, float_io=float_io, batch_size=batch_size)
 
     def to_c(self, directory, name: str = "model"):
         """C export (``name.h`` / ``name.c`` + runtime): :func:`qatcore.export.c.write_c`."""
-        from .export.c import write_c
+        from ..export.c import write_c
         return write_c(self, directory, name)
 
     def to_onnx(self, path):
         """ONNX QDQ export: :func:`qatcore.export.onnx.to_onnx`."""
-        from .export.onnx import to_onnx
+        from ..export.onnx import to_onnx
         return to_onnx(self, path)
 
     def __repr__(self) -> str:
