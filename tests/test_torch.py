@@ -334,8 +334,16 @@ def test_digits_qat_convert_and_state_dict():
 def test_docstring_examples():
     import doctest
 
-    result = doctest.testmod(qt, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
-    assert result.attempted > 0 and result.failed == 0
+    import importlib
+
+    attempted = 0
+    for name in ("ops", "modules", "prepare", "convert"):
+        module = importlib.import_module(f"qatcore.torch.{name}")
+        result = doctest.testmod(module,
+                                 optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+        assert result.failed == 0, name
+        attempted += result.attempted
+    assert attempted > 0
 
 
 @pytest.mark.parametrize("axis", [None, 1])
@@ -447,13 +455,15 @@ def test_module_observer_state_round_trip(observer, tmp_path):
 
 def test_kernel_reads_and_writes_tensor_memory(monkeypatch):
     seen = {}
-    real = qt.fake_quantize_array
+    import qatcore.torch.ops as qt_ops
+
+    real = qt_ops.fake_quantize_array
 
     def spy(x, *args, out=None, mask=None, **kw):
         seen["x"], seen["out"] = x.ctypes.data, out.ctypes.data
         return real(x, *args, out=out, mask=mask, **kw)
 
-    monkeypatch.setattr(qt, "fake_quantize_array", spy)
+    monkeypatch.setattr(qt_ops, "fake_quantize_array", spy)
     x = torch.randn(4096, requires_grad=True)
     y = qt.fake_quantize(x, 0.02, 0, -127, 127)
     assert seen["x"] == x.data_ptr() and seen["out"] == y.data_ptr()   # no copies
