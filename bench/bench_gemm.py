@@ -24,7 +24,7 @@ import sys
 sys.path.insert(0, os.path.join(os.path.dirname(os.path.abspath(__file__)), ".."))
 
 from qatcore import _backend  # noqa: E402
-from qatcore import _bench_gemm  # noqa: E402
+from qatcore.bench import gemm as _bench_gemm  # noqa: E402
 
 
 def _us(s: float) -> str:

@@ -1,4 +1,4 @@
-"""Whole-model calibration: qatcore.onnx_calibrate vs onnxruntime.quantization.quantize_static.
+"""Whole-model calibration: qatcore.onnx vs onnxruntime.quantization.quantize_static.
 
 Same pre-processed model (onnxruntime ``quant_pre_process`` + opset 13, done once, not
 timed), same inputs generated batch by batch, each run in a fresh subprocess so its peak
@@ -73,7 +73,7 @@ def child(args):
     logging.disable(logging.WARNING)
     import contextlib
     import io
-    from qatcore.onnx_calibrate import write_qdq
+    from qatcore.onnx import write_qdq
     t0 = time.perf_counter()
     if args.impl == "infer":      # the floor: run the float model over the inputs, nothing else
         so = ort.SessionOptions()
@@ -85,7 +85,7 @@ def child(args):
         print(json.dumps({"seconds": time.perf_counter() - t0, "peak_mib": peak_mib}))
         return
     if args.impl == "qatcore":
-        from qatcore.onnx_calibrate import calibrate_model
+        from qatcore.onnx import calibrate_model
         opts = json.loads(args.opts)
         ranges = calibrate_model(args.pre, batches(args.kind, args.n, 1), method=args.method,
                                  preprocess=False, **opts)

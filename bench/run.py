@@ -14,6 +14,6 @@ if __name__ == "__main__":
                                        for f in os.listdir(pkg))
     if built and root not in sys.path:
         sys.path.insert(0, root)
-    from qatcore._bench import main
+    from qatcore.bench import main
 
     sys.exit(main())

@@ -33,8 +33,7 @@ from .linear import QuantizedLinear
 from .mixed_precision import MixedPrecision
 from .model import QuantizedSequential
 from .observer import QuantObserver
-
-__version__ = "0.1.0"
+from ._version import __version__
 
 __all__ = [
     "ChannelObserver",

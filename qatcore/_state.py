@@ -11,13 +11,13 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import TYPE_CHECKING, Any, Dict, Iterable, Tuple
+from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Tuple
 
 import numpy as np
 
-from .config import FakeQuantConfig, ObserverMethod
+from .config import STE_MODES, FakeQuantConfig, ObserverMethod
 
-if TYPE_CHECKING:
+if TYPE_CHECKING:        # annotations only: this module never imports the classes it serves
     from .fake_quantize import FakeQuantize
     from .observer import QuantObserver
 
@@ -145,11 +145,11 @@ def _parse_observer_state(state: Any, where: str = "observer state") -> _Observe
     return method, count, lo, hi, history
 
 
-def _replay(method: ObserverMethod, history: "array[float]") -> "QuantObserver":
-    """A fresh observer of `method` fed `history` (MOVING_AVERAGE), for checking."""
-    from .observer import QuantObserver
-
-    obs = QuantObserver(method)
+def _replay(observer_cls: type, method: ObserverMethod, history: "array[float]"
+            ) -> "QuantObserver":
+    """A fresh observer (of the caller's class) of `method` fed `history`
+    (MOVING_AVERAGE), for checking."""
+    obs = observer_cls(method)
     for i in range(0, len(history), 2):
         obs._moving_average_step(history[i], history[i + 1])
         obs._count += 1
@@ -168,7 +168,7 @@ def load_observer_state(obs: "QuantObserver", state: Any, same_method: bool,
                          f"this observer uses {obs._method.value}")
     avg_min, avg_max = _F32(0.0), _F32(0.0)
     if method is _MA and count:
-        ref = _replay(method, history)
+        ref = _replay(type(obs), method, history)
         if not _same_bits((ref._min, ref._max), (lo, hi)):
             raise _bad(f"{where}.range", f"[{lo!r}, {hi!r}] is not what its batch_ranges give "
                        f"([{ref._min!r}, {ref._max!r}])")
@@ -187,9 +187,7 @@ def _assign(obs: "QuantObserver", method: ObserverMethod, count: int, lo: float,
 
 
 def merge_observer(obs: "QuantObserver", other: Any) -> None:
-    from .observer import QuantObserver
-
-    if not isinstance(other, QuantObserver):
+    if not isinstance(other, type(obs)):
         raise TypeError(f"other must be a QuantObserver, got {type(other).__name__}")
     if other._method is not obs._method:
         raise ValueError(f"merge: cannot merge a {other._method.value} observer into a "
@@ -244,12 +242,11 @@ def fake_quantize_state(fq: "FakeQuantize") -> State:
     }
 
 
-def parse_fake_quantize_state(state: Any) -> Tuple[FakeQuantConfig, bool, float, float, str,
-                                                   _ObserverFields]:
-    """Checked (config, calibrating, scale, zero_point, ste, observer fields)."""
-    from .fake_quantize import _STE_MODES
-    from .observer import _qparams
-
+def parse_fake_quantize_state(state: Any, qparams: Callable[..., Tuple[float, float]]
+                              ) -> Tuple[FakeQuantConfig, bool, float, float, str,
+                                         _ObserverFields]:
+    """Checked (config, calibrating, scale, zero_point, ste, observer fields);
+    ``qparams(lo, hi, count, config)`` is the observer's qparams rule, given by the caller."""
     where = "fake_quantize state"
     _keys(state, _FQ_KEYS, _FQ_KEYS, where)
     if state["format"] != FAKE_QUANTIZE_FORMAT:
@@ -263,8 +260,8 @@ def parse_fake_quantize_state(state: Any) -> Tuple[FakeQuantConfig, bool, float,
     if config.symmetric and zero_point != 0.0:
         raise _bad(f"{where}.zero_point", f"must be 0 for a symmetric config, got {zero_point!r}")
     ste = state["ste"]
-    if ste not in _STE_MODES:
-        raise _bad(f"{where}.ste", f"expected one of {_STE_MODES}, got {ste!r}")
+    if ste not in STE_MODES:
+        raise _bad(f"{where}.ste", f"expected one of {STE_MODES}, got {ste!r}")
     obs_fields = _parse_observer_state(state["observer"], f"{where}.observer")
     method, count, lo, hi = obs_fields[:4]
     if method is not config.observer:
@@ -272,22 +269,24 @@ def parse_fake_quantize_state(state: Any) -> Tuple[FakeQuantConfig, bool, float,
                    f"observer {config.observer.value}")
     if not config.learnable:
         # Without learning the parameters are always the observer's qparams.
-        want = _qparams(lo, hi, count, config)
+        want = qparams(lo, hi, count, config)
         if (scale, zero_point) != want:
             raise _bad(where, f"scale/zero_point ({scale!r}, {zero_point!r}) are not the "
                        f"observer's qparams {want!r}")
     return config, calibrating, scale, zero_point, ste, obs_fields
 
 
-def load_fake_quantize_state(fq: "FakeQuantize", state: Any, same_config: bool) -> None:
-    config, calibrating, scale, zero_point, ste, obs_fields = parse_fake_quantize_state(state)
+def load_fake_quantize_state(fq: "FakeQuantize", state: Any, same_config: bool,
+                             qparams: Callable[..., Tuple[float, float]]) -> None:
+    config, calibrating, scale, zero_point, ste, obs_fields = parse_fake_quantize_state(
+        state, qparams)
     if same_config and config != fq._config:
         raise ValueError(f"bad state: fake_quantize state.config: {config!r} differs from "
                          f"this FakeQuantize's {fq._config!r}")
     method, count, lo, hi, history = obs_fields
     avg_min = avg_max = _F32(0.0)
     if method is _MA and count:
-        ref = _replay(method, history)
+        ref = _replay(type(fq._observer), method, history)
         if not _same_bits((ref._min, ref._max), (lo, hi)):
             raise _bad("fake_quantize state.observer.range", f"[{lo!r}, {hi!r}] is not what its "
                        f"batch_ranges give ([{ref._min!r}, {ref._max!r}])")

@@ -11,6 +11,9 @@ __all__ = ["FakeQuantConfig", "ObserverMethod", "NUMERICS"]
 #: Numerics presets: whose arithmetic a fake quantize reproduces bit for bit.
 NUMERICS = ("aprender", "torch", "onnx")
 
+#: Straight-through estimators a FakeQuantize's backward can use.
+STE_MODES = ("clipped", "identity")
+
 
 class ObserverMethod(enum.Enum):
     """How an observer turns data into a range (Rust ``ObserverMethod``).

@@ -12,8 +12,9 @@ import numpy.typing as npt
 from . import _backend
 from ._checks import as_float32, base_array, check_finite, check_index, check_out, check_scale, overlaps
 from ._typing import ArrayLike, F32Array, Integer, Real
+from .config import STE_MODES as _STE_MODES
 from .config import FakeQuantConfig, ObserverMethod
-from .observer import QuantObserver
+from .observer import QuantObserver, _qparams
 
 _M = TypeVar("_M", bound="Module")
 
@@ -28,7 +29,6 @@ _OVERLAP = "out overlaps x without being x itself"
 #: (``FakeQuantize.clamp_parameters``, also applied at every forward).
 SCALE_FLOOR = float(np.finfo(np.float32).tiny)
 
-_STE_MODES = ("clipped", "identity")
 
 
 def _preset_mode(numerics: str) -> Optional[int]:
@@ -594,7 +594,7 @@ class FakeQuantize(Module):
         if config is None:
             raise ValueError("bad state: fake_quantize state.config: expected a dict")
         new = cls(config, n_threads=n_threads)
-        load_fake_quantize_state(new, state, same_config=True)
+        load_fake_quantize_state(new, state, same_config=True, qparams=_qparams)
         return new
 
     def load_state_dict(self, state: Mapping[str, Any]) -> None:
@@ -609,7 +609,7 @@ class FakeQuantize(Module):
         from ._state import load_fake_quantize_state
 
         with self._lock:
-            load_fake_quantize_state(self, state, same_config=True)
+            load_fake_quantize_state(self, state, same_config=True, qparams=_qparams)
 
     # --- Rust Clone, repr ----------------------------------------------------------
     def __copy__(self) -> "FakeQuantize":

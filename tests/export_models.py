@@ -125,7 +125,7 @@ def demo_model(seed=0, epochs=20, n_train=None):
     under a second), post-training quantized and converted with the demo's own pipeline
     (``demo.convert``: output quantizer calibrated on the training rows).  Returns
     (model, X_test, y_test)."""
-    from qatcore import demo
+    from qatcore.demo import mlp as demo
 
     X, y = demo.load_digits()
     Xtr, ytr, Xte, yte = demo.split_dataset(X, y, 0.2, seed=seed)

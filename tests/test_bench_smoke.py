@@ -10,7 +10,7 @@ import sys
 import numpy as np
 import pytest
 
-from qatcore import _bench
+from qatcore.bench import suite as _bench
 
 from reference import fake_quantize_ref
 

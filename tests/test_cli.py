@@ -218,9 +218,10 @@ def test_large_chunked_tensor_equals_api(tmp_path, monkeypatch, observer, thread
     chunked min/max, the moving-average trick and the temp-file conversion stay exact."""
     skip_percentile(observer)
     from qatcore import cli
+    from qatcore.cli import observe
 
-    monkeypatch.setattr(cli, "CHUNK_ELEMS", 1000)
-    monkeypatch.setattr(cli, "WINDOW_ELEMS", 777)
+    monkeypatch.setattr(observe, "CHUNK_ELEMS", 1000)
+    monkeypatch.setattr(observe, "WINDOW_ELEMS", 777)
     x = _data(20, (97, 53))
     np.save(tmp_path / "c.npy", x)
     np.save(tmp_path / "d.npy", x.astype(np.float64))
@@ -566,7 +567,7 @@ def test_main_entry_point_same_as_module(tmp_path):
     assert main(["calibrate", str(tmp_path / "missing.npy")]) == 2
 
 
-@pytest.mark.parametrize("cmd,module", [("bench", "qatcore._bench"), ("demo", "qatcore.demo")])
+@pytest.mark.parametrize("cmd,module", [("bench", "qatcore.bench"), ("demo", "qatcore.demo")])
 def test_forwarding(monkeypatch, capsys, cmd, module):
     import types
 

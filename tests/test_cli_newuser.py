@@ -13,7 +13,7 @@ import pytest
 
 import qatcore as q
 from qatcore import cli
-from qatcore._examples import write_examples
+from qatcore.cli.examples import write_examples
 
 OBSERVERS = ["min_max", "percentile", "moving_average", "mean_std"]
 

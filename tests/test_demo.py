@@ -5,7 +5,8 @@ import sys
 import numpy as np
 import pytest
 
-from qatcore import FakeQuantConfig, QuantizedSequential, demo
+from qatcore import FakeQuantConfig, QuantizedSequential
+from qatcore.demo import mlp as demo
 
 
 @pytest.fixture(scope="module")

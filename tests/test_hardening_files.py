@@ -37,7 +37,7 @@ from hypothesis import HealthCheck, given, settings, strategies as st  # noqa: E
 
 import qatcore  # noqa: E402
 from qatcore import QuantObserver  # noqa: E402
-from qatcore import _io  # noqa: E402
+from qatcore.cli import readers as _io  # noqa: E402
 from qatcore.cli import main  # noqa: E402
 
 ROOT = os.path.dirname(os.path.dirname(os.path.abspath(qatcore.__file__)))
@@ -863,7 +863,7 @@ def test_member_and_key_names_escaped(tmp):
 TRUNCATE_SCRIPT = r"""
 import os, sys
 import numpy as np
-from qatcore import _io
+from qatcore.cli import readers as _io
 path = sys.argv[1]
 np.save(path, np.arange(1 << 20, dtype=np.float32))
 ref = _io.open_tensors(path)[0]
@@ -900,7 +900,7 @@ def test_file_truncated_while_read_is_an_error_not_sigbus(tmp):
 
 def test_truncated_after_preflight_through_the_command(tmp, monkeypatch):
     """The file shrinks between the header check and the read: one line, exit 2."""
-    from qatcore import cli
+    from qatcore.cli import calibrate as cli
 
     path = write(tmp, "t.npy", npy_bytes(np.arange(4096, dtype=np.float32)))
     real = cli._preflight
@@ -965,7 +965,7 @@ def test_nonfinite_result_refused(tmp, monkeypatch):
     """Should an observer ever hand back a non-finite scale, the tensor is refused by name
     (strict JSON), the others still reported with --keep-going, and no file is written
     without it."""
-    from qatcore import cli
+    from qatcore.cli import _common as cli
 
     real = QuantObserver.compute_qparams
     a = write(tmp, "a.npy", npy_bytes(BASE_ARRAYS["f4"]))
@@ -1019,7 +1019,7 @@ def test_dask_workers_same_errors(tmp, monkeypatch):
     """On a dask.distributed cluster: float64 1e39 is the in-process message, and a file
     truncated after the preflight is one error line (workers read, never map)."""
     distributed = pytest.importorskip("distributed")
-    from qatcore import cli
+    from qatcore.cli import calibrate as cli
 
     x = np.arange(12, dtype=np.float64).reshape(3, 4)
     x[1, 2] = 1e39
@@ -1073,7 +1073,7 @@ def test_arguments_with_escape_sequences_are_escaped(argv):
 def test_float32_copies_equal_api(tmp, monkeypatch, observer, axis, heap):
     """Both homes of a whole-tensor float32 copy (process memory up to HEAP_COPY_BYTES, an
     unlinked temporary file beyond) give the API's result bit for bit, in every storage."""
-    from qatcore import cli
+    from qatcore.cli import observe as cli
 
     if not heap:
         monkeypatch.setattr(_io, "HEAP_COPY_BYTES", 0)

@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from qatcore import _bench_gemm
+from qatcore.bench import gemm as _bench_gemm
 
 
 def test_run_records_shape():

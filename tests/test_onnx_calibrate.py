@@ -15,7 +15,7 @@ import pytest
 onnx = pytest.importorskip("onnx")
 ort = pytest.importorskip("onnxruntime")
 
-from qatcore.onnx_calibrate import calibrate_model, tensors_to_calibrate  # noqa: E402
+from qatcore.onnx import calibrate_model, tensors_to_calibrate  # noqa: E402
 
 from ocr_lines import text_lines  # noqa: E402
 

@@ -409,7 +409,7 @@ def test_integer_chain_nested_relu6_and_refusals():
 
 
 def test_demo_torch_runs_and_cli_routes():
-    from qatcore import _demo_torch
+    from qatcore.demo import torch_mlp as _demo_torch
     from qatcore.cli import main
 
     res = _demo_torch.run_demo(epochs=2, qat_epochs=1, measure_steps=False)

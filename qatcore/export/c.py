@@ -138,7 +138,7 @@ _ALIGN = r"""/* 16-byte alignment for the parameter arrays: C11 _Alignas, else t
 
 
 def _version() -> str:
-    from .. import __version__
+    from .._version import __version__
     return __version__
 
 

@@ -58,7 +58,7 @@ def _record(shape, threads, impl, timing, exact=None) -> dict:
 
 
 def _layer(w: np.ndarray, n_threads: int):
-    from .linear import QuantizedLinear
+    from qatcore import QuantizedLinear
 
     state = {"weights_q": w, "weight_scale": np.float32(1.0), "bits": np.int32(8),
              "per_channel": np.bool_(False), "input_scale": np.float32(1.0),
@@ -70,7 +70,7 @@ def measure_peak(repeat: int = 30) -> dict:
     """Best int8 GOPS of this machine's GEMM microkernel on cache-resident data
     (M=96, K=256, N=64 through the kernel entry point, one thread): the practical peak
     the table's fractions refer to."""
-    from . import _backend
+    from qatcore import _backend
 
     kern = _backend.kernels
     rng = np.random.default_rng(1)

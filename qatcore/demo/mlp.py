@@ -47,16 +47,13 @@ from typing import Callable, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-from . import nn
-from .config import FakeQuantConfig
-from .fake_quantize import FakeQuantize
-from .model import QuantizedSequential
+from qatcore import FakeQuantConfig, FakeQuantize, QuantizedSequential, nn
 
 __all__ = ["main", "load_digits", "split_dataset", "build_mlp", "train", "calibrate",
            "build_qat_model", "output_quantizer", "convert", "predict_int", "run_demo",
            "DemoResult"]
 
-_DATA_FILE = os.path.join(os.path.dirname(__file__), "data", "digits.csv.gz")
+_DATA_FILE = os.path.join(os.path.dirname(os.path.dirname(__file__)), "data", "digits.csv.gz")
 LAYER_SIZES = (64, 128, 64, 10)
 
 

@@ -38,7 +38,7 @@ def _relu(x: np.ndarray) -> np.ndarray:
 def write_examples(folder: str) -> List[str]:
     """Write the example files into `folder` (created if missing); returns their paths,
     relative to `folder`."""
-    from . import FakeQuantConfig, QuantizedLinear
+    from .. import FakeQuantConfig, QuantizedLinear
 
     rng = np.random.default_rng(SEED)
     f32 = np.float32

@@ -24,7 +24,7 @@ import time
 
 import numpy as np
 
-from .demo import DemoResult, load_digits, split_dataset, time_per_batch
+from .mlp import DemoResult, load_digits, split_dataset, time_per_batch
 
 __all__ = ["run_demo", "main"]
 

@@ -125,7 +125,7 @@ class _ProgressFeed:
 def open_client(args):
     """A ``distributed.Client`` for ``--dask-workers N`` (a new local cluster) or
     ``--scheduler ADDRESS``; returns (client, cluster-or-None).  Raises _Fail."""
-    from .cli import _Fail
+    from ._common import _Fail
 
     try:
         from distributed import Client, LocalCluster
@@ -156,9 +156,10 @@ def open_client(args):
 def calibrate_refs(args, refs, config, progress, client):
     """Calibrate `refs` on `client`; returns [(ref, result-or-None, error-or-None)] in
     the order of `refs` (error: the command's one-line message)."""
-    from . import QuantObserver
-    from .cli import _calibrate_one, _Fail, _io_error, _position_text, _show, _stored_value
-    from .dask import calibrate_graph, finish
+    from .. import QuantObserver
+    from ._common import _Fail, _io_error, _show
+    from .observe import _calibrate_one, _position_text, _stored_value
+    from ..dask import calibrate_graph, finish
 
     import dask.array as da
 
@@ -229,13 +230,12 @@ def calibrate_refs(args, refs, config, progress, client):
     return out
 
 
-
 def dask_calibrator(args, refs, config, progress):
     """Run every tensor of `refs` on the cluster the arguments ask for; returns
     ``(calibrate_one, close)``: a drop-in for the command's per-tensor function that
     hands back each result (raising its one-line error as ``_Fail``), and the function
     that shuts the client (and a cluster it started) down."""
-    from .cli import _Fail
+    from ._common import _Fail
 
     client, cluster = open_client(args)
 

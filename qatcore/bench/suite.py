@@ -3,7 +3,7 @@
 Measures qatcore through its public API against the peers a user would otherwise use,
 in the same run: numpy, torch (when importable), the Rust reference crate
 ``bench/rust`` (when ``--rust DIR`` points at it and ``cargo`` is present) and the int8
-GEMM suite of ``qatcore._bench_gemm`` (when that module exists).  It also measures the
+GEMM suite of ``qatcore.bench.gemm`` (when that module exists).  It also measures the
 machine's limits (read and copy bandwidth, the divider) so each figure can be judged
 against what the hardware allows.
 
@@ -464,9 +464,9 @@ class Suite:
     # -- int8 GEMM (helper module, optional)
     def bench_gemm(self):
         try:
-            from qatcore import _bench_gemm
+            from qatcore.bench import gemm as _bench_gemm
         except ImportError:
-            self.log("  (qatcore._bench_gemm not available: skipped)")
+            self.log("  (qatcore.bench.gemm not available: skipped)")
             return
         if hasattr(_bench_gemm, "measure_peak"):
             try:

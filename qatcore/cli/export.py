@@ -13,7 +13,7 @@ import os
 import re
 import sys
 
-from ._io import show
+from .readers import show
 
 EXIT_OK, EXIT_USAGE, EXIT_INTERRUPT = 0, 2, 130
 
@@ -61,7 +61,7 @@ def _error(msg) -> None:
 
 
 def _load(path: str):
-    from .model import QuantizedSequential
+    from ..model import QuantizedSequential
 
     if not os.path.exists(path):
         raise _Fail(f"{show(path)}: no such file")
@@ -97,7 +97,7 @@ def _check_parent(target: str) -> None:
 # Every exporter writes its files atomically itself (qatcore._files: temporary files in
 # the target folder, renamed into place only when all are complete).
 def _export_c(model, out_dir: str, name: str) -> list:
-    from .export.c import write_c
+    from ..export.c import write_c
 
     if not os.path.isdir(out_dir):
         _check_parent(out_dir)
@@ -106,14 +106,14 @@ def _export_c(model, out_dir: str, name: str) -> list:
 
 
 def _export_onnx(model, target: str) -> None:
-    from .export.onnx import to_onnx
+    from ..export.onnx import to_onnx
 
     _check_parent(target)
     to_onnx(model, target)
 
 
 def _export_tflite(model, target: str, float_io: bool) -> None:
-    from .export.tflite import write_tflite
+    from ..export.tflite import write_tflite
 
     _check_parent(target)
     write_tflite(model, target, float_io=float_io)
@@ -178,7 +178,7 @@ def inspect_sequential(path: str) -> None:
     file does not validate."""
     import numpy as np
 
-    from .model import QuantizedSequential
+    from ..model import QuantizedSequential
 
     model = QuantizedSequential.load(path)
     f32 = lambda v: str(np.float32(v))       # noqa: E731

@@ -26,9 +26,9 @@ from typing import Dict, Iterator, Mapping, Tuple
 
 import numpy as np
 
-from .config import ObserverMethod
-from .histogram import HistogramObserver
-from .observer import QuantObserver
+from ..config import ObserverMethod
+from ..histogram import HistogramObserver
+from ..observer import QuantObserver
 
 __all__ = ["calibrate_model", "CalibrationResult", "METHODS", "iter_inputs"]
 
@@ -45,7 +45,7 @@ def _require():
         import onnx
         import onnxruntime
     except ImportError as exc:      # pragma: no cover - exercised where the extra is missing
-        raise ImportError('qatcore.onnx_calibrate needs onnx and onnxruntime: '
+        raise ImportError('qatcore.onnx needs onnx and onnxruntime: '
                           'pip install "qatcore[onnx]"') from exc
     return onnx, onnxruntime
 

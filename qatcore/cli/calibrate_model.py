@@ -21,7 +21,7 @@ needs: pip install "qatcore[onnx]" (and Pillow for images).
 
 
 def _parser():
-    from .onnx_calibrate import METHODS
+    from ..onnx import METHODS
 
     p = argparse.ArgumentParser(
         prog="qatcore calibrate-model", epilog=_EPILOG,
@@ -71,7 +71,7 @@ def _check_data(data) -> None:
     a MemoryError inside np.load.  InputError."""
     import os
 
-    from ._io import check_regular, open_tensors
+    from .readers import check_regular, open_tensors
 
     if os.path.isdir(data):
         names = sorted(os.listdir(data))
@@ -88,7 +88,7 @@ def _check_data(data) -> None:
 
 
 def _error(msg) -> None:
-    from ._io import scrub
+    from .readers import scrub
 
     print(f"qatcore: error: calibrate-model: {scrub(' '.join(str(msg).split()))}",
           file=sys.stderr, flush=True)
@@ -103,7 +103,7 @@ def main(argv=None) -> int:
     args = _parser().parse_args(sys.argv[1:] if argv is None else argv)
     tmps = {}
     try:
-        from ._io import check_regular, InputError
+        from .readers import check_regular, InputError
 
         try:
             check_regular(args.model)     # a FIFO would block the ONNX reader forever
@@ -115,7 +115,7 @@ def main(argv=None) -> int:
             if target is not None and os.path.isdir(target):
                 raise ValueError(f"{target}: cannot write the output: is a directory")
             tmps[key] = _temp_beside(target)
-        from .onnx_calibrate import calibrate_model
+        from ..onnx import calibrate_model
         result = calibrate_model(
             args.model, args.data, method=args.method, percentile=args.percentile,
             symmetric=args.symmetric, bins=args.bins, image_size=args.image_size,

@@ -1,0 +1,190 @@
+"""The house rules, checked on the source: no import circles between qatcore's modules,
+and the core imports none of the wings.
+
+Every ``import`` counts, also the ones inside functions (a lazy import is still a
+dependency), except those under ``if TYPE_CHECKING:``.  A package's ``__init__`` is a
+module of its own: importing ``qatcore.cli.observe`` is an edge to that module, not to
+``qatcore.cli`` (whose ``__init__`` only re-exports).
+"""
+
+import ast
+import os
+from pathlib import Path
+
+import pytest
+
+import qatcore
+
+PKG = Path(qatcore.__file__).resolve().parent
+
+#: The wings: audiences of their own.  The core (qatcore/*.py) imports none of them.
+WINGS = ("qatcore.cli", "qatcore.demo", "qatcore.bench", "qatcore.torch", "qatcore.dask",
+         "qatcore.onnx", "qatcore.export")
+#: The flat module names the house replaced (issue 19); none may come back.
+OLD_FLAT = ("cli", "_cli_dask", "_cli_export", "_cli_model", "_io", "_examples", "demo",
+            "_demo_torch", "_bench", "_bench_gemm", "onnx_calibrate", "torch", "model")
+
+
+def _module_name(path: Path) -> str:
+    parts = list(path.relative_to(PKG.parent).with_suffix("").parts)
+    if parts[-1] == "__init__":
+        parts = parts[:-1]
+    return ".".join(parts)
+
+
+def _modules():
+    return {_module_name(p): p for p in sorted(PKG.rglob("*.py"))}
+
+
+def _is_extension(module: str) -> bool:
+    """A compiled module (the kernels): a stub ``.pyi`` and no ``.py``."""
+    path = PKG.parent.joinpath(*module.split("."))
+    return path.with_suffix(".pyi").exists()
+
+
+def _is_type_checking(node) -> bool:
+    test = node.test
+    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
+        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
+
+
+def _imports(name: str, path: Path, modules) -> set:
+    """qatcore modules that `name` (at `path`) imports, anywhere in its body."""
+    is_pkg = path.name == "__init__.py"
+    package = name if is_pkg else name.rpartition(".")[0]
+    found = set()
+
+    def visit(node):
+        if isinstance(node, ast.If) and _is_type_checking(node):
+            for child in node.orelse:
+                visit(child)
+            return
+        if isinstance(node, ast.Import):
+            for alias in node.names:
+                if alias.name.startswith("qatcore"):
+                    found.add(alias.name)
+        elif isinstance(node, ast.ImportFrom):
+            if node.level:
+                base = package.split(".")
+                base = base[:len(base) - (node.level - 1)]
+                target = ".".join(base + ([node.module] if node.module else []))
+            else:
+                target = node.module or ""
+            if target.startswith("qatcore"):
+                for alias in node.names:
+                    sub = f"{target}.{alias.name}"
+                    if sub in modules:
+                        found.add(sub)
+                    elif not _is_extension(sub):       # a name defined in `target`
+                        found.add(target)
+        for child in ast.iter_child_nodes(node):
+            visit(child)
+
+    visit(ast.parse(path.read_text(encoding="utf-8")))
+    found.discard(name)
+    return {m for m in found if m in modules}
+
+
+@pytest.fixture(scope="module")
+def graph():
+    modules = _modules()
+    return {name: _imports(name, path, modules) for name, path in modules.items()}
+
+
+def _cycles(graph):
+    """Strongly connected components with more than one module (Tarjan)."""
+    index, low, stack, on_stack, out = {}, {}, [], set(), []
+    counter = [0]
+
+    def strong(v):
+        index[v] = low[v] = counter[0]
+        counter[0] += 1
+        stack.append(v)
+        on_stack.add(v)
+        for w in sorted(graph[v]):
+            if w not in index:
+                strong(w)
+                low[v] = min(low[v], low[w])
+            elif w in on_stack:
+                low[v] = min(low[v], index[w])
+        if low[v] == index[v]:
+            comp = []
+            while True:
+                w = stack.pop()
+                on_stack.discard(w)
+                comp.append(w)
+                if w == v:
+                    break
+            if len(comp) > 1:
+                out.append(sorted(comp))
+
+    for v in sorted(graph):
+        if v not in index:
+            strong(v)
+    return out
+
+
+def test_no_import_circles(graph):
+    assert _cycles(graph) == []
+
+
+def test_finds_a_planted_circle():
+    """The check itself can fail: a two-module circle is found."""
+    assert _cycles({"a": {"b"}, "b": {"a"}, "c": {"a"}}) == [["a", "b"]]
+
+
+def _in(module: str, wing: str) -> bool:
+    return module == wing or module.startswith(wing + ".")
+
+
+def test_core_imports_no_wing(graph):
+    core = [m for m in graph if (m.count(".") == 1 or m == "qatcore")
+            and not any(_in(m, w) for w in WINGS)]
+    assert "qatcore.observer" in core and "qatcore.linear" in core
+    bad = {m: sorted(d for d in graph[m] if any(_in(d, w) for w in WINGS))
+           for m in core if m != "qatcore.__main__"}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_exporters_do_not_import_the_model(graph):
+    """The model delegates to its exporters; they take it as an argument."""
+    bad = {m: sorted(d for d in graph[m] if _in(d, "qatcore.model") and d != "qatcore.model.ops"
+                     and not d.startswith("qatcore.model.ops.") and d != "qatcore.model.tensor")
+           for m in graph if _in(m, "qatcore.export")}
+    assert {m: d for m, d in bad.items() if d} == {}
+
+
+def test_wings_use_the_public_kernels_only(graph):
+    """The command and the demos go through the public API, never the kernel modules."""
+    for m, deps in graph.items():
+        if _in(m, "qatcore.cli") or _in(m, "qatcore.demo"):
+            assert not any(d.startswith("qatcore._kernels") for d in deps), m
+
+
+@pytest.mark.parametrize("old", OLD_FLAT)
+def test_old_flat_module_is_gone(old):
+    assert not (PKG / f"{old}.py").exists()
+
+
+def test_every_package_is_shipped():
+    """Each qatcore folder with an __init__.py is listed in pyproject's packages."""
+    import re
+
+    root = PKG.parent
+    pyproject = root / "pyproject.toml"
+    if not pyproject.exists():
+        pytest.skip("not a source checkout")
+    listed = set(re.findall(r'"(qatcore[\w.]*)"',
+                            re.search(r"packages = \[(.*?)\]", pyproject.read_text()).group(1)))
+    found = {_module_name(p.parent / "__init__.py") for p in PKG.rglob("__init__.py")}
+    assert found == listed
+
+
+def test_license_ships():
+    root = PKG.parent
+    if not (root / "pyproject.toml").exists():
+        pytest.skip("not a source checkout")
+    text = (root / "LICENSE").read_text()
+    assert text.startswith("MIT License")
+    assert 'license-files = ["LICENSE"]' in (root / "pyproject.toml").read_text()
+    assert os.path.getsize(root / "CHANGELOG.md") > 0
