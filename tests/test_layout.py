@@ -174,7 +174,7 @@ def test_every_package_is_shipped():
     import re
 
     text = (ROOT / "pyproject.toml").read_text()
-    listed = set(re.findall(r'"(qatcore[\w.]*)"', re.search(r"packages = \[(.*?)\]", text).group(1)))
+    listed = set(re.findall(r'"(qatcore[\w.]*)"', re.search(r"packages = \[(.*?)\]", text, re.S).group(1)))
     src = ROOT / "qatcore"
     found = {".".join(p.parent.relative_to(ROOT).parts) for p in src.rglob("__init__.py")}
     assert found == listed
