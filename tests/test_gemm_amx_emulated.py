@@ -328,3 +328,24 @@ def test_amx_module_without_amx_takes_the_vnni_path():
     proc = subprocess.run([sys.executable, "-c", code], cwd="/", env=_subprocess_env(),
                           capture_output=True, text=True, timeout=120)
     assert proc.returncode == 0 and proc.stdout.strip() == "ok", (proc.returncode, proc.stderr)
+
+
+def test_bench_rows_beside_amx(monkeypatch):
+    """On the amx target the GEMM benchmark shows the VNNI kernel beside it.  Run here
+    with the amx module forced in (without AMX it takes its VNNI fallback, so this is
+    safe on any AVX-512 VNNI CPU)."""
+    if not _backend._baseline.cpu_supports("avx512"):
+        pytest.skip("the amx module needs AVX-512 VNNI")
+    try:
+        import qatcore._kernels_amx as amx
+    except ImportError:
+        pytest.skip("the amx target was not built")
+    from qatcore import _bench_gemm
+
+    monkeypatch.setattr(_backend, "kernels", amx)
+    records = _bench_gemm.run(quick=True, threads=1, repeat=2, peers=False)
+    rows = {(r["shape"], r["impl"]): r for r in records}
+    for m, k, n in _bench_gemm.QUICK_SHAPES:
+        shape = f"({m},{k},{n})"
+        assert rows[(shape, "qatcore")]["target"] == "amx"
+        assert rows[(shape, "qatcore[avx512]")]["exact"] is True
