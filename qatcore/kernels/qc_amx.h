@@ -137,6 +137,7 @@ typedef struct {
     uint16_t colsb[16];
     uint8_t rows[16];
 } qc_tilecfg;
+typedef char qc_tilecfg_is_64_bytes[sizeof(qc_tilecfg) == 64 ? 1 : -1];
 
 /* Every tile in use is 16 rows x 64 bytes: C tiles 16 x 16 int32, A tiles 16 rows x 64 k,
    B tiles 16 k-groups x 64 bytes (16 columns x 4 k).  Loaded once per thread and call. */
