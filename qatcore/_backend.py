@@ -77,9 +77,8 @@ def load(target: str) -> ModuleType:
         raise ValueError(f"QATCORE_TARGET: unknown target {target!r}; expected one of {ALL_TARGETS}")
     if target != "baseline" and not _baseline.cpu_supports(target):
         if target == "amx" and _baseline.cpu_supports("avx512"):
-            raise ValueError("QATCORE_TARGET: this CPU cannot run the 'amx' kernels (no "
-                             "AMX-INT8, or the Linux kernel refused the AMX tile state: "
-                             "arch_prctl(ARCH_REQ_XCOMP_PERM) needs Linux >= 5.16)")
+            raise ValueError(f"QATCORE_TARGET: this CPU cannot run the 'amx' kernels: "
+                             f"{_baseline.amx_status()}")
         raise ValueError(f"QATCORE_TARGET: this CPU cannot run the {target!r} kernels")
     try:
         return importlib.import_module(_module_name(target))

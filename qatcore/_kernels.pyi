@@ -15,6 +15,7 @@ GEMM_LAYOUT: str             # name of the packed-weight layout of this target
 GEMM_MAX_K: int              # largest K for exact int32 accumulation
 
 def cpu_supports(feature: str) -> bool: ...
+def amx_status() -> str: ...   # "ok", or why this process may not run AMX tiles
 def omp_max_threads() -> int: ...
 
 # --- reductions ----------------------------------------------------------------------

@@ -305,6 +305,16 @@ def test_forcing_amx_without_amx_is_a_clear_error():
                           text=True, timeout=120)
     assert proc.returncode > 0, (proc.returncode, proc.stderr)      # an exit, not a signal
     assert "QATCORE_TARGET" in proc.stderr and "'amx'" in proc.stderr
+    status = _backend._baseline.amx_status()
+    assert status != "ok" and status in proc.stderr
+
+
+@pytest.mark.parametrize("target", _backend.available_targets())
+def test_amx_status_agrees_with_dispatch(target):
+    """Every kernel module answers the same, and "ok" exactly when amx is dispatched."""
+    status = _backend.load(target).amx_status()
+    assert status == _backend._baseline.amx_status()
+    assert (status == "ok") == _backend._baseline.cpu_supports("amx")
 
 
 @pytest.mark.skipif(_REASON != "no AMX on this CPU", reason="this CPU has AMX")
