@@ -41,6 +41,10 @@ TARGETS = {"baseline": []}
 if IS_X86_64 and not IS_MSVC:
     TARGETS["avx2"] = ["-march=x86-64-v3", "-mprefer-vector-width=256"]
     TARGETS["avx512"] = ["-march=x86-64-v4", "-mavx512vnni", "-mprefer-vector-width=512"]
+    # The avx512 build plus the Intel AMX tile instructions (only qc_amx.h's intrinsics
+    # emit them; the module imports on any avx512 CPU, _backend runs it only where the
+    # CPU has AMX-INT8 and Linux grants the tile state).
+    TARGETS["amx"] = TARGETS["avx512"] + ["-mamx-tile", "-mamx-int8"]
 
 wanted = os.environ.get("QATCORE_TARGETS")
 if wanted:

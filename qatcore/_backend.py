@@ -1,7 +1,9 @@
 """Choose the kernel module built for the best CPU target this machine supports.
 
-``QATCORE_TARGET`` (``baseline``, ``avx2``, ``avx512``) forces a target; asking for one
-the CPU cannot run, or one that was not built, is an error rather than a crash.  Tests
+``QATCORE_TARGET`` (``baseline``, ``avx2``, ``avx512``, ``amx``) forces a target; asking
+for one the CPU cannot run, or one that was not built, is an error rather than a crash.
+``amx`` is the avx512 build plus Intel AMX tiles for the int8 GEMM: it needs AMX-INT8 and
+the Linux kernel's grant of the tile state (asked once, by ``cpu_supports("amx")``).  Tests
 load every available target with :func:`load`.
 """
 
@@ -45,7 +47,7 @@ except ImportError as _exc:
     raise _source_tree_error(_exc) from None
 
 #: Targets from the most to the least capable.
-ALL_TARGETS = ("avx512", "avx2", "baseline")
+ALL_TARGETS = ("amx", "avx512", "avx2", "baseline")
 
 __all__ = ["ALL_TARGETS", "available_targets", "load", "kernels", "get_num_threads",
            "set_num_threads"]
@@ -74,6 +76,9 @@ def load(target: str) -> ModuleType:
     if target not in ALL_TARGETS:
         raise ValueError(f"QATCORE_TARGET: unknown target {target!r}; expected one of {ALL_TARGETS}")
     if target != "baseline" and not _baseline.cpu_supports(target):
+        if target == "amx" and _baseline.cpu_supports("avx512"):
+            raise ValueError(f"QATCORE_TARGET: this CPU cannot run the 'amx' kernels: "
+                             f"{_baseline.amx_status()}")
         raise ValueError(f"QATCORE_TARGET: this CPU cannot run the {target!r} kernels")
     try:
         return importlib.import_module(_module_name(target))

@@ -1,5 +1,5 @@
 # Type stubs for the private kernel modules (qatcore._kernels, qatcore._kernels_avx2,
-# qatcore._kernels_avx512: one source, one module per CPU target).  The kernels trust their
+# qatcore._kernels_avx512, qatcore._kernels_amx: one source, one module per CPU target).  The kernels trust their
 # input; the classes in qatcore/ validate.  Memoryview types are given as comments.
 
 from typing import Optional, Tuple
@@ -7,14 +7,15 @@ from typing import Optional, Tuple
 import numpy as np
 import numpy.typing as npt
 
-TARGET: str                  # "baseline", "avx2" or "avx512"
+TARGET: str                  # "baseline", "avx2", "avx512" or "amx"
 OPENMP: bool                 # built with OpenMP
 PAR_MIN_PER_THREAD: int      # below this many elements per thread a kernel stays serial
-GEMM_IMPL: str               # "vnni", "avx2", "sse2" or "portable"
+GEMM_IMPL: str               # "amx-tdpbssd", "avx512vnni-vpdpbusd", "avx2-...", "sse2-...", "portable-c"
 GEMM_LAYOUT: str             # name of the packed-weight layout of this target
 GEMM_MAX_K: int              # largest K for exact int32 accumulation
 
 def cpu_supports(feature: str) -> bool: ...
+def amx_status() -> str: ...   # "ok", or why this process may not run AMX tiles
 def omp_max_threads() -> int: ...
 
 # --- reductions ----------------------------------------------------------------------
@@ -86,6 +87,18 @@ def gemm_i8_i32(x: npt.NDArray[np.int8],                 # ndarray, C-contiguous
                 out: npt.NDArray[np.int32],              # ndarray, writable int32 (M, N)
                 n_threads: int = 1) -> int:
     """0, or -1 when scratch memory could not be allocated."""
+def gemm_requant_i8(x: npt.NDArray[np.int8],                 # ndarray, C-contiguous int8 (M, K)
+                    packed: npt.NDArray[np.int8],            # ndarray, packed_size(N, K) int8
+                    n: int,
+                    wsum: npt.NDArray[np.int32],             # ndarray, int32 (N,)
+                    col_offset: Optional[npt.NDArray[np.int32]],  # ndarray, int32 (N,) or None
+                    multiplier: npt.NDArray[np.int32],       # ndarray, int32 (N,)
+                    shift: npt.NDArray[np.int32],            # ndarray, int32 (N,)
+                    zero_point: int, qmin: int, qmax: int,
+                    out: npt.NDArray[np.int8],               # ndarray, writable int8 (M, N)
+                    n_threads: int = 1) -> int:
+    """requantize_fixed_point(gemm_i8_i32(...)) in one call; 0, or -1 when scratch
+    memory could not be allocated."""
 def requantize_fixed_point(acc: npt.NDArray[np.int32],         # const int32_t[:, ::1]
                            multiplier: npt.NDArray[np.int32],  # const int32_t[::1] (N,)
                            shift: npt.NDArray[np.int32],       # const int32_t[::1] (N,)

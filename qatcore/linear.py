@@ -808,10 +808,14 @@ class QuantizedLinear(Module):
             output_zero_point = _check_int(output_zero_point, "output_zero_point", -128, 127)
         input_scale, _, _, col_offset, _ = self._snapshot()
         mult, shift = self._requant_params(float(output_scale), input_scale)
-        acc = self._gemm(x2d, col_offset)
-        out = np.empty(acc.shape, dtype=np.int8)
-        _backend.kernels.requantize_fixed_point(acc, mult, shift, output_zero_point, qmin, qmax,
-                                                out, self.n_threads)
+        # One kernel call: the amx target requantizes each block as it leaves the tiles.
+        kernels = _backend.kernels
+        packed = self._packed_for(kernels)
+        out = np.empty((x2d.shape[0], self.out_features), dtype=np.int8)
+        if kernels.gemm_requant_i8(x2d, packed, self.out_features, self._wsum, col_offset,
+                                   mult, shift, output_zero_point, qmin, qmax, out,
+                                   self.n_threads) != 0:
+            raise MemoryError("QuantizedLinear: could not allocate GEMM scratch memory")
         return out
 
     # ------------------------------------------------------------------ serialization

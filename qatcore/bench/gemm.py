@@ -94,6 +94,28 @@ def measure_peak(repeat: int = 30) -> dict:
 
 # ------------------------------------------------------------------------------ peers
 
+def _vnni_beside_amx(x: np.ndarray, w: np.ndarray, want: np.ndarray, n_threads: int):
+    """On the amx target: the avx512 (VNNI) kernel on the same data, so that AMX and VNNI
+    appear in one run.  A kernel call (weights packed beforehand), without the layer's
+    ~2-5 µs of Python; None elsewhere."""
+    from . import _backend
+
+    if _backend.kernels.TARGET != "amx" or "avx512" not in _backend.available_targets():
+        return None, None
+    kern = _backend.load("avx512")
+    n = w.shape[0]
+    packed = np.empty(kern.packed_size(n, w.shape[1]), np.int8)
+    kern.pack_weights(w, packed)
+    wsum = w.astype(np.int64).sum(axis=1).astype(np.int32)
+    out = np.empty((x.shape[0], n), np.int32)
+
+    def call():
+        kern.gemm_i8_i32(x, packed, n, wsum, None, out, n_threads)
+        return out
+
+    return call, bool(np.array_equal(call(), want))
+
+
 def _torch():
     try:
         import torch
@@ -211,7 +233,9 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
     """Benchmark the int8 linear layer; one dict per (shape, threads, implementation).
 
     Keys: ``op`` ("linear"), ``shape`` "(M,K,N)", ``threads``, ``impl`` ("qatcore",
-    "numpy", "torch._int_mm", "onnxruntime", "rust"), ``median_s``, ``min_s``, ``max_s``,
+    "numpy", "torch._int_mm", "onnxruntime", "rust"; on the amx target also
+    "qatcore[avx512]", the VNNI kernel on the same data), ``target`` (qatcore's kernel
+    target, on its row), ``median_s``, ``min_s``, ``max_s``,
     ``repeat``, ``gops`` (2·M·K·N / median), ``gops_best`` (from ``min_s``: on a busy
     machine the least disturbed call), and ``exact`` for peers whose result was
     compared with qatcore's. The in-process implementations are timed round-robin; slow
@@ -219,6 +243,8 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
     Rust runs single-threaded in its own process (records only for threads == 1, at most
     5 repeats on large shapes).
     """
+    from . import _backend
+
     if isinstance(threads, (int, np.integer)):
         threads = (int(threads),)
     shapes = list(shapes) if shapes is not None else (QUICK_SHAPES if quick else SHAPES)
@@ -241,6 +267,10 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
             fns: Dict[str, Callable[[], object]] = {
                 "qatcore": lambda layer=layer, x=x: layer.forward_quantized(x)}
             exact: Dict[str, bool] = {}
+            vnni, vnni_exact = _vnni_beside_amx(x, w, want, nt)
+            if vnni is not None:
+                fns["qatcore[avx512]"] = vnni
+                exact["qatcore[avx512]"] = vnni_exact
             if peers and shape[0] * shape[1] * shape[2] <= (1 << 28):
                 # numpy's integer matmul runs at ~0.1-1 GOPS: a 1024^3 call takes ~30 s.
                 fns["numpy"] = lambda x=x, wt=wt: x.astype(np.int32) @ wt.astype(np.int32)
@@ -252,6 +282,8 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
                     fns["onnxruntime"] = lambda sess=sess, xu=xu: sess.run(None, {"A": xu})
             for name, timing in _interleaved(fns, repeat, budget).items():
                 records.append(_record(shape, nt, name, timing, exact.get(name)))
+                if name == "qatcore":
+                    records[-1]["target"] = _backend.kernels.TARGET
     if rust is not None and rust.binary is not None and 1 in threads:
         for shape, *_ in data:
             m, k, n = shape
@@ -277,7 +309,7 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
                     records.append(_record(shape, nt, "torch._int_mm", timing, ok))
         finally:
             torch.set_num_threads(prev)
-    order = {"qatcore": 0, "numpy": 1, "torch._int_mm": 2, "onnxruntime": 3, "rust": 4}
+    order = {"qatcore": 0, "qatcore[avx512]": 0.5, "numpy": 1, "torch._int_mm": 2, "onnxruntime": 3, "rust": 4}
     index = {s: i for i, s in enumerate(shapes)}
     records.sort(key=lambda r: (index[tuple(int(v) for v in r["shape"][1:-1].split(","))],
                                 r["threads"], order.get(r["impl"], 9)))

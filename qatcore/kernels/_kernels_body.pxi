@@ -15,6 +15,12 @@ cdef extern from "qc_common.h" nogil:
     int qc_omp_max_threads()
     int qc_omp_thread_num()
     int qc_cpu_supports(const char *feature)
+    int qc_amx_state(int *err)
+    enum:
+        QC_AMX_OK
+        QC_AMX_NO_CPU
+        QC_AMX_NO_OS
+        QC_AMX_REFUSED
     const char *qc_target_name
 
 cimport numpy as cnp
@@ -29,6 +35,27 @@ def cpu_supports(str feature):
     ("avx2" or "avx512")."""
     cdef bytes name = feature.encode("ascii")
     return bool(qc_cpu_supports(name))
+
+
+def amx_status():
+    """Whether this process may run Intel AMX tiles: "ok"; "no AMX-INT8 in this CPU";
+    "the OS does not enable the AMX tile state (XCR0)"; "Linux refused the AMX tile
+    state (arch_prctl ARCH_REQ_XCOMP_PERM: <error>)"; or "not Linux on x86-64".  Asks
+    for the permission the first time (once per process)."""
+    import os
+    cdef int err = 0
+    cdef int state = qc_amx_state(&err)
+    if state == QC_AMX_OK:
+        return "ok"
+    if state == QC_AMX_NO_CPU:
+        return "no AMX-INT8 in this CPU"
+    if state == QC_AMX_NO_OS:
+        return "the OS does not enable the AMX tile state (XCR0)"
+    if state == QC_AMX_REFUSED:
+        why = os.strerror(err) if err else "permission not in the granted set"
+        return (f"Linux refused the AMX tile state (arch_prctl ARCH_REQ_XCOMP_PERM: {why}; "
+                f"it needs Linux >= 5.16 and sigaltstacks large enough for the tile state)")
+    return "not Linux on x86-64"
 
 
 def omp_max_threads():

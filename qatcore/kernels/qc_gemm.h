@@ -81,6 +81,15 @@ typedef int16_t qc_a_t;
 typedef int8_t qc_b_t;
 #endif
 
+/* K extent of a packed weight panel: the k groups are zero padded to a multiple of
+   QC_GEMM_KPAD.  The amx target (qc_amx.h) sets 64 so that its tiles read whole 64-byte
+   rows of the same nr32-kg4 panels the VNNI microkernel reads (that layout is then named
+   "<layout>-kp64"). */
+#ifndef QC_GEMM_KPAD
+#  define QC_GEMM_KPAD QC_GEMM_KG
+#  define QC_GEMM_LAYOUT_SUFFIX ""
+#endif
+
 #define QC_GEMM_MAX_K 132104
 /* Row block (A packed per block; kept in L2) and k block (one weight panel k-block of
    KC x NR bytes kept in L1 while the row tiles of the block stream past it). */
@@ -94,8 +103,11 @@ typedef int8_t qc_b_t;
 /* Below this many multiply-adds a call stays on one thread. */
 #define QC_GEMM_PAR_MIN ((int64_t)1 << 20)
 
+#if defined(__GNUC__)
+__attribute__((unused))       /* the amx target names its own implementation */
+#endif
 static const char *qc_gemm_impl = QC_GEMM_IMPL;
-static const char *qc_gemm_layout = QC_GEMM_LAYOUT;
+static const char *qc_gemm_layout = QC_GEMM_LAYOUT QC_GEMM_LAYOUT_SUFFIX;
 
 #if defined(__GNUC__)
 #  define QC_INLINE static inline __attribute__((always_inline))
@@ -129,13 +141,14 @@ static inline ptrdiff_t qc_round_up(ptrdiff_t v, ptrdiff_t m) { return (v + m - 
 
 /* Bytes of the packed weights for an (N, K) matrix. */
 static inline ptrdiff_t qc_gemm_packed_size(ptrdiff_t n, ptrdiff_t k) {
-    return qc_round_up(n, QC_GEMM_NR) * qc_round_up(k, QC_GEMM_KG) * (ptrdiff_t)sizeof(qc_b_t);
+    return qc_round_up(n, QC_GEMM_NR) * qc_round_up(k, QC_GEMM_KPAD) * (ptrdiff_t)sizeof(qc_b_t);
 }
 
-/* packed[((p * Kp/KG + g) * NR + c) * KG + j] = w[p*NR + c, g*KG + j], zero outside. */
+/* packed[((p * Kp/KG + g) * NR + c) * KG + j] = w[p*NR + c, g*KG + j], zero outside;
+   Kp = k rounded up to QC_GEMM_KPAD. */
 static void qc_gemm_pack(const int8_t *w, ptrdiff_t n, ptrdiff_t k, int8_t *packed_bytes) {
     qc_b_t *packed = (qc_b_t *)(void *)packed_bytes;
-    ptrdiff_t kp = qc_round_up(k, QC_GEMM_KG);
+    ptrdiff_t kp = qc_round_up(k, QC_GEMM_KPAD);
     ptrdiff_t np = qc_round_up(n, QC_GEMM_NR) / QC_GEMM_NR;
     ptrdiff_t p, g, c, j;
     qc_b_t *dst = packed;
@@ -387,7 +400,7 @@ static void qc_gemm_block(const int8_t *x, ptrdiff_t m0, ptrdiff_t m1, ptrdiff_t
                           const int32_t *col_offset, const int32_t *wsum, int32_t *out,
                           qc_a_t *a_buf, int a_ready) {
     int32_t tile[QC_GEMM_MR * QC_GEMM_NR];
-    ptrdiff_t kp = qc_round_up(k, QC_GEMM_KG);
+    ptrdiff_t kp = qc_round_up(k, QC_GEMM_KPAD);          /* panel extent in k */
     ptrdiff_t mb, kb, p, r0;
     for (mb = m0; mb < m1; mb += QC_GEMM_MC) {
         ptrdiff_t mc = m1 - mb < QC_GEMM_MC ? m1 - mb : QC_GEMM_MC;
