@@ -350,7 +350,7 @@ def test_bench_rows_beside_amx(monkeypatch):
         import qatcore._kernels_amx as amx
     except ImportError:
         pytest.skip("the amx target was not built")
-    from qatcore import _bench_gemm
+    from qatcore.bench import gemm as _bench_gemm
 
     monkeypatch.setattr(_backend, "kernels", amx)
     records = _bench_gemm.run(quick=True, threads=1, repeat=2, peers=False)

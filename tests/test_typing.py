@@ -27,7 +27,8 @@ ROOT = os.path.dirname(os.path.dirname(os.path.abspath(qatcore.__file__)))
 #: Modules whose annotations stubtest compares with the runtime.
 STUBTEST_MODULES = ["qatcore.config", "qatcore.observer", "qatcore.fake_quantize",
                     "qatcore.linear", "qatcore.dynamic", "qatcore.mixed_precision", "qatcore.nn",
-                    "qatcore._kernels", "qatcore._kernels_avx2", "qatcore._kernels_avx512"]
+                    "qatcore._kernels", "qatcore._kernels_avx2", "qatcore._kernels_avx512",
+                    "qatcore._kernels_amx"]
 
 
 def _installed() -> bool:
