@@ -98,7 +98,7 @@ def _vnni_beside_amx(x: np.ndarray, w: np.ndarray, want: np.ndarray, n_threads: 
     """On the amx target: the avx512 (VNNI) kernel on the same data, so that AMX and VNNI
     appear in one run.  A kernel call (weights packed beforehand), without the layer's
     ~2-5 µs of Python; None elsewhere."""
-    from . import _backend
+    from qatcore import _backend
 
     if _backend.kernels.TARGET != "amx" or "avx512" not in _backend.available_targets():
         return None, None
@@ -243,7 +243,7 @@ def run(quick: bool = False, threads: Union[int, Sequence[int]] = (1,), repeat: 
     Rust runs single-threaded in its own process (records only for threads == 1, at most
     5 repeats on large shapes).
     """
-    from . import _backend
+    from qatcore import _backend
 
     if isinstance(threads, (int, np.integer)):
         threads = (int(threads),)
