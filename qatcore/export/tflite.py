@@ -187,7 +187,8 @@ def weight_tensors(fb: FlatbufferModel, name: str, weights_q, weight_scales, bia
                    input_scale: float, dim: int, n_out: int):
     """The int8 weight tensor (symmetric, scales on axis `dim`) and the int32 bias tensor
     (``s_in · s_w[c]`` in float32, zero point 0; zeros when `bias_q` is None: the same
-    arithmetic), as TensorFlow's converter writes them."""
+    arithmetic, and TFLM's int8 CONV_2D refuses an omitted bias), as TensorFlow's
+    converter writes them."""
     TT = fb.s.TensorType
     ws = np.asarray(weight_scales, dtype=np.float32).reshape(-1)
     w = fb.constant(f"{name}/weights", np.ascontiguousarray(weights_q, dtype=np.int8),

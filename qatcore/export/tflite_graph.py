@@ -6,7 +6,8 @@ arithmetic, written as TensorFlow's converter writes a full-integer model:
 * activations int8, per tensor, shape ``(batch, *sample_shape)`` (NHWC for images);
 * weights int8, symmetric, per-channel scales on ``quantized_dimension`` 0 (CONV_2D, OHWI;
   FULLY_CONNECTED, ``(out, in)``) or 3 (DEPTHWISE_CONV_2D, ``(1, KH, KW, C·M)``); bias
-  int32 at ``s_in · s_w[c]`` (float32), zero point 0 (zeros when the op has no bias);
+  int32 at ``s_in · s_w[c]`` (float32), zero point 0 (zeros for an op without bias: the
+  same arithmetic, and TFLM's int8 CONV_2D needs the tensor);
 * fused ReLU / ReLU6 in the operator's options;
 * a convolution's explicit padding becomes ``SAME`` or ``VALID`` when it equals one of them;
   otherwise a PAD operator (filled with the input's zero point, which contributes nothing to
