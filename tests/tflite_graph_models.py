@@ -101,6 +101,7 @@ class GraphBuilder:
         self.tensors = {}
         self.ops = []
         self.inputs = []
+        self.keep = set()          # outputs that keep their (first) input's scale and zp
         self.input(name, shape, scale, zero_point)
 
     def input(self, name, shape, scale=0.05, zero_point=0):
@@ -202,6 +203,7 @@ class GraphBuilder:
         oh = (h + padding[0] + padding[1] - pool[0]) // stride[0] + 1
         ow = (w + padding[2] + padding[3] - pool[1]) // stride[1] + 1
         y = self._new((oh, ow, c), s.scale, s.zero_point)
+        self.keep.add(y)
         cls = AveragePool2D if kind == "avg" else MaxPool2D
         self.ops.append(cls(x, y, pool=pool, stride=stride, padding=tuple(padding),
                             activation=activation))
@@ -218,6 +220,7 @@ class GraphBuilder:
     def reshape(self, x, shape):
         s = self.spec(x)
         y = self._new(shape, s.scale, s.zero_point)
+        self.keep.add(y)
         self.ops.append(Reshape(x, y))
         return y
 
@@ -227,6 +230,7 @@ class GraphBuilder:
         shape = list(s.shape)
         shape[axis % ndim] = sum(self.spec(t).shape[axis % ndim] for t in xs)
         y = self._new(shape, s.scale, s.zero_point)
+        self.keep.add(y)
         self.ops.append(Concatenation(tuple(xs), y, axis=axis))
         return y
 
@@ -234,6 +238,7 @@ class GraphBuilder:
         s = self.spec(x)
         shape = [d + a + b for d, (a, b) in zip(s.shape, paddings)]
         y = self._new(shape, s.scale, s.zero_point)
+        self.keep.add(y)
         self.ops.append(Pad(x, y, paddings=tuple(tuple(p) for p in paddings)))
         return y
 
@@ -256,13 +261,78 @@ class GraphBuilder:
     def relu(self, x, max_value=None, rescale=1.0):
         s = self.spec(x)
         y = self._new(s.shape, s.scale * rescale, -128 if rescale != 1.0 else s.zero_point)
+        if rescale == 1.0:
+            self.keep.add(y)
         self.ops.append(Relu(x, y, max_value=max_value))
         return y
 
-    def model(self, outputs, name="model"):
+    def model(self, outputs, name="model", calibrate=True):
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
+        if calibrate:
+            self.calibrate()
         return QuantizedModel(list(self.tensors.values()), self.ops, self.inputs, outputs,
                               name=name)
+
+    #: ops whose output scale and zero point are free (the others keep their input's or are
+    #: fixed by TFLite)
+    _FREE = ("Conv2D", "DepthwiseConv2D", "FullyConnected", "Add", "Mul", "Mean",
+             "HardSwish")
+
+    def calibrate(self, n=128, seed=99):
+        """Set each free output scale from what LiteRT computes on random codes, op by op
+        in order (an op's codes depend only on the scales before it): 4 standard
+        deviations over the int8 range, the zero point at the mean (-128 under a fused
+        ReLU), so that the outputs use the range without saturating."""
+        from qatcore.export.tflite_graph import tflite_bytes
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+
+        squashed = {op.inputs[0] for op in self.ops
+                    if type(op).__name__ in ("Softmax", "Logistic")}
+        for k, op in enumerate(self.ops):
+            if op.output in self.keep:
+                src = self.tensors[op.inputs[0]]
+                self.tensors[op.output] = TensorSpec(op.output, self.tensors[op.output].shape,
+                                                     src.scale, src.zero_point)
+            if type(op).__name__ not in self._FREE:
+                continue
+            for _ in range(12):
+                model = QuantizedModel(list(self.tensors.values()), self.ops[:k + 1],
+                                       self.inputs, [op.output])
+                xs = random_inputs(model, n, seed)
+                it = Interpreter(model_content=tflite_bytes(model, batch_size=n),
+                                 experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
+                it.allocate_tensors()
+                for d, x in zip(it.get_input_details(), xs):
+                    it.set_tensor(d["index"], x)
+                it.invoke()
+                q = it.get_tensor(it.get_output_details()[0]["index"]).astype(np.float64)
+                spec = self.tensors[op.output]
+                saturated = np.mean((q == -128) | (q == 127))
+                relu = getattr(op, "activation", None) is not None
+                if relu:
+                    saturated = np.mean(q == 127)
+                real = (q - spec.zero_point) * spec.scale
+                if saturated > 0.02:
+                    scale, zp = spec.scale * 4, spec.zero_point
+                else:
+                    std = float(real.std()) or spec.scale
+                    scale = 4 * std / 127 if not relu else 6 * std / 255
+                    zp = -128 if relu else int(np.clip(np.round(-real.mean() / scale),
+                                                       -100, 100))
+                    done = 0.5 < scale / spec.scale < 2
+                if (saturated <= 0.02 and type(op).__name__ == "FullyConnected"
+                        and op.output in squashed and real.std() > 3):
+                    # logits of a softmax / logistic: a spread of about 2, not one-hot
+                    ws = np.asarray(op.weight_scales, np.float32) * np.float32(
+                        2 / real.std())
+                    op = self.ops[k] = FullyConnected(
+                        op.inputs[0], op.output, op.weights_q, ws, op.bias_q,
+                        activation=op.activation)
+                    continue
+                self.tensors[op.output] = TensorSpec(op.output, spec.shape,
+                                                     float(np.float32(scale)), zp)
+                if saturated <= 0.02 and done:
+                    break
 
 
 # ------------------------------------------------------------------------------ models
@@ -326,6 +396,8 @@ def _single(op):
         elif op == "relu-rescale":
             y = g.relu(x, rescale=0.6)
         elif op == "relu6":
+            y = g.relu(x, max_value=6.0)
+        elif op == "relu6-rescale":              # LiteRT requantizes, TFLM does not
             y = g.relu(x, max_value=6.0, rescale=0.3)
         else:
             raise KeyError(op)
@@ -337,7 +409,7 @@ SINGLE_OPS = ["conv", "conv-valid", "conv-pad", "conv-dilated", "conv-1x1-stride
               "depthwise", "depthwise-mult", "depthwise-pad", "fc", "fc-flatten", "add", "mul",
               "avgpool", "avgpool-valid", "maxpool", "mean", "mean-keepdims", "reshape",
               "concat", "pad", "softmax", "logistic", "hard_swish", "relu", "relu-rescale",
-              "relu6"]
+              "relu6", "relu6-rescale"]
 
 
 def small_cnn(seed):
@@ -385,7 +457,7 @@ def ds_cnn(seed):
 
 def mixed_net(seed):
     """The second batch of ops together: pad, hard_swish, concat, mul, logistic, relu6,
-    max pool, mean keepdims, two inputs and two outputs."""
+    max pool, mean keepdims, two inputs and three outputs."""
     g = GraphBuilder(seed, (8, 8, 4), 0.04, 3)
     g.input("z", (8, 8, 4), 0.05, -7)
     a = g.conv("x", 4, activation="relu6")
@@ -394,7 +466,8 @@ def mixed_net(seed):
     p = g.pad(m, ((1, 1), (1, 1), (0, 0)))
     q = g.pool(p, "max", pool=(2, 2), stride=(2, 2))
     lo = g.logistic(g.mean(q, keepdims=True))
-    return g.model([g.relu(q, max_value=6.0, rescale=0.5), lo], name="mixed")
+    cat = g.concat([q, g.relu(q)])
+    return g.model([g.relu(q, max_value=6.0), lo, cat], name="mixed")
 
 
 NETS = {"small_cnn": small_cnn, "resnet_block": resnet_block, "ds_cnn": ds_cnn,
