@@ -407,6 +407,7 @@ class _Reader:
                 float_io = True
             else:
                 graph_out.append(t)
+        skip |= self._shape_ops(ops)
         for t in graph_in:
             self.act(t, "graph input")
         out_ops = []
@@ -422,6 +423,27 @@ class _Reader:
         outputs = [self.act(t, "graph output") for t in graph_out]
         inputs = [self.spec_names[t.index] for t in graph_in]
         return self._fold_pads(out_ops, outputs), inputs, outputs, float_io
+
+    def _shape_ops(self, ops) -> set:
+        """The operators that only compute a RESHAPE's shape input at run time (the
+        converter's SHAPE → STRIDED_SLICE → PACK for a flatten with a dynamic batch): the
+        file records the RESHAPE's output shape, which is all qatcore needs."""
+        shape_t = {id(o[2][1]) for o in ops if o[1] == "RESHAPE" and len(o[2]) > 1
+                   and o[2][1] is not None}
+        skipped = set()
+        for k, name, ins, outs, _, _ in reversed(ops):
+            if (name in _SHAPE_OPS and outs and all(id(t) in shape_t for t in outs)
+                    and all(t.type in (_INT32, _INT64) for t in outs)):
+                skipped.add(k)
+                shape_t.update(id(t) for t in ins if t is not None and t.type != _INT8)
+        for k, name, ins, outs, _, _ in ops:
+            for j, t in enumerate(ins):
+                if t is not None and id(t) in shape_t and k not in skipped and not (
+                        name == "RESHAPE" and j == 1):
+                    raise ValueError(f"operator {k} ({name}) reads the shape tensor {t!r}")
+        if any(id(t) in shape_t for t in self.outputs):
+            raise ValueError("a graph output is a shape tensor")
+        return skipped
 
     def _fold_pads(self, ops, outputs):
         """PAD (zero-point fill, same scale and zero point) on H, W feeding only a VALID
@@ -676,6 +698,10 @@ class _Reader:
     def _op_RELU6(self, k, name, ins, out, opt_type, opts, same_padding):
         return _rec("Relu", *self._unary(k, name, ins, out), max_value=6.0)
 
+
+#: operators that may compute a RESHAPE's shape at run time (dropped)
+_SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "SLICE", "GATHER",
+              "CAST")
 
 #: ops whose first argument is a tuple of inputs
 _MULTI = ("Add", "Mul", "Concatenation")
