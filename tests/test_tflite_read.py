@@ -396,6 +396,12 @@ CRAFTED_FILES = {
     "conv-shape": ("conv", _tensor_attr(1, "shape", [1, 9, 11, 7]), "output shape"),
     "fc-size": ("fc", _tensor_attr(0, "shape", [1, 23]), "elements per sample"),
     "broadcast": ("add", _tensor_attr(1, "shape", [1, 1, 1, 5]), "broadcasting"),
+    "op-order": ("small_cnn", lambda m, sg: sg.operators.reverse(),
+                 "before any operator writes"),
+    "written-twice": ("small_cnn", lambda m, sg: setattr(sg.operators[1], "outputs",
+                                                         sg.operators[0].outputs),
+                      "already written"),
+    "dup-inputs": ("relu", lambda m, sg: setattr(sg, "inputs", [0, 0]), "listed twice"),
 }
 
 
