@@ -220,7 +220,7 @@ def test_structure_as_the_converter_writes_it():
                                 "DEQUANTIZE"]
     conv, dw = sg.Operators(1), sg.Operators(2)
     for op, dim, qop in ((conv, 0, model.ops[0]), (dw, 3, model.ops[1])):
-        x, w, b = (sg.Tensors(op.Inputs(j)) for j in range(3))
+        w, b = (sg.Tensors(op.Inputs(j)) for j in (1, 2))
         wq = w.Quantization()
         assert wq.QuantizedDimension() == dim
         np.testing.assert_array_equal(wq.ScaleAsNumpy(), qop.weight_scales)

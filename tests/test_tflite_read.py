@@ -431,7 +431,7 @@ def test_huge_vector_length():
     b = _Buffer(bytes(data))
     root = b.table(b.u32(0))
     sg = root.tables(2)[0]
-    start, length = sg.vector(0, 4)
+    start, _ = sg.vector(0, 4)
     struct.pack_into("<I", data, start - 4, 0xFFFFFFF0)
     with pytest.raises(ValueError, match="runs past the file"):
         read(bytes(data))

@@ -127,11 +127,13 @@ class _GraphWriter:
         pad = padding_option(op.padding, spec.shape[:2], kernel_hw, stride, dilation)
         if pad is not None:
             return x, pad, stride, dilation
-        t, b, l, r = (int(p) for p in op.padding)
+        top, bottom, left, right = (int(p) for p in op.padding)
         h, w, c = spec.shape
-        padded = self.fb.act_tensor(f"{op.output}/pad", (self.n, h + t + b, w + l + r, c),
+        padded = self.fb.act_tensor(f"{op.output}/pad",
+                                    (self.n, h + top + bottom, w + left + right, c),
                                     spec.scale, spec.zero_point)
-        paddings = self.int32(f"{op.output}/paddings", [[0, 0], [t, b], [l, r], [0, 0]])
+        paddings = self.int32(f"{op.output}/paddings",
+                              [[0, 0], [top, bottom], [left, right], [0, 0]])
         self.fb.operator("PAD", [x, paddings], [padded], "PadOptions")
         return padded, "VALID", stride, dilation
 

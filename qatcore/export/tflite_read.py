@@ -458,7 +458,7 @@ class _Reader:
                     and all(t.type in (_INT32, _INT64) for t in outs)):
                 skipped.add(k)
                 shape_t.update(id(t) for t in ins if t is not None and t.type != _INT8)
-        for k, name, ins, outs, _, _ in ops:
+        for k, name, ins, _, _, _ in ops:
             for j, t in enumerate(ins):
                 if t is not None and id(t) in shape_t and k not in skipped and not (
                         name == "RESHAPE" and j == 1):
