@@ -286,7 +286,7 @@ def test_pool_padding_neither_same_nor_valid_is_refused():
 def test_relu_max_value_other_than_six_is_refused():
     g = G.GraphBuilder(1, (4,))
     y = g._new((4,), 0.05, 0)
-    g.ops.append(G.Relu("x", y, max_value=1.0))
+    g.ops.append(G.Rec(G.Relu, "x", y, max_value=1.0))
     with pytest.raises(ValueError, match="max_value"):
         tflite_bytes(g.model(y, calibrate=False))
 
