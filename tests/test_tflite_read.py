@@ -48,17 +48,7 @@ def fixture_bytes(name):
         return f.read()
 
 
-# The contract's constructor arguments of each op (what a round trip must keep).
-ARGS = {"Conv2D": ("weights_q", "weight_scales", "bias_q", "stride", "dilation", "padding",
-                   "activation"),
-        "FullyConnected": ("weights_q", "weight_scales", "bias_q", "activation"),
-        "Add": ("activation",), "Mul": ("activation",),
-        "AveragePool2D": ("pool", "stride", "padding", "activation"),
-        "Mean": ("axes", "keepdims"), "Reshape": (), "Concatenation": ("axis", "activation"),
-        "Pad": ("paddings",), "Softmax": ("beta",), "Logistic": (), "HardSwish": (),
-        "Relu": ("max_value",)}
-ARGS["DepthwiseConv2D"] = ARGS["Conv2D"]
-ARGS["MaxPool2D"] = ARGS["AveragePool2D"]
+ARGS = G.ARGS
 
 
 def describe(model):
@@ -210,9 +200,24 @@ def test_fixture_bit_exact_tflm(name):
 @needs_engine
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_fixture_bit_exact_litert_ref(name):
+    # LiteRT's reference kernels round twice (gemmlowp) except in FULLY_CONNECTED, which
+    # rounds once: the model run op by op with those roundings.
     x, want = litert_on_fixture(name)
-    np.testing.assert_array_equal(read(fixture_bytes(name)).forward_int8(x, rounding="single"),
-                                  want)
+    model = read(fixture_bytes(name))
+    got = G.per_op_forward(model, [x], G.RUNTIME_ROUNDING["ref"])[0]
+    np.testing.assert_array_equal(got, want)
+
+
+@needs_engine
+@pytest.mark.parametrize("name", list(FIXTURES))
+def test_fixture_xnnpack_agreement(name, record_property):
+    x, want = litert_on_fixture(name, "AUTO")
+    model = read(fixture_bytes(name))
+    for rounding in ("single", "gemmlowp"):
+        diff = np.abs(model.forward_int8(x, rounding=rounding).astype(np.int32) - want)
+        record_property(f"xnnpack_{name}_vs_{rounding}",
+                        f"max {diff.max()} LSB, {np.mean(diff > 0):.3%} differ")
+        assert diff.max() <= 8
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
