@@ -232,9 +232,42 @@ def test_float_io(net, runtime):
     for g, c, t in zip(got, codes, model.outputs):
         spec = model.tensors[t]
         assert g.dtype == np.float32
-        want = (c.astype(np.int32) - spec.zero_point).astype(np.float32) * np.float32(
+        expect = (c.astype(np.int32) - spec.zero_point).astype(np.float32) * np.float32(
             spec.scale)
-        np.testing.assert_array_equal(g, want)
+        np.testing.assert_array_equal(g, expect)
+    if G.HAVE_ENGINE:
+        # the engine's float entry points: quantize_input is TFLite's QUANTIZE,
+        # dequantize_output its DEQUANTIZE
+        q = model.quantize_input(xf if len(xf) > 1 else xf[0])
+        codes = want(model, q if len(xf) > 1 else [q], runtime)
+        out = model.dequantize_output(codes if len(codes) > 1 else codes[0])
+        out = out if isinstance(out, list) else [out]
+        for g, o in zip(got, out):
+            np.testing.assert_array_equal(g.view(np.uint32), o.view(np.uint32))
+
+
+@needs_engine
+def test_sequential_graph_runs_as_the_chain_file():
+    # QuantizedModel.from_sequential(seq) written by the graph writer computes what the
+    # chain writer's file of seq computes (TFLM, 1000 inputs).
+    from qatcore import QuantizedLinear, QuantizedSequential
+    from qatcore.export import tflite as chain
+
+    rng = np.random.default_rng(4)
+    layers = []
+    for a, b, s in ((20, 16, 0.05), (16, 8, 0.2)):
+        layer = QuantizedLinear.from_float(rng.standard_normal((b, a)).astype(np.float32),
+                                           rng.standard_normal(b).astype(np.float32), a, b,
+                                           per_channel=True)
+        layer.set_input_scale(s)
+        layers.append(layer)
+    seq = QuantizedSequential(layers, ["relu", None], 0.3, 5)
+    graph = G.QuantizedModel.from_sequential(seq)
+    x = rng.integers(-128, 128, (1000, 20)).astype(np.int8)
+    a = run_tflm(chain.tflite_bytes(seq, batch_size=1000), [x], 1)[0]
+    b = run_tflm(tflite_bytes(graph, batch_size=1000), [x], 1)[0]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(b, graph.forward_int8(x))
 
 
 # ------------------------------------------------------------------ the file itself
