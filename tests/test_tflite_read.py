@@ -476,3 +476,14 @@ def test_unsupported_op_names_op_and_index():
     with pytest.raises(ValueError, match=r"^not a usable int8 \.tflite model: operator 1 is "
                                          r"TANH, which qatcore does not support$"):
         read(_pack(m))
+
+
+@needs_engine
+def test_model_methods_delegate(tmp_path):
+    model = build("resnet_block")
+    path = tmp_path / "m.tflite"
+    model.to_tflite(path)
+    assert path.read_bytes() == tflite_bytes(model)
+    assert describe(G.QuantizedModel.from_tflite(path)) == describe(model)
+    model.to_tflite(path, float_io=True)
+    assert describe(G.QuantizedModel.from_tflite(path)) == describe(model)
