@@ -492,3 +492,11 @@ def test_model_methods_delegate(tmp_path):
     assert describe(G.QuantizedModel.from_tflite(path)) == describe(model)
     model.to_tflite(path, float_io=True)
     assert describe(G.QuantizedModel.from_tflite(path)) == describe(model)
+
+
+def test_operator_codes_match_the_schema():
+    # the reader carries the codes it reads (it needs no schema package); they are the
+    # schema's
+    from qatcore.export.tflite_read import _CODES
+    for name, code in _CODES.items():
+        assert getattr(S.BuiltinOperator, name) == code, name
