@@ -335,10 +335,11 @@ class _Reader:
             raise ValueError(f"{what} ({t!r}) has scale {scale}")
         if not -128 <= zp <= 127:
             raise ValueError(f"{what} ({t!r}) has zero point {zp}")
-        if len(t.shape) < 2 or 0 in t.shape:
+        if len(t.shape) < 1 or 0 in t.shape:
             raise ValueError(f"{what} ({t!r}) has shape {t.shape}: expected a batch "
                              f"dimension and a non-empty sample")
-        self.act_elements += math.prod(t.shape[1:])
+        sample = tuple(t.shape[1:]) or (1,)      # (batch,): one value per sample
+        self.act_elements += math.prod(sample)
         if self.act_elements > 1 << 30:
             raise ValueError("the activations hold more than 2^30 elements in all")
         name = self.prefer.get(t.index, t.name)
@@ -349,8 +350,8 @@ class _Reader:
                 name += "_"
         self.used_names.add(name)
         self.spec_names[t.index] = name
-        self.specs.append(self.ns.TensorSpec(name, tuple(t.shape[1:]), scale, zp))
-        self.spec_of[name] = (t.shape[1:], scale, zp)
+        self.specs.append(self.ns.TensorSpec(name, sample, scale, zp))
+        self.spec_of[name] = (sample, scale, zp)
         return name
 
     def weights(self, t, what, rank, axis, n_channels):
