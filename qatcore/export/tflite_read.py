@@ -13,8 +13,8 @@ accessors (which do not check bounds): every offset, vtable and vector is checke
 the file's size before it is read, tensor shapes are bounded (at most 8 dimensions, at most
 2^28 elements), constant buffers must match their tensor's shape, indices must name
 existing tensors and operators, quantization arrays their channels.  Nothing is allocated
-beyond a small multiple of the file's size (weights are read-only views of the file), no
-loop runs longer than a vector of the file, and any defect -- including an operator qatcore
+beyond a small multiple of the file's size (constants shared by many operators count once
+per use, up to 4 × the file), no loop runs longer than a vector of the file, and any defect -- including an operator qatcore
 has no op for, named with its index -- is one ``ValueError``.
 
 Reading needs numpy only (tflite-micro's schema, when installed, names unsupported
@@ -305,8 +305,10 @@ class _Reader:
         if self.weight_bytes > 4 * self.b.n + (1 << 20):
             raise ValueError("constant buffers are shared too many times (their total "
                              "exceeds 4 × the file's size)")
+        # a copy: aligned for the kernels whatever the buffer's offset in the file, and
+        # bounded by the check above
         return np.frombuffer(self.b.data, dt, nbytes // dt.itemsize,
-                             start).reshape(t.shape)
+                             start).reshape(t.shape).astype(dt.newbyteorder("="))
 
     def index_const(self, t, what) -> np.ndarray:
         if t is not None and t.type == _INT64:
