@@ -14,8 +14,9 @@ the file's size before it is read, tensor shapes are bounded (at most 8 dimensio
 2^28 elements), constant buffers must match their tensor's shape, indices must name
 existing tensors and operators, quantization arrays their channels.  Nothing is allocated
 beyond a small multiple of the file's size (constants shared by many operators count once
-per use, up to 4 × the file), no loop runs longer than a vector of the file, and any defect -- including an operator qatcore
-has no op for, named with its index -- is one ``ValueError``.
+per use, up to 4 × the file), no loop runs longer than a vector of the file, and any
+defect -- including an operator qatcore has no op for, named with its index -- is one
+``ValueError``.
 
 Reading needs numpy only (tflite-micro's schema, when installed, names unsupported
 operators).
