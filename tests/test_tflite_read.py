@@ -28,6 +28,9 @@ FIXTURES = {  # name: (ops, float input, float output)
                      "Mean", "FullyConnected", "Softmax"], False, False),
     "keras_resnet": (["Conv2D", "MaxPool2D", "Conv2D", "Conv2D", "Conv2D", "Add", "Mean",
                       "FullyConnected", "FullyConnected"], False, True),
+    # the converter's PAD before a VALID conv becomes the conv's explicit padding
+    "keras_branches": (["Conv2D", "Conv2D", "Conv2D", "Concatenation", "MaxPool2D", "Conv2D",
+                        "Mul", "Mean", "FullyConnected", "Logistic"], False, False),
 }
 N = 1000
 needs_engine = pytest.mark.skipif(not G.HAVE_ENGINE,
@@ -127,6 +130,8 @@ def test_fixture_structure(name):
             n = np.asarray(op.weights_q).shape[3 if type(op).__name__ == "DepthwiseConv2D"
                                                 else 0]
             assert ws.shape in ((n,), (1,)) and (ws > 0).all()
+    if name == "keras_branches":
+        assert tuple(model.ops[0].padding) == (1, 2, 2, 1)      # ZeroPadding2D((1, 2), (2, 1))
     if G.HAVE_ENGINE:
         assert describe(read_tflite(data)) == describe(model)
 
