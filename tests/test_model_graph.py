@@ -347,12 +347,15 @@ def test_exporter_delegates(monkeypatch, method, module, func, args):
 
 
 def test_from_tflite_delegates(monkeypatch):
-    fake = types.ModuleType("qatcore.export.tflite_read")
-    fake.read_tflite = lambda path: ("read", path)
-    monkeypatch.setitem(sys.modules, "qatcore.export.tflite_read", fake)
-    import qatcore.export
-    monkeypatch.setattr(qatcore.export, "tflite_read", fake, raising=False)
-    assert QuantizedModel.from_tflite("x.tflite") == ("read", "x.tflite")
+    """from_tflite hands the reader this package's classes (the reader never imports it)."""
+    import qatcore.model
+    from qatcore.export import tflite_read
+
+    seen = []
+    monkeypatch.setattr(tflite_read, "parse_tflite",
+                        lambda path, ns: seen.append((path, ns)) or ("model", False))
+    assert QuantizedModel.from_tflite("x.tflite") == "model"
+    assert seen == [("x.tflite", qatcore.model)]
 
 
 def test_public_names():

@@ -468,9 +468,26 @@ class QuantizedModel:
 
     @classmethod
     def from_tflite(cls, path: PathLike) -> "QuantizedModel":
-        """Read a ``.tflite`` (:func:`qatcore.export.tflite_read.read_tflite`)."""
+        """Read an int8 ``.tflite`` model (TensorFlow's converter or qatcore's writer).
+
+        The file is hostile input: :func:`qatcore.export.tflite_read.parse_tflite` checks
+        every offset, size and index before use, and builds the model from this package's
+        classes (passed to it, so the reader never imports the model package). A float-I/O
+        file's QUANTIZE / DEQUANTIZE are dropped (``forward`` / ``quantize_input`` /
+        ``dequantize_output`` are the float ends).
+
+        Raises
+        ------
+        ValueError
+            Any defect of the file, or an operator qatcore has no op for (named with its
+            index).
+        TypeError
+            `path` is neither a path nor bytes.
+        """
+        import sys
+
         from ..export import tflite_read
-        return tflite_read.read_tflite(path)
+        return tflite_read.parse_tflite(path, sys.modules[__package__])[0]
 
     # ------------------------------------------------------------------ files
     def save(self, path: PathLike) -> None:
