@@ -456,7 +456,7 @@ class HistogramObserver:
         k = _backend.kernels
         lo, hi, bad = k.minmax(data, _backend.resolve_threads(self._n_threads))
         if bad >= 0:
-            raise_nonfinite("observe", data, bad, shape)
+            raise_nonfinite("observe", data, bad, shape, x)
         with self._lock:
             self._add(data, lo, hi)
 

@@ -375,6 +375,21 @@ def _grads_of(layer) -> List[np.ndarray]:
     return [] if grads is None else list(grads())
 
 
+def _quantizer(value, name: str):
+    """A FakeQuantize from None (the default config), a FakeQuantConfig or a FakeQuantize;
+    anything else (a string such as ``'int8'``) is a TypeError naming the argument."""
+    if value is None:
+        value = FakeQuantConfig()
+    if isinstance(value, FakeQuantConfig):
+        return FakeQuantize(value)
+    if not isinstance(value, FakeQuantize):
+        raise TypeError(f"{name} must be a FakeQuantize, a FakeQuantConfig or None, got "
+                        f"{type(value).__name__} {value!r:.40}"
+                        + (" (use FakeQuantConfig.int8() / .int4())"
+                           if isinstance(value, str) else ""))
+    return value
+
+
 class ActivationFakeQuant(Layer):
     """A :class:`~qatcore.FakeQuantize` as a layer of a :class:`Sequential` model.
 
@@ -390,13 +405,7 @@ class ActivationFakeQuant(Layer):
     """
 
     def __init__(self, fake_quant: _Quantizer = None) -> None:
-        from .fake_quantize import FakeQuantize
-        from .config import FakeQuantConfig
-        if fake_quant is None:
-            fake_quant = FakeQuantConfig()
-        if isinstance(fake_quant, FakeQuantConfig):
-            fake_quant = FakeQuantize(fake_quant)
-        self.fake_quant = fake_quant
+        self.fake_quant = _quantizer(fake_quant, "fake_quant")
 
     def forward(self, x: ArrayLike) -> np.ndarray:
         fq = self.fake_quant
@@ -449,13 +458,7 @@ class QATLinear(Linear):
                  ) -> None:
         super().__init__(in_features, out_features, bias, seed=seed, dtype=np.float32,
                          weight=weight, bias_value=bias_value)
-        from .fake_quantize import FakeQuantize
-        from .config import FakeQuantConfig
-        if weight_fake_quant is None:
-            weight_fake_quant = FakeQuantConfig()
-        if isinstance(weight_fake_quant, FakeQuantConfig):
-            weight_fake_quant = FakeQuantize(weight_fake_quant)
-        self.weight_fake_quant = weight_fake_quant
+        self.weight_fake_quant = _quantizer(weight_fake_quant, "weight_fake_quant")
         self._wq_used = self.weight
         self._grad_wq = np.empty_like(self.weight)
 
