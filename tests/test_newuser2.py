@@ -145,56 +145,49 @@ def test_calibrate_histogram_options_checked(tmp_path):
 
 
 # --- item 4: Ctrl-C under Dask ------------------------------------------------------------
-def test_ctrl_c_under_dask_is_one_line(tmp_path):
-    """SIGINT to `calibrate --dask-workers 2` while the workers run: one line, exit 130."""
+_SLOW_RUN = """
+import sys, time
+
+def slow_block(b):                 # every chunk's task sleeps on the worker
+    time.sleep(30)
+    return b
+
+if __name__ == "__main__":
+    import qatcore.dask as qd
+    real = qd.calibrate_graph
+    qd.calibrate_graph = lambda x, *a, **k: real(x.map_blocks(slow_block, dtype=x.dtype), *a, **k)
+    from qatcore.cli import main
+    sys.exit(main(sys.argv[1:]))
+"""
+
+
+@pytest.mark.parametrize("after", [2.5, 9.0], ids=["cluster-starting", "tasks-running"])
+def test_ctrl_c_under_dask_is_one_line(tmp_path, after):
+    """Ctrl-C at a terminal signals the whole foreground process group (the command and
+    its worker processes): one line from the command, exit 130, no worker traceback."""
     pytest.importorskip("distributed")
     import signal
     import subprocess
     import sys
     import time
 
-    np.save(tmp_path / "a.npy", np.zeros((1 << 22,), np.float32))
-    code = ("import sys, time\n"
-            "import qatcore.dask as qd\n"
-            "real = qd.calibrate_graph\n"
-            "def slow(x, *a, **k):\n"           # every chunk's task sleeps on the worker
-            "    return real(x.map_blocks(lambda b: (time.sleep(60), b)[1], dtype=x.dtype),"
-            " *a, **k)\n"
-            "qd.calibrate_graph = slow\n"
-            "from qatcore.cli import main\n"
-            "print('started', file=sys.stderr, flush=True)\n"
-            "sys.exit(main(sys.argv[1:]))\n")
+    np.save(tmp_path / "a.npy", np.zeros((1 << 16,), np.float32))
+    (tmp_path / "run.py").write_text(_SLOW_RUN)
     env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
-    proc = subprocess.Popen([sys.executable, "-c", code, "calibrate", str(tmp_path / "a.npy"),
-                             "--dask-workers", "2", "-q"], cwd=tmp_path, env=env,
-                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    proc = subprocess.Popen([sys.executable, "run.py", "calibrate", "a.npy", "--dask-workers",
+                             "2", "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
+                            stderr=subprocess.PIPE, text=True, start_new_session=True)
     try:
-        deadline = time.monotonic() + 60
-        # wait until the cluster runs the tasks (the workers' processes exist)
-        while time.monotonic() < deadline:
-            time.sleep(0.5)
-            kids = _children(proc.pid)
-            if len(kids) >= 3:                  # nanny/worker processes are up
-                time.sleep(3)
-                break
-        proc.send_signal(signal.SIGINT)
+        time.sleep(after)
+        os.killpg(proc.pid, signal.SIGINT)      # the terminal's Ctrl-C
         out, err = proc.communicate(timeout=60)
     finally:
         if proc.poll() is None:
-            proc.kill()
+            os.killpg(proc.pid, signal.SIGKILL)
             proc.communicate()
-    lines = [l for l in err.splitlines() if l != "started"]
     assert proc.returncode == 130, err
-    assert lines == ["qatcore: error: interrupted"], err
-
-
-def _children(pid: int):
-    try:
-        out = Path(f"/proc/{pid}/task/{pid}/children").read_text().split()
-    except OSError:
-        return []
-    kids = [int(p) for p in out]
-    return kids + [g for k in kids for g in _children(k)]
+    assert err.splitlines() == ["qatcore: error: interrupted"], err
+    assert out == ""
 
 
 # --- item 5: a leading Flatten ------------------------------------------------------------
@@ -341,7 +334,7 @@ def test_nn_quantizer_arguments_are_typed(make):
         make()
 
 
-@pytest.mark.parametrize("errors", [3, "boom", [1, 2], {"a": 1}])
+@pytest.mark.parametrize("errors", [3, "boom", {"a": 1}, None])
 def test_inspect_refuses_a_bad_errors_field(calibrate_doc, tmp_path, errors):
     doc = dict(calibrate_doc, errors=errors)
     path = tmp_path / "c.json"

@@ -95,7 +95,7 @@ def _inspect_json(path: str) -> None:
         return _Fail(f"{_show(path)}: not a valid calibration: tensor {_show(name)}: {what}")
 
     errors = doc.get("errors", [])
-    if not (isinstance(errors, list) and all(isinstance(e, str) for e in errors)):
+    if not isinstance(errors, list):      # each entry is shown escaped, whatever it is
         raise _Fail(f"{_show(path)}: not a valid calibration: errors is not a list of "
                     f"messages (got {_cell(errors, 40)})")
 
