@@ -36,7 +36,8 @@ examples:
   qatcore calibrate layer1.npy --batch-axis 0 --asymmetric --bits 8
       observe one batch per slice along axis 0 (Rust multi-batch semantics)
   qatcore inspect ranges.json
-      show a calibration written by `calibrate --json` (or a saved QuantizedLinear .npz)
+      show a calibration written by `calibrate --json` or `calibrate-model --json` (or a
+      saved QuantizedLinear .npz)
   qatcore bench --quick --json bench.json
       run the benchmark suite on CI-sized inputs
   qatcore demo
@@ -63,7 +64,7 @@ Exit status: 0 ok, 2 bad usage or bad input (nothing written), 130 interrupted."
 
 _INSPECT_EPILOG = """\
 examples:
-  qatcore inspect ranges.json      # a calibration written by `calibrate --json`
+  qatcore inspect ranges.json      # a calibration written by `calibrate[-model] --json`
   qatcore inspect linear.npz       # a QuantizedLinear saved with .save(path)
   qatcore inspect acts.npy         # any tensor file: shapes, dtypes, value summary"""
 
@@ -228,7 +229,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "inspect", formatter_class=fmt, epilog=_INSPECT_EPILOG,
         help="show a calibration JSON, a saved QuantizedLinear or a tensor file",
         description=wrap("Show what a file holds: a calibration JSON written by `calibrate "
-                         "--json` (scales, zero points, ranges), a QuantizedLinear saved as "
+                         "--json` or `calibrate-model --json` (scales, zero points, ranges), a QuantizedLinear saved as "
                          ".npz (shapes, scales, bit width, weight-code histogram) or any "
                          "tensor file."))
     ins.add_argument("file", metavar="FILE")
