@@ -461,7 +461,7 @@ def test_torch_convert_is_annotated_and_freeze_exported():
 
 def test_torch_compile_of_a_frozen_model_has_no_graph_break():
     torch = pytest.importorskip("torch")
-    import torch._dynamo
+    from torch import _dynamo
 
     import qatcore.torch as qt
 
@@ -472,8 +472,8 @@ def test_torch_compile_of_a_frozen_model_has_no_graph_break():
     with torch.no_grad():
         qat(x)
     qt.freeze(qat)
-    torch._dynamo.reset()
-    explained = torch._dynamo.explain(qat)(x)
+    _dynamo.reset()
+    explained = _dynamo.explain(qat)(x)
     assert explained.graph_break_count == 0, [str(r.reason)[:200] for r in explained.break_reasons]
     # the mirror follows load_state_dict
     fq = qat[0].input_fq
@@ -536,3 +536,12 @@ def test_litert_default_interpreter_matches_single_rounding(tmp_path):
     assert got.size == 17970
     assert (got != model.forward_int8(codes, rounding="single")).sum() == 0
     assert "0 of the 17 970 output codes" in (ROOT / "README.md").read_text()
+
+
+def test_inspect_on_the_apis_range_only_json_says_what_to_run(tmp_path):
+    doc = {"format": "qatcore-calibration/1", "method": "min_max",
+           "tensors": {"x": {"min": -1.0, "max": 1.0}}}
+    path = tmp_path / "r.json"
+    path.write_text(json.dumps(doc))
+    rc, out, err = run_cli("inspect", path)
+    assert rc == 2 and "qatcore calibrate-model" in _one_error_line(err)

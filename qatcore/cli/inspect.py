@@ -106,6 +106,10 @@ def _inspect_json(path: str) -> None:
     for name, r in doc["tensors"].items():
         if not isinstance(r, dict):
             raise bad(name, "entry is not a JSON object")
+        if "scale" not in r and "min" in r and "max" in r:
+            raise bad(name, "holds a range only (the JSON of qatcore.onnx.calibrate_model("
+                            "json_path=...)); `qatcore calibrate-model MODEL --data DATA --json "
+                            "FILE` writes the full calibration")
         for key in ("scale", "zero_point"):
             if not _is_f32(r.get(key)):
                 raise bad(name, f"{key} is missing or not a finite float32 number")
