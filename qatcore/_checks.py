@@ -186,10 +186,24 @@ def check_finite(value, name: str) -> float:
     return value
 
 
-def raise_nonfinite(op: str, data, index: int, shape=None):
-    """The error for a NaN/Inf found by a kernel at flat index `index`."""
+def raise_nonfinite(op: str, data, index: int, shape=None, source=None):
+    """The error for a NaN/Inf found by a kernel at flat index `index`.  `source` (the
+    caller's array before its float32 conversion, optional) tells a value that only
+    overflowed in the conversion (float64 1e39) from a real Inf."""
     where = f"flat index {index}"
     if shape is not None and len(shape) > 1:
         where += f" (position {np.unravel_index(index, shape)})"
+    if source is not None and not isinstance(source, np.ndarray):
+        try:
+            source = base_array(source)     # a list: the error path may convert it again
+        except (TypeError, ValueError):
+            source = None
+    if source is not None and source.dtype.kind in "iuf" and source.dtype.itemsize > 4 \
+            and 0 <= index < source.size:
+        original = source.reshape(-1)[index].item()     # C order, as as_float32's copy
+        if math.isfinite(original):
+            raise ValueError(f"{op}: input value {original!r} at {where} is finite but "
+                             f"outside float32's range (|x| <= 3.4028235e+38), which "
+                             f"qatcore computes in; nothing was observed")
     raise ValueError(f"{op}: input contains a non-finite value ({float(data[index])!r}) at {where}; "
                      f"nothing was observed")

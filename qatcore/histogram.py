@@ -28,13 +28,14 @@ from __future__ import annotations
 
 import math
 import threading
-from typing import Optional, Tuple
+from typing import Any, Dict, Optional, Tuple, Union
 
 import numpy as np
 
 from . import _backend
 from ._checks import as_float32, base_array, check_index, check_real, raise_nonfinite
 from .config import FakeQuantConfig, ObserverMethod
+from ._typing import ArrayLike, Integer, ObserverLike, Real
 from .observer import QuantObserver, _qparams
 
 __all__ = ["HistogramObserver", "ChannelObserver", "HISTOGRAM_METHODS",
@@ -48,7 +49,9 @@ HISTOGRAM_METHODS = ("entropy", "entropy_signed", "mse", "percentile")
 
 
 # --- the published algorithms, on a given histogram -------------------------------------
-def entropy_amax_modelopt(hist, edges, num_bits=8, unsigned=False, stride=1, start_bin=128):
+def entropy_amax_modelopt(hist: ArrayLike, edges: ArrayLike, num_bits: int = 8,
+                          unsigned: bool = False, stride: int = 1, start_bin: int = 128
+                          ) -> float:
     """TensorRT's KL-divergence amax on a histogram of ``|x|`` (ModelOpt's algorithm).
 
     As NVIDIA ModelOpt's ``_compute_amax_entropy``
@@ -116,7 +119,9 @@ def entropy_amax_modelopt(hist, edges, num_bits=8, unsigned=False, stride=1, sta
     return float(edges[int(stops[best])])
 
 
-def entropy_threshold_onnxruntime(hist, edges, min_value, max_value, num_quantized_bins=128):
+def entropy_threshold_onnxruntime(hist: ArrayLike, edges: ArrayLike, min_value: float,
+                                  max_value: float, num_quantized_bins: int = 128
+                                  ) -> Tuple[float, float]:
     """onnxruntime's signed KL threshold on a histogram of x on ``[-t, t]``.
 
     The algorithm of ``HistogramCollector.get_entropy_threshold``
@@ -236,7 +241,8 @@ def entropy_threshold_onnxruntime(hist, edges, min_value, max_value, num_quantiz
     return max(lo, float(min_value)), min(hi, float(max_value))
 
 
-def mse_amax_modelopt(hist, edges, num_bits=8, unsigned=False, stride=1, start_bin=128):
+def mse_amax_modelopt(hist: ArrayLike, edges: ArrayLike, num_bits: int = 8,
+                      unsigned: bool = False, stride: int = 1, start_bin: int = 128) -> float:
     """ModelOpt's ``_compute_amax_mse`` on a histogram of ``|x|``.
 
     For each bin centre ``c_i`` (``i`` from `start_bin`, centres in float32) the centres
@@ -270,7 +276,8 @@ def mse_amax_modelopt(hist, edges, num_bits=8, unsigned=False, stride=1, start_b
     return float(centers[idx[int(np.argmin(mses))]])
 
 
-def percentile_threshold(hist, edges, percentile, symmetric=True):
+def percentile_threshold(hist: ArrayLike, edges: ArrayLike, percentile: float,
+                         symmetric: bool = True) -> Union[float, Tuple[float, float]]:
     """onnxruntime's / ModelOpt's histogram percentile.
 
     ``cdf = cumsum(hist / total)``; symmetric (`hist` of ``|x|``):
@@ -363,8 +370,10 @@ class HistogramObserver:
                  "_percentile", "_symmetric", "_num_bits", "_nqb", "_start_bin",
                  "_n_threads", "_cache", "_lock")
 
-    def __init__(self, method="entropy", *, bins=2048, percentile=99.99, symmetric=True,
-                 num_bits=8, num_quantized_bins=128, start_bin=None, n_threads=None):
+    def __init__(self, method: str = "entropy", *, bins: Integer = 2048,
+                 percentile: Real = 99.99, symmetric: bool = True, num_bits: Integer = 8,
+                 num_quantized_bins: Integer = 128, start_bin: Optional[Integer] = None,
+                 n_threads: Optional[Integer] = None) -> None:
         if method not in HISTOGRAM_METHODS:
             raise ValueError(f"method must be one of {HISTOGRAM_METHODS}, got {method!r}")
         self._method = method
@@ -440,7 +449,7 @@ class HistogramObserver:
         return np.concatenate((neg, pos)), np.arange(-u, u + 1, dtype=np.float64) * w
 
     # --- observing -------------------------------------------------------------------
-    def observe(self, x) -> None:
+    def observe(self, x: ArrayLike) -> None:
         """Add a batch (any shape) to the histogram.
 
         Raises
@@ -456,7 +465,7 @@ class HistogramObserver:
         k = _backend.kernels
         lo, hi, bad = k.minmax(data, _backend.resolve_threads(self._n_threads))
         if bad >= 0:
-            raise_nonfinite("observe", data, bad, shape)
+            raise_nonfinite("observe", data, bad, shape, x)
         with self._lock:
             self._add(data, lo, hi)
 
@@ -579,12 +588,12 @@ class HistogramObserver:
             n = self._n
         return _qparams(lo, hi, 1 if n else 0, config)
 
-    def __getstate__(self):
+    def __getstate__(self) -> Dict[str, Any]:
         with self._lock:
             return {name: getattr(self, name) for name in HistogramObserver.__slots__
                     if name != "_lock"}
 
-    def __setstate__(self, state) -> None:
+    def __setstate__(self, state: Dict[str, Any]) -> None:
         for name, value in state.items():
             if name != "_lock":
                 setattr(self, name, value)
@@ -597,7 +606,7 @@ class HistogramObserver:
         new.__setstate__(state)
         return new
 
-    def __deepcopy__(self, memo) -> "HistogramObserver":
+    def __deepcopy__(self, memo: Any) -> "HistogramObserver":
         return self.__copy__()
 
     def __repr__(self) -> str:
@@ -651,7 +660,7 @@ class ChannelObserver:
            [-4.  ,  0.25]])
     """
 
-    def __init__(self, method, axis, **kwargs):
+    def __init__(self, method: ObserverLike, axis: Integer, **kwargs: Any) -> None:
         self._axis = check_index(axis, "axis")
         self._lock = threading.RLock()
         hist_method = {"entropy": "entropy", "entropy_signed": "entropy_signed",
@@ -672,6 +681,7 @@ class ChannelObserver:
 
     @property
     def axis(self) -> int:
+        """The channel axis (as given; negative counts from the end)."""
         return self._axis
 
     @property
@@ -679,7 +689,7 @@ class ChannelObserver:
         """Number of channels (0 before the first batch)."""
         return 0 if self._observers is None else len(self._observers)
 
-    def observe(self, x) -> None:
+    def observe(self, x: ArrayLike) -> None:
         """Add one batch; its size along `axis` must equal the first batch's.
 
         Raises

@@ -241,6 +241,23 @@ def _state_float(state, key: str) -> float:
     return float(arr.reshape(-1)[0])
 
 
+def _refuse_other_saver(path) -> None:
+    """ValueError naming the class that saved `path` when it is a QuantizedSequential
+    archive (its ``format`` / ``activations`` members), not a layer: the member-by-member
+    check below would only say that a string member is not a number."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as zf:
+            names = set(zf.namelist()[:1024])
+    except (zipfile.BadZipFile, OSError, ValueError, RuntimeError):
+        return                          # _read_npz says what is wrong with it
+    if {"format.npy", "activations.npy"} <= names:
+        raise ValueError(f"QuantizedLinear.load: {os.fspath(path)!r} was saved by "
+                         f"QuantizedSequential.save (a whole integer model, not one layer): "
+                         f"read it with qatcore.QuantizedSequential.load")
+
+
 def _read_npz(path) -> Dict[str, np.ndarray]:
     """The arrays of a ``.npz`` archive, read without numpy's loader: every member's
     claimed size is bounded by the archive's own bytes before anything is allocated
@@ -462,7 +479,19 @@ class QuantizedLinear(Module):
 
     def _apply_input(self, input_scale: float, zero_point: int, bias_q, name: str) -> None:
         """Set input scale/zero point and the derived bias codes and column offsets, after
-        checking that no int8 input can overflow the int32 accumulators."""
+        checking that no int8 input can overflow the int32 accumulators and that the
+        accumulators' scale ``weight_scale · input_scale`` is a finite, non-zero float32
+        (a scale saturated near FLT_MAX, e.g. a diverged learnable one, would otherwise
+        give inf outputs: refused, not clamped, since any clamp changes the model)."""
+        with np.errstate(over="ignore", under="ignore"):
+            acc_scale = np.asarray(self.weight_scale, np.float32) * np.float32(input_scale)
+        if not np.isfinite(acc_scale).all() or not (acc_scale > 0).all():
+            ws = float(np.max(self.weight_scale)) if not np.isfinite(acc_scale).all() else \
+                float(np.min(self.weight_scale))
+            raise ValueError(f"{name} {float(input_scale)!r} times the weight scale "
+                             f"{ws!r} is {'not finite' if not np.isfinite(acc_scale).all() else '0'}"
+                             f" in float32: the int32 accumulators would have no usable "
+                             f"scale (the input quantizer's scale saturated?)")
         if bias_q is None:
             bias_q = self._bias_codes(input_scale, name)
         offset = -np.int64(zero_point) * self._wsum.astype(np.int64)
@@ -596,6 +625,12 @@ class QuantizedLinear(Module):
             raise ValueError(f"weight_fake_quant: bits must be <= 8, got {wconf.bits}")
         w_scale = check_scale(weight_fake_quant.scale, "weight_fake_quant.scale")
         x_scale, x_zp, x_range, x_zpf = _qparams_of(input_fake_quant, "input_fake_quant")
+        with np.errstate(over="ignore"):
+            if not np.isfinite(np.float32(w_scale) * np.float32(x_scale)):
+                raise ValueError(f"input_fake_quant.scale {x_scale!r} times "
+                                 f"weight_fake_quant.scale {w_scale!r} overflows float32: "
+                                 f"the layer's outputs would be inf (did the input "
+                                 f"quantizer's scale saturate in training?)")
         output_q = None
         if output_fake_quant is not None:
             output_q = _qparams_of(output_fake_quant, "output_fake_quant")[:3]
@@ -986,6 +1021,7 @@ class QuantizedLinear(Module):
             if os.path.lexists(path):
                 raise ValueError(f"path {path!r} is a dangling symbolic link or a link loop")
             raise FileNotFoundError(f"no such file: {path!r}")
+        _refuse_other_saver(path)
         state = _read_npz(path)
         return cls.from_state_dict(state, n_threads=n_threads)
 

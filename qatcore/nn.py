@@ -110,18 +110,24 @@ class Layer(Module):
         return []
 
     def train(self: _L, mode: bool = True) -> _L:
+        """Set training mode (``mode=False``: eval) on this layer and every quantizer and
+        layer it holds; returns the layer."""
         self.training = bool(mode)
         for child in self._children():
             child.train(mode)
         return self
 
     def forward(self, x: Any) -> Any:  # pragma: no cover - abstract
+        """The layer's output for input `x` (remembering what ``backward`` needs)."""
         raise NotImplementedError
 
     def backward(self, grad_out: Any) -> Any:  # pragma: no cover - abstract
+        """The gradient w.r.t. the last ``forward``'s input, given the gradient w.r.t. its
+        output; writes the parameters' gradients (:meth:`grads`)."""
         raise NotImplementedError
 
     def __call__(self, x: Any) -> Any:
+        """Same as :meth:`forward`."""
         return self.forward(x)
 
     def parameters(self) -> List[np.ndarray]:
@@ -271,9 +277,11 @@ class Linear(Layer):
         return g @ self.weight if need_input_grad else None
 
     def parameters(self) -> List[np.ndarray]:
+        """``[weight]`` or ``[weight, bias]``: the live arrays an optimizer updates."""
         return [self.weight] if self.bias is None else [self.weight, self.bias]
 
     def grads(self) -> List[np.ndarray]:
+        """``[grad_weight]`` or ``[grad_weight, grad_bias]``, written by :meth:`backward`."""
         return [self.grad_weight] if self.bias is None else [self.grad_weight, self.grad_bias]
 
     def __repr__(self) -> str:
@@ -298,11 +306,13 @@ class ReLU(Layer):
         self._mask: Optional[np.ndarray] = None
 
     def forward(self, x: ArrayLike) -> np.ndarray:
+        """``max(x, 0)`` (any shape); remembers where ``x > 0``."""
         x = _real(x, "x")
         self._mask = x > 0
         return np.maximum(x, 0)
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        """`grad_out` where the last forward's input was positive, 0 elsewhere."""
         if self._mask is None:
             raise ValueError("backward called before forward")
         g = _real(grad_out, "grad_out")
@@ -324,6 +334,7 @@ class Sequential(Layer):
         self.layers = list(layers)
 
     def forward(self, x: ArrayLike) -> Any:
+        """Each layer's ``forward`` in order, the output of one the input of the next."""
         for layer in self.layers:
             x = layer.forward(x)
         return x
@@ -351,9 +362,11 @@ class Sequential(Layer):
         return grad_out
 
     def parameters(self) -> List[np.ndarray]:
+        """The layers' parameters, in layer order."""
         return [p for layer in self.layers for p in layer.parameters()]
 
     def grads(self) -> List[np.ndarray]:
+        """The layers' gradients, in the order of :meth:`parameters`."""
         return [g for layer in self.layers for g in _grads_of(layer)]
 
     def _children(self) -> list:
@@ -375,6 +388,21 @@ def _grads_of(layer) -> List[np.ndarray]:
     return [] if grads is None else list(grads())
 
 
+def _quantizer(value, name: str):
+    """A FakeQuantize from None (the default config), a FakeQuantConfig or a FakeQuantize;
+    anything else (a string such as ``'int8'``) is a TypeError naming the argument."""
+    if value is None:
+        value = FakeQuantConfig()
+    if isinstance(value, FakeQuantConfig):
+        return FakeQuantize(value)
+    if not isinstance(value, FakeQuantize):
+        raise TypeError(f"{name} must be a FakeQuantize, a FakeQuantConfig or None, got "
+                        f"{type(value).__name__} {value!r:.40}"
+                        + (" (use FakeQuantConfig.int8() / .int4())"
+                           if isinstance(value, str) else ""))
+    return value
+
+
 class ActivationFakeQuant(Layer):
     """A :class:`~qatcore.FakeQuantize` as a layer of a :class:`Sequential` model.
 
@@ -390,25 +418,24 @@ class ActivationFakeQuant(Layer):
     """
 
     def __init__(self, fake_quant: _Quantizer = None) -> None:
-        from .fake_quantize import FakeQuantize
-        from .config import FakeQuantConfig
-        if fake_quant is None:
-            fake_quant = FakeQuantConfig()
-        if isinstance(fake_quant, FakeQuantConfig):
-            fake_quant = FakeQuantize(fake_quant)
-        self.fake_quant = fake_quant
+        self.fake_quant = _quantizer(fake_quant, "fake_quant")
 
     def forward(self, x: ArrayLike) -> np.ndarray:
+        """`x` fake-quantized: observed first while the quantizer is calibrating."""
         fq = self.fake_quant
         return fq.fake_quantize(x) if fq.calibrating else fq.forward(x)
 
     def backward(self, grad_out: ArrayLike) -> np.ndarray:
+        """The quantizer's straight-through gradient (and its LSQ gradients when
+        learnable)."""
         return self.fake_quant.backward(grad_out)
 
     def parameters(self) -> List[np.ndarray]:
+        """The quantizer's learnable scale (and zero point); empty when not learnable."""
         return list(self.fake_quant.parameters())
 
     def grads(self) -> List[np.ndarray]:
+        """The gradients of :meth:`parameters`."""
         return _grads_of(self.fake_quant)
 
     def _children(self) -> list:
@@ -449,13 +476,7 @@ class QATLinear(Linear):
                  ) -> None:
         super().__init__(in_features, out_features, bias, seed=seed, dtype=np.float32,
                          weight=weight, bias_value=bias_value)
-        from .fake_quantize import FakeQuantize
-        from .config import FakeQuantConfig
-        if weight_fake_quant is None:
-            weight_fake_quant = FakeQuantConfig()
-        if isinstance(weight_fake_quant, FakeQuantConfig):
-            weight_fake_quant = FakeQuantize(weight_fake_quant)
-        self.weight_fake_quant = weight_fake_quant
+        self.weight_fake_quant = _quantizer(weight_fake_quant, "weight_fake_quant")
         self._wq_used = self.weight
         self._grad_wq = np.empty_like(self.weight)
 
@@ -474,6 +495,7 @@ class QATLinear(Linear):
         return fq.fake_quantize(self.weight)      # a fresh array is cheaper than out='s checks
 
     def forward(self, x: ArrayLike) -> np.ndarray:
+        """``x @ quantized_weight().T + bias`` for ``x`` of shape ``(batch, in_features)``."""
         x = self._as_input(x)
         self._x = x
         self._wq_used = self.quantized_weight()
@@ -481,6 +503,8 @@ class QATLinear(Linear):
 
     def backward(self, grad_out: ArrayLike, need_input_grad: bool = True
                  ) -> Optional[np.ndarray]:
+        """As :meth:`Linear.backward`, the weight gradient passed through the weight
+        quantizer's straight-through estimator."""
         g = self._check_grad(grad_out)
         np.matmul(g.T, self._x, out=self._grad_wq)
         if self.bias is not None:
@@ -489,9 +513,11 @@ class QATLinear(Linear):
         return g @ self._wq_used if need_input_grad else None
 
     def parameters(self) -> List[np.ndarray]:
+        """Weight, bias, then the weight quantizer's learnable parameters (if any)."""
         return super().parameters() + list(self.weight_fake_quant.parameters())
 
     def grads(self) -> List[np.ndarray]:
+        """The gradients of :meth:`parameters`, same order."""
         return super().grads() + _grads_of(self.weight_fake_quant)
 
     def _children(self) -> list:
@@ -590,6 +616,7 @@ class Optimizer:
         self.after_step = after_step
 
     def step(self) -> None:  # pragma: no cover - abstract
+        """Update every parameter in place from its gradient."""
         raise NotImplementedError
 
     def _done(self) -> None:

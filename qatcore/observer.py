@@ -139,9 +139,9 @@ class QuantObserver:
         """
         data, shape = as_float32(x)
         with self._lock:
-            self._observe(data, shape)
+            self._observe(data, shape, x)
 
-    def _observe(self, data, shape) -> None:
+    def _observe(self, data, shape, source=None) -> None:
         """observe() on a flat C-contiguous float32 array, the lock held."""
         n = data.shape[0]
         if n == 0:
@@ -163,7 +163,7 @@ class QuantObserver:
                 if not (math.isfinite(lo) and math.isfinite(hi)):
                     raise ValueError("observe: mean ± 3·std of x overflows float32")
         if bad >= 0:
-            raise_nonfinite("observe", data, bad, shape)
+            raise_nonfinite("observe", data, bad, shape, source)
 
         if method is _MOVING_AVERAGE:
             self._moving_average_step(lo, hi)

@@ -255,7 +255,6 @@ def test_bits_and_table(tmp_path):
 
 def test_integer_warning_and_empty_and_scalar(tmp_path):
     np.save(tmp_path / "i.npy", np.arange(-5, 9, dtype=np.int32))
-    np.save(tmp_path / "e.npy", np.zeros((0, 4), np.float32))
     np.save(tmp_path / "s.npy", np.float32(-2.5))
     proc = run(["calibrate", tmp_path, "--json", "o.json"], cwd=tmp_path)
     assert proc.returncode == 0, proc.stderr
@@ -263,9 +262,12 @@ def test_integer_warning_and_empty_and_scalar(tmp_path):
     assert len(warn) == 1 and "i.npy" in warn[0] and "int32" in warn[0]
     doc = json.loads((tmp_path / "o.json").read_text())["tensors"]
     assert_same(doc[_key(tmp_path, "i.npy")], api_result(np.arange(-5, 9), "min_max"))
-    assert_same(doc[_key(tmp_path, "e.npy")], api_result(np.zeros((0, 4)), "min_max"))
     assert_same(doc[_key(tmp_path, "s.npy")], api_result(np.float32(-2.5), "min_max"))
-    assert doc[_key(tmp_path, "e.npy")]["batches"] == 0
+    # An empty tensor has no range (issue 24): an error, not a made-up scale of 1.0.
+    np.save(tmp_path / "e.npy", np.zeros((0, 4), np.float32))
+    proc = run(["calibrate", tmp_path, "--json", "o2.json"], cwd=tmp_path)
+    assert proc.returncode == 2 and "e.npy: no values" in proc.stderr, proc.stderr
+    assert not (tmp_path / "o2.json").exists()
 
 
 def test_duplicate_paths_once(tmp_path):

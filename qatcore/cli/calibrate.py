@@ -28,7 +28,20 @@ from ._common import (
     _warn,
     _write_json_atomic,
 )
+from ._calibration import json_doc, tensor_entry
 from .observe import _calibrate_one
+
+#: ``--observer`` values that are :class:`qatcore.HistogramObserver` methods
+#: (``hist_percentile``: its percentile of the whole stream, as ChannelObserver names it;
+#: ``percentile`` stays QuantObserver's 0.1 % / 99.9 % order statistics).
+HISTOGRAM_OBSERVERS = {"entropy": "entropy", "entropy_signed": "entropy_signed",
+                       "mse": "mse", "hist_percentile": "percentile"}
+
+
+def _result(ref, obs, batches, config) -> dict:
+    """The JSON entry of one calibrated tensor (_Fail when it has no finite result)."""
+    return tensor_entry(ref.name, obs, batches, config, file=ref.path, shape=ref.shape,
+                        dtype=ref.dtype_name, count=ref.size)
 
 
 def _preflight(args):
@@ -49,6 +62,7 @@ def _preflight(args):
         except InputError as exc:
             errors.append(str(exc))
             continue
+        args.file_stats[f] = _file_stat(f)
         for ref in opened:
             if ref.kind == "bad":
                 what = ("complex numbers" if ref.dtype.kind == "c" else
@@ -67,17 +81,70 @@ def _preflight(args):
     return refs, errors
 
 
+def _file_stat(path):
+    """What tells a file changed: size, modification time, inode (None if unreadable)."""
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return st.st_size, st.st_mtime_ns, st.st_ino, st.st_dev
+
+
+def _check_unchanged(args, ref) -> None:
+    """_Fail when `ref`'s file was truncated or rewritten since the preflight read its
+    header: a read that happened to end before the cut, or a file rewritten in place
+    (``np.save`` truncates, then writes), would otherwise give a result for data that is
+    no longer, or never wholly was, in the file."""
+    before = args.file_stats.get(ref.path)
+    now = _file_stat(ref.path)
+    if before is None or now == before:
+        return
+    if now is None:
+        what = "disappeared"
+    elif now[0] < before[0]:
+        what = f"was truncated from {before[0]} to {now[0]} bytes"
+    else:
+        what = "was modified"
+    raise _Fail(f"{_show(ref.path)}: the file {what} while being read (by another "
+                "process?): no result for it")
+
+
 def _cmd_calibrate(args) -> int:
     import signal
 
     from .. import _backend
     from ..config import FakeQuantConfig
 
+    hist = HISTOGRAM_OBSERVERS.get(args.observer)
     try:
-        config = FakeQuantConfig(bits=args.bits, symmetric=args.symmetric, observer=args.observer)
+        config = FakeQuantConfig(bits=args.bits, symmetric=args.symmetric,
+                                 observer="min_max" if hist else args.observer)
     except (TypeError, ValueError) as exc:
         _error(f"--bits: {exc}")
         return EXIT_USAGE
+    options = {}
+    if hist is not None:
+        from .. import HistogramObserver
+
+        options = {"bins": 2048 if args.bins is None else args.bins}
+        if hist == "percentile":
+            # |x| for symmetric codes (one threshold), one cut per side otherwise
+            options.update(percentile=99.99 if args.percentile is None else args.percentile,
+                           symmetric=args.symmetric)
+        try:
+            HistogramObserver(hist, **options)          # the options, checked now
+        except (TypeError, ValueError) as exc:
+            _error(f"--observer {args.observer}: {exc}")
+            return EXIT_USAGE
+        if getattr(args, "dask_workers", None) is not None or getattr(args, "scheduler", None) is not None:
+            _error(f"--observer {args.observer}: histogram methods run in-process only (drop "
+                   "--dask-workers/--scheduler)")
+            return EXIT_USAGE
+    elif args.percentile is not None or args.bins is not None:
+        _error("--percentile and --bins apply to the histogram observers only (entropy, "
+               "entropy_signed, mse, hist_percentile)")
+        return EXIT_USAGE
+    args.histogram = (hist, options) if hist is not None else None
     try:
         n_threads = _backend.check_threads(
             args.threads if args.threads is not None else min(_cpu_count(), 64), "--threads")
@@ -92,6 +159,8 @@ def _cmd_calibrate(args) -> int:
     except _Fail as exc:
         _error(str(exc))
         return EXIT_USAGE
+
+    args.file_stats = {}
 
     def on_term(signum, frame):
         raise _Terminated()
@@ -123,11 +192,19 @@ def _cmd_calibrate(args) -> int:
         groups = _merge_groups(refs) if args.merge_by_name else [(None, [r]) for r in refs]
         for key, members in groups:
             obs, batches, failed = None, 0, False
+            if args.histogram is not None:
+                from .. import HistogramObserver
+
+                # Fed like MIN_MAX, chunk by chunk: a HistogramObserver's histogram does
+                # not depend on how the stream was split (qatcore.histogram, "Exact merge").
+                obs = HistogramObserver(args.histogram[0], n_threads=n_threads,
+                                        **args.histogram[1])
             for ref in members:
                 progress.label = _show(os.path.basename(ref.name))
                 try:
                     obs, nb = calibrate_one(ref, config, args.batch_axis, n_threads, progress,
                                             obs)
+                    _check_unchanged(args, ref)
                 except (_Fail, _io_error()) as exc:
                     progress.error(str(exc))
                     errors.append(str(exc))
@@ -139,6 +216,13 @@ def _cmd_calibrate(args) -> int:
             if failed:
                 continue
             try:
+                if obs is None or obs.count == 0:
+                    # An empty tensor has no range: a scale of 1.0 from nothing would be
+                    # a made-up result that a runtime then trusts.
+                    shapes = ", ".join(_shape_text(r.shape) for r in members)
+                    raise _Fail(f"{_show(key if key is not None else members[0].name)}: "
+                                f"no values (shape {shapes}): an empty tensor has no range "
+                                "to calibrate")
                 result = _result(members[0], obs, batches, config)
             except _Fail as exc:
                 progress.error(str(exc))
@@ -152,8 +236,8 @@ def _cmd_calibrate(args) -> int:
         elapsed = time.perf_counter() - t0
         progress.close()
 
-        doc = _json_doc(config, args.batch_axis, n_threads, results, errors,
-                        args.merge_by_name)
+        doc = json_doc("calibrate", args.observer, config, results, errors, options=options,
+                       batch_axis=args.batch_axis, merge_by_name=args.merge_by_name)
         if json_path == "-":
             sys.stdout.write(_dumps(doc) + "\n")
         elif not args.quiet:
@@ -169,7 +253,7 @@ def _cmd_calibrate(args) -> int:
             rate = nbytes / elapsed / 1e9 if elapsed > 0 else float("inf")
             print(f"qatcore: calibrated {len(results)} tensor{'s' * (len(results) != 1)} "
                   f"({_human_bytes(nbytes)}) in {elapsed:.3f} s, {rate:.2f} GB/s "
-                  f"[{config.observer.value}, {n_threads} thread{'s' * (n_threads != 1)}, "
+                  f"[{args.observer}, {n_threads} thread{'s' * (n_threads != 1)}, "
                   f"{_backend.kernels.TARGET} kernels]", file=sys.stderr)
         return EXIT_USAGE if errors else EXIT_OK
     except KeyboardInterrupt as exc:
@@ -212,115 +296,6 @@ def _merged_fields(key, members) -> dict:
         "shape": list(members[0].shape) if len(shapes) == 1 else None,
         "dtype": members[0].dtype_name if len(dtypes) == 1 else "mixed",
         "count": sum(r.size for r in members),
-    }
-
-
-#: How the deployable (integer) form of a calibration is derived; written into the JSON.
-DEPLOY_CONVENTION = (
-    "int: q = clamp(round(x / deploy_scale) + zero_point_int, qmin, qmax) in code_dtype. "
-    "Symmetric: the Rust codes, zero point 0. Asymmetric: the Rust codes [0, 2^bits-1] "
-    "shifted by -2^(bits-1) into the signed range (8 bits: int8 [-128, 127], TFLite style), "
-    "zero_point_int = round_half_away(zero_point) - 2^(bits-1); when the range excludes 0 "
-    "(the rounded zero point falls outside the codes) the range is first widened to include "
-    "0 and deploy_scale differs from scale. code_dtype is int8 up to 8 bits, else int16.")
-
-
-def _deploy_qparams(obs, scale: float, zero_point: float, config) -> dict:
-    """The integer form a runtime stores (TFLite, ONNX QuantizeLinear): code dtype, integer
-    zero point inside the codes, code range (see DEPLOY_CONVENTION)."""
-    import math
-
-    import numpy as np
-
-    from .. import QuantObserver
-
-    bits = config.bits
-    dtype = "int8" if bits <= 8 else "int16"
-    f = lambda v: float(np.float32(v))        # noqa: E731
-    if config.symmetric:
-        qmax = (1 << (bits - 1)) - 1
-        return {"code_dtype": dtype, "qmin": -qmax, "qmax": qmax, "deploy_scale": f(scale),
-                "zero_point_int": 0}
-    shift, top = 1 << (bits - 1), (1 << bits) - 1
-
-    def half_away(v: float) -> int:
-        return int(math.copysign(math.floor(abs(v) + 0.5), v))
-
-    zp = half_away(f(zero_point))
-    if not 0 <= zp <= top and obs.count:
-        # 0 must be a code (runtimes store the zero point in the code dtype): widen the
-        # range to include 0, as TFLite's and onnxruntime's calibrators do.
-        lo, hi = obs.range()
-        wide = QuantObserver("min_max")
-        wide.observe(np.array([min(lo, 0.0), max(hi, 0.0)], dtype=np.float32))
-        scale, zero_point = wide.compute_qparams(config)
-        zp = min(max(half_away(f(zero_point)), 0), top)
-    return {"code_dtype": dtype, "qmin": -shift, "qmax": top - shift,
-            "deploy_scale": f(scale), "zero_point_int": zp - shift}
-
-
-def _result(ref, obs, batches, config) -> dict:
-    """The JSON entry of one calibrated tensor.  _Fail when its scale or zero point is not
-    a finite float32 (e.g. 1-bit codes over a ±2e38 range: the scale overflows to inf):
-    strict JSON has no inf/NaN, and writing null would hand a runtime a layer it cannot
-    use, so such a tensor is refused, named, with its range."""
-    import math
-
-    import numpy as np
-
-    lo, hi = obs.range()
-    try:
-        scale, zero_point = obs.compute_qparams(config)
-    except (ValueError, OverflowError, ZeroDivisionError) as exc:
-        raise _Fail(f"{_show(ref.name)}: cannot compute the quantization parameters: {exc}") from None
-    f = lambda v: float(np.float32(v))        # noqa: E731  (exact: float32 → float)
-    values = {"scale": scale, "zero_point": zero_point}
-    if obs.count:
-        values.update(min=lo, max=hi)
-    for what, v in values.items():
-        with np.errstate(over="ignore", invalid="ignore"):
-            finite = math.isfinite(f(v))
-        if not finite:
-            raise _Fail(f"{_show(ref.name)}: {what} is {float(v)!r} for the range "
-                        f"[{float(lo)!r}, {float(hi)!r}] with {config.bits}-bit "
-                        f"{'symmetric' if config.symmetric else 'asymmetric'} codes (not a "
-                        "finite float32: no result for this tensor)")
-    try:
-        deploy = _deploy_qparams(obs, scale, zero_point, config)
-    except (ValueError, OverflowError) as exc:
-        raise _Fail(f"{_show(ref.name)}: cannot derive the integer quantization parameters: {exc}") from None
-    if not math.isfinite(deploy["deploy_scale"]):
-        raise _Fail(f"{_show(ref.name)}: deploy_scale is {deploy['deploy_scale']!r} (not a "
-                    "finite float32: no result for this tensor)")
-    return {
-        "name": ref.name,
-        "file": ref.path,
-        "shape": list(ref.shape),
-        "dtype": ref.dtype_name,
-        "count": ref.size,
-        "batches": batches,
-        "range": [f(lo), f(hi)] if obs.count else None,
-        "scale": f(scale),
-        "zero_point": f(zero_point),
-        **deploy,
-    }
-
-
-def _json_doc(config, batch_axis, n_threads, results, errors, merge_by_name=False) -> dict:
-    from .. import __version__
-
-    return {
-        "format": "qatcore-calibration/1",
-        "qatcore_version": __version__,
-        "observer": config.observer.value,
-        "bits": config.bits,
-        "symmetric": config.symmetric,
-        "quant_range": list(config.quant_range()),
-        "deploy_convention": DEPLOY_CONVENTION,
-        "batch_axis": batch_axis,
-        "merge_by_name": merge_by_name,
-        "tensors": {r["name"]: r for r in results},
-        "errors": list(errors),
     }
 
 

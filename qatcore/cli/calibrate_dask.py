@@ -122,9 +122,12 @@ class _ProgressFeed:
             self.thread = None
 
 
-def open_client(args):
+def open_client(args, opened=None):
     """A ``distributed.Client`` for ``--dask-workers N`` (a new local cluster) or
-    ``--scheduler ADDRESS``; returns (client, cluster-or-None).  Raises _Fail."""
+    ``--scheduler ADDRESS``; returns (client, cluster-or-None), each also appended to
+    `opened` as soon as it exists (so an interrupt right after can close it).  Raises
+    _Fail."""
+    opened = [] if opened is None else opened
     from ._common import _Fail
 
     try:
@@ -133,7 +136,9 @@ def open_client(args):
         raise _Fail('--dask-workers/--scheduler need Dask: pip install "qatcore[dask]"') from None
     if args.scheduler is not None:
         try:
-            return Client(args.scheduler, timeout="10s"), None
+            client = Client(args.scheduler, timeout="10s")
+            opened.append(client)
+            return client, None
         except (OSError, TimeoutError, ValueError) as exc:
             raise _Fail(f"--scheduler {args.scheduler}: cannot connect: {exc}") from None
     n = args.dask_workers
@@ -150,7 +155,77 @@ def open_client(args):
         warnings.filterwarnings("ignore", message="Port .* is already in use")
         cluster = LocalCluster(n_workers=n, threads_per_worker=threads, processes=True,
                                dashboard_address=None, silence_logs=50)
-    return Client(cluster), cluster
+    opened.append(cluster)
+    client = Client(cluster)
+    opened.append(client)
+    return client, cluster
+
+
+class _SigintDeferred:
+    """Ctrl-C while a local cluster starts is remembered, not raised inside distributed's
+    constructor (which left a half-built cluster whose exit handler printed a traceback),
+    and raised as KeyboardInterrupt when the block ends, once the cluster exists and can
+    be closed.  Only in the main thread (where Python handles signals)."""
+
+    def __enter__(self):
+        import signal
+        import threading
+
+        self.old = None
+        self.hit = False
+        if threading.current_thread() is threading.main_thread():
+            def remember(signum, frame):
+                self.hit = True
+
+            self.old = signal.signal(signal.SIGINT, remember)
+        return self
+
+    def __exit__(self, *exc):
+        import signal
+
+        if self.old is not None:
+            signal.signal(signal.SIGINT, self.old)
+            if self.hit and exc[0] is None:
+                raise KeyboardInterrupt
+        return False
+
+
+#: First statement of every process spawned while a local cluster runs (see
+#: _QuietWorkers): SIGINT ignored before anything is imported.
+_IGNORE_SIGINT = "import signal; signal.signal(signal.SIGINT, signal.SIG_IGN); "
+
+
+class _QuietWorkers:
+    """Worker processes of our local cluster ignore SIGINT from their first statement.
+
+    Ctrl-C at a terminal signals the whole foreground process group: the command and
+    every worker process, which each died with a KeyboardInterrupt traceback of its own
+    (33 lines for two workers) before the command's one line.  The command alone handles
+    the interrupt: it closes the cluster, which stops the workers.  multiprocessing
+    spawns a worker as ``python -c "from multiprocessing.spawn import spawn_main; ..."``;
+    while the cluster runs, that program starts by ignoring SIGINT (an ignored signal
+    also keeps asyncio from installing its handler in the worker).  Our own process keeps
+    its handler.  Undone by :meth:`close`."""
+
+    def __init__(self):
+        import multiprocessing.spawn as spawn
+
+        self.spawn = spawn
+        self.original = spawn.get_command_line
+
+        def get_command_line(**kwds):
+            cmd = list(self.original(**kwds))
+            if "-c" in cmd[:-1]:
+                i = cmd.index("-c") + 1
+                cmd[i] = _IGNORE_SIGINT + cmd[i]
+            return cmd
+
+        spawn.get_command_line = get_command_line
+
+    def close(self):
+        if self.spawn is not None:
+            self.spawn.get_command_line = self.original
+            self.spawn = None
 
 
 def calibrate_refs(args, refs, config, progress, client):
@@ -237,14 +312,21 @@ def dask_calibrator(args, refs, config, progress):
     that shuts the client (and a cluster it started) down."""
     from ._common import _Fail
 
-    client, cluster = open_client(args)
+    opened: list = []
 
     def close():
-        client.close()
-        if cluster is not None:
-            cluster.close()
+        for thing in reversed(opened):      # the client, then a cluster we started
+            try:
+                thing.close()
+            except Exception:               # closing is best effort (workers gone, ...)
+                pass
+        opened.clear()
 
     try:
+        if args.scheduler is None:
+            opened.append(_QuietWorkers())     # closed last: after the cluster
+        with _SigintDeferred():
+            client, cluster = open_client(args, opened)
         done = {id(ref): (res, err) for ref, res, err in calibrate_refs(args, refs, config, progress, client)}
     except _Fail:
         close()

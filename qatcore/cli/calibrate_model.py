@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import json
 import sys
 
 EXIT_OK, EXIT_FAIL, EXIT_USAGE = 0, 1, 2
@@ -40,7 +39,10 @@ def _parser():
     p.add_argument("--image-size", type=int, nargs=2, metavar=("H", "W"), default=None)
     p.add_argument("--image-mean", type=float, nargs=3, default=(0.5, 0.5, 0.5))
     p.add_argument("--image-std", type=float, nargs=3, default=(0.5, 0.5, 0.5))
-    p.add_argument("--json", dest="json_path", metavar="FILE", help="write the calibration JSON")
+    p.add_argument("--json", dest="json_path", metavar="FILE",
+                   help="write the calibration JSON (the schema of `qatcore calibrate --json`) "
+                        "to FILE, '-' for stdout (also the default when neither --json nor "
+                        "--qdq is given)")
     p.add_argument("--qdq", dest="qdq_path", metavar="OUT.onnx", help="write the QDQ int8 model")
     p.add_argument("--per-tensor-weights", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
@@ -50,18 +52,51 @@ def _parser():
     return p
 
 
-def _temp_beside(path):
-    """A fresh temporary name in `path`'s folder (so os.replace is atomic), or None."""
+def _temp_beside(path, what):
+    """A fresh temporary name in `path`'s folder (so os.replace is atomic), or None for no
+    output or stdout.  Errors name the user's path, never the temporary one."""
     import os
     import tempfile
 
-    if path is None:
+    if path is None or (what == "--json" and path == "-"):
         return None
+    if os.path.isdir(path):
+        raise ValueError(f"{what} {path}: cannot write the output: is a directory")
     folder = os.path.dirname(os.path.abspath(path))
-    fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
-                               suffix=os.path.splitext(path)[1] or ".tmp")
+    if not os.path.isdir(folder):
+        raise ValueError(f"{what} {path}: cannot write the output: folder {folder} does not "
+                         "exist")
+    try:
+        fd, tmp = tempfile.mkstemp(dir=folder, prefix="." + os.path.basename(path) + ".",
+                                   suffix=os.path.splitext(path)[1] or ".tmp")
+    except OSError as exc:
+        raise ValueError(f"{what} {path}: cannot write the output: "
+                         f"{exc.strerror or exc}") from None
     os.close(fd)
     return tmp
+
+
+def calibration_doc(result, model) -> dict:
+    """The calibration JSON of a :class:`qatcore.onnx.CalibrationResult`, in the schema of
+    ``qatcore calibrate --json`` (qatcore.cli._calibration), so ``qatcore inspect`` reads
+    it: the QDQ model's activations are int8 with a zero point, so the quantization
+    parameters are those of 8-bit asymmetric codes (shifted to int8 in the deploy fields,
+    as onnxruntime stores them)."""
+    from ..config import FakeQuantConfig
+    from ._calibration import json_doc, range_observer, tensor_entry
+    from ._common import _Fail
+
+    config = FakeQuantConfig(bits=8, symmetric=False)
+    entries = []
+    for name, (lo, hi) in sorted(result.items()):
+        try:
+            entries.append(tensor_entry(name, range_observer(lo, hi), result.batches, config,
+                                        file=str(model)))
+        except _Fail as exc:
+            raise ValueError(str(exc)) from None
+    return json_doc("calibrate-model", result.method, config, entries, [],
+                    options=result.options, model=str(model), batches=result.batches,
+                    samples=result.samples)
 
 
 def _check_data(data) -> None:
@@ -110,19 +145,24 @@ def main(argv=None) -> int:
             _check_data(args.data)
         except InputError as exc:
             raise ValueError(str(exc)) from None
-        for key in ("json_path", "qdq_path"):
-            target = getattr(args, key)
-            if target is not None and os.path.isdir(target):
-                raise ValueError(f"{target}: cannot write the output: is a directory")
-            tmps[key] = _temp_beside(target)
+        for key, what in (("json_path", "--json"), ("qdq_path", "--qdq")):
+            tmps[key] = _temp_beside(getattr(args, key), what)
         from ..onnx import calibrate_model
         result = calibrate_model(
             args.model, args.data, method=args.method, percentile=args.percentile,
             symmetric=args.symmetric, bins=args.bins, image_size=args.image_size,
             image_mean=tuple(args.image_mean), image_std=tuple(args.image_std),
-            json_path=tmps["json_path"], qdq_path=tmps["qdq_path"],
+            qdq_path=tmps["qdq_path"],
             per_channel=not args.per_tensor_weights, preprocess=not args.no_preprocess,
             progress=not args.quiet and sys.stderr.isatty())
+        doc = calibration_doc(result, args.model)
+        if tmps["json_path"] is not None:
+            from ._common import _dumps
+
+            with open(tmps["json_path"], "w", encoding="utf-8") as f:
+                f.write(_dumps(doc) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
         mask = os.umask(0)
         os.umask(mask)
         for key, tmp in tmps.items():
@@ -148,16 +188,21 @@ def main(argv=None) -> int:
                     os.unlink(tmp)
                 except OSError:
                     pass
+    # stdout holds the JSON only (--json -, or no output file at all); people read stderr.
+    if args.json_path == "-" or (args.json_path is None and args.qdq_path is None):
+        from ._common import _dumps
+
+        sys.stdout.write(_dumps(doc) + "\n")
+        sys.stdout.flush()
     if not args.quiet:
-        print(f"calibrated {len(result)} tensors of {args.model} over {result.batches} batches "
-              f"({result.samples} samples) with {args.method} in {result.seconds:.2f} s")
-        if args.json_path:
-            print(f"ranges: {args.json_path}")
+        err = sys.stderr
+        print(f"qatcore: calibrated {len(result)} tensors of {args.model} over "
+              f"{result.batches} batches ({result.samples} samples) with {args.method} in "
+              f"{result.seconds:.2f} s", file=err)
+        if args.json_path not in (None, "-"):
+            print(f"qatcore: ranges: {args.json_path}", file=err)
         if args.qdq_path:
-            print(f"QDQ model: {args.qdq_path}")
-        if not args.json_path and not args.qdq_path:
-            json.dump(result.to_json()["tensors"], sys.stdout, indent=1)
-            print()
+            print(f"qatcore: QDQ model: {args.qdq_path}", file=err)
     return EXIT_OK
 
 

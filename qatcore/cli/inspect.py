@@ -94,10 +94,22 @@ def _inspect_json(path: str) -> None:
     def bad(name, what):
         return _Fail(f"{_show(path)}: not a valid calibration: tensor {_show(name)}: {what}")
 
+    errors = doc.get("errors", [])
+    if not isinstance(errors, list):      # each entry is shown escaped, whatever it is
+        raise _Fail(f"{_show(path)}: not a valid calibration: errors is not a list of "
+                    f"messages (got {_cell(errors, 40)})")
+
+    def cell(v):
+        return "-" if v is None else _cell(v)
+
     rows = []
     for name, r in doc["tensors"].items():
         if not isinstance(r, dict):
             raise bad(name, "entry is not a JSON object")
+        if "scale" not in r and "min" in r and "max" in r:
+            raise bad(name, "holds a range only (the JSON of qatcore.onnx.calibrate_model("
+                            "json_path=...)); `qatcore calibrate-model MODEL --data DATA --json "
+                            "FILE` writes the full calibration")
         for key in ("scale", "zero_point"):
             if not _is_f32(r.get(key)):
                 raise bad(name, f"{key} is missing or not a finite float32 number")
@@ -112,23 +124,26 @@ def _inspect_json(path: str) -> None:
         if shape is not None and not (isinstance(shape, list) and len(shape) <= 64
                                       and all(type(v) is int for v in shape)):
             raise bad(name, "shape is not null or a list of integers")
-        rows.append([name, _shape_text(shape), _cell(r.get("dtype", "?")),
-                     _cell(r.get("batches", "?")), rng[0], rng[1], _f32(r["scale"]),
-                     _f32(r["zero_point"]), _cell(r.get("zero_point_int", "-")),
-                     _cell(r.get("code_dtype", "-"))])
+        rows.append([name, _shape_text(shape) if shape is not None else "-",
+                     cell(r.get("dtype")), cell(r.get("batches")), rng[0], rng[1],
+                     _f32(r["scale"]), _f32(r["zero_point"]), cell(r.get("zero_point_int")),
+                     cell(r.get("code_dtype"))])
     kind = "symmetric" if doc.get("symmetric") else "asymmetric"
     axis = doc.get("batch_axis")
+    if doc.get("command") == "calibrate-model":
+        batches = (f"model {cell(doc.get('model'))}, {cell(doc.get('batches'))} batches "
+                   f"({cell(doc.get('samples'))} samples)")
+    else:
+        batches = f"batches: {'whole tensor' if axis is None else f'axis {_cell(axis)}'}"
     print(f"calibration  {_show(path)}")
     print("  " + _one_line(
         f"observer {_cell(doc.get('observer'))}, {_cell(doc.get('bits'))}-bit {kind}, quant "
-        f"range {_cell(doc.get('quant_range'))}, batches: "
-        f"{'whole tensor' if axis is None else f'axis {_cell(axis)}'}, "
+        f"range {_cell(doc.get('quant_range'))}, {batches}, "
         f"qatcore {_cell(doc.get('qatcore_version'))}"))
     print(f"  {len(rows)} tensor{'s' * (len(rows) != 1)}")
     print(_table(["tensor", "shape", "dtype", "batches", "min", "max", "scale", "zero_point",
                   "zp_int", "codes"], rows, right={3, 4, 5, 6, 7, 8}))
-    errors = doc.get("errors") or []
-    for e in errors if isinstance(errors, list) else [errors]:
+    for e in errors:
         print(f"  error: {_one_line(_cell(e))}")
 
 

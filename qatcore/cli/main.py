@@ -36,7 +36,8 @@ examples:
   qatcore calibrate layer1.npy --batch-axis 0 --asymmetric --bits 8
       observe one batch per slice along axis 0 (Rust multi-batch semantics)
   qatcore inspect ranges.json
-      show a calibration written by `calibrate --json` (or a saved QuantizedLinear .npz)
+      show a calibration written by `calibrate --json` or `calibrate-model --json` (or a
+      saved QuantizedLinear .npz)
   qatcore bench --quick --json bench.json
       run the benchmark suite on CI-sized inputs
   qatcore demo
@@ -63,7 +64,7 @@ Exit status: 0 ok, 2 bad usage or bad input (nothing written), 130 interrupted."
 
 _INSPECT_EPILOG = """\
 examples:
-  qatcore inspect ranges.json      # a calibration written by `calibrate --json`
+  qatcore inspect ranges.json      # a calibration written by `calibrate[-model] --json`
   qatcore inspect linear.npz       # a QuantizedLinear saved with .save(path)
   qatcore inspect acts.npy         # any tensor file: shapes, dtypes, value summary"""
 
@@ -100,6 +101,12 @@ def main(argv=None) -> int:
     except MemoryError:
         _error("out of memory")
         return EXIT_FAIL
+    except BrokenPipeError:            # `qatcore ... | head` (before Exception: a subclass)
+        try:
+            sys.stdout = open(os.devnull, "w")
+        except OSError:
+            pass
+        return EXIT_FAIL
     except Exception as exc:
         # Last resort: a bug must still be one line, not a traceback over the terminal
         # (QATCORE_DEBUG=1 shows it).  Bad input never gets here: it is exit status 2.
@@ -107,12 +114,6 @@ def main(argv=None) -> int:
             raise
         _error(f"internal error: {type(exc).__name__}: {exc} (please report it; "
                "QATCORE_DEBUG=1 shows the traceback)")
-        return EXIT_FAIL
-    except BrokenPipeError:            # `qatcore ... | head`
-        try:
-            sys.stdout = open(os.devnull, "w")
-        except OSError:
-            pass
         return EXIT_FAIL
 
 
@@ -180,8 +181,17 @@ def _build_parser() -> argparse.ArgumentParser:
                          "it is a terminal."))
     cal.add_argument("paths", nargs="+", metavar="PATH", help=".npy/.npz/.safetensors file or folder")
     cal.add_argument("--observer", default="min_max", type=_observer_name,
-                     choices=["min_max", "percentile", "moving_average", "mean_std"],
-                     help="observer method, any case, - or _ (default: min_max)")
+                     choices=["min_max", "percentile", "moving_average", "mean_std",
+                              "entropy", "entropy_signed", "mse", "hist_percentile"],
+                     help="observer method, any case, - or _ (default: min_max): a "
+                          "QuantObserver method, or a HistogramObserver method (entropy, "
+                          "entropy_signed, mse; hist_percentile: --percentile of the "
+                          "whole stream, of |x| when --symmetric)")
+    cal.add_argument("--percentile", type=float, default=None, metavar="P",
+                     help="for --observer hist_percentile (default: 99.99)")
+    cal.add_argument("--bins", type=int, default=None, metavar="N",
+                     help="histogram bins of the histogram observers, a power of two "
+                          "(default: 2048)")
     cal.add_argument("--bits", type=int, default=8, help="code width (default: 8)")
     sym = cal.add_mutually_exclusive_group()
     sym.add_argument("--symmetric", dest="symmetric", action="store_true", default=True,
@@ -219,7 +229,7 @@ def _build_parser() -> argparse.ArgumentParser:
         "inspect", formatter_class=fmt, epilog=_INSPECT_EPILOG,
         help="show a calibration JSON, a saved QuantizedLinear or a tensor file",
         description=wrap("Show what a file holds: a calibration JSON written by `calibrate "
-                         "--json` (scales, zero points, ranges), a QuantizedLinear saved as "
+                         "--json` or `calibrate-model --json` (scales, zero points, ranges), a QuantizedLinear saved as "
                          ".npz (shapes, scales, bit width, weight-code histogram) or any "
                          "tensor file."))
     ins.add_argument("file", metavar="FILE")

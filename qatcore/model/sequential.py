@@ -23,7 +23,7 @@ from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 import numpy as np
 
 from .. import _backend
-from .._checks import as_float32, check_index, check_scale
+from .._checks import as_float32, base_array, check_index, check_scale
 from ..linear import QuantizedLinear, _check_int8_codes, _qparams_of, quantize_multiplier
 from ..linear import activation_range, requant_real_multiplier
 from .._files import write_atomic
@@ -48,6 +48,9 @@ _LAYER_KEYS = frozenset({"version", "weights_q", "weight_scale", "bits", "per_ch
                          "output_quant_zero_point", "output_quant_qrange"})
 _TOP_KEYS = frozenset({"format", "version", "activations", "output_scale",
                        "output_zero_point", "input_numerics"})
+#: Optional top-level entries (written only when not the default, so files of models
+#: without them stay readable by a qatcore that predates them).
+_OPTIONAL_KEYS = frozenset({"flatten_input"})
 _F32 = np.float32
 
 
@@ -167,6 +170,12 @@ class QuantizedSequential:
     input_numerics : {"aprender", "torch", "onnx", "tflite"}, default "aprender"
         How :meth:`quantize_input` rounds float input (the QAT framework's quantizer; use
         ``"tflite"`` to match a ``.tflite`` exported with ``float_io=True``).
+    flatten_input : bool, default False
+        The model starts with a flatten (``torch.nn.Flatten()``: every dimension after the
+        batch one): :meth:`quantize_input`, :meth:`forward_int8` and :meth:`forward` also
+        take ``(batch, d1, d2, ...)`` input with ``d1·d2·... == in_features`` and flatten
+        it, as the float model did (``qatcore.torch.convert(integer=True)`` sets it for a
+        leading ``nn.Flatten``). The exports keep the flat ``(batch, in_features)`` input.
 
     Attributes
     ----------
@@ -176,6 +185,7 @@ class QuantizedSequential:
         A float32 value.
     output_zero_point : int
     input_numerics : str
+    flatten_input : bool
 
     Raises
     ------
@@ -203,7 +213,8 @@ class QuantizedSequential:
     """
 
     def __init__(self, layers: Sequence[QuantizedLinear], activations=None,
-                 output_scale=None, output_zero_point=0, *, input_numerics: str = "aprender"):
+                 output_scale=None, output_zero_point=0, *, input_numerics: str = "aprender",
+                 flatten_input: bool = False):
         if isinstance(layers, QuantizedLinear):
             raise TypeError("layers must be a sequence of QuantizedLinear (got one layer: "
                             "wrap it in a list)")
@@ -235,6 +246,9 @@ class QuantizedSequential:
         scale = _check_output_scale(output_scale)
         zp = _check_output_zero_point(output_zero_point)
         numerics = _check_numerics(input_numerics)
+        if not isinstance(flatten_input, (bool, np.bool_)):
+            raise TypeError(f"flatten_input must be a bool, got {type(flatten_input).__name__}")
+        self.flatten_input: bool = bool(flatten_input)
         self.layers: List[QuantizedLinear] = layers
         self.activations: List[Optional[str]] = acts
         self._output_scale = scale
@@ -307,6 +321,11 @@ class QuantizedSequential:
         from ..fake_quantize import FakeQuantize
 
         if not isinstance(model, nn.Sequential):
+            if any(c.__module__.split(".")[0] == "torch" for c in type(model).__mro__):
+                raise TypeError(f"model must be a qatcore.nn.Sequential, got the torch module "
+                                f"{type(model).__module__}.{type(model).__name__}: convert a "
+                                "PyTorch QAT model with qatcore.torch.convert(model, "
+                                "integer=True) (after qatcore.torch.prepare_qat and freeze)")
             raise TypeError(f"model must be a qatcore.nn.Sequential, got {type(model).__name__}")
         if output_fake_quant is not None and not isinstance(output_fake_quant, FakeQuantize):
             raise TypeError(f"output_fake_quant must be a FakeQuantize, got "
@@ -461,7 +480,7 @@ class QuantizedSequential:
         """
         if rounding not in ROUNDINGS:
             raise ValueError(f"rounding must be one of {ROUNDINGS}, got {rounding!r}")
-        h = _check_int8_codes(x_q, self.in_features, "x_q")
+        h = _check_int8_codes(self._flatten(x_q, "x_q"), self.in_features, "x_q")
         kernels = _backend.kernels
         for layer, col_offset, mult, shift, zp, lo, hi in self._plan():
             acc = layer._gemm(h, col_offset)
@@ -491,7 +510,7 @@ class QuantizedSequential:
                 return plan
         # layers / activations are plain lists: check what they hold now
         type(self)(self.layers, self.activations, self.output_scale, self.output_zero_point,
-                   input_numerics=self.input_numerics)
+                   input_numerics=self.input_numerics, flatten_input=self.flatten_input)
         plan = []
         for i, layer in enumerate(self.layers):
             scale, zp = self.output_qparams(i)
@@ -513,7 +532,7 @@ class QuantizedSequential:
         TypeError, ValueError
             Non-numeric input, a size that is not a multiple of ``in_features``, NaN.
         """
-        flat, shape = as_float32(x, "x")
+        flat, shape = as_float32(self._flatten(x, "x"), "x")
         n = self.in_features
         if len(shape) >= 2 and shape[-1] != n:
             raise ValueError(f"x has shape {tuple(shape)}; expected (..., {n})")
@@ -526,6 +545,26 @@ class QuantizedSequential:
         codes = quantize_codes(flat, self.input_scale, self.input_zero_point, lo, hi,
                                self.input_numerics)
         return codes.reshape(-1, n)
+
+    def _flatten(self, x, name: str):
+        """``(batch, d1, d2, ...)`` input as ``(batch, d1·d2·...)`` when the model flattens
+        its input and the trailing dimensions hold ``in_features`` values (as
+        ``torch.nn.Flatten()`` did before the first layer); anything else unchanged (the
+        checks that follow name it)."""
+        if not getattr(self, "flatten_input", False):
+            return x
+        if not isinstance(x, np.ndarray):
+            if name == "x_q":
+                return x                    # codes must be an int8 ndarray: said below
+            x = base_array(x, name)
+        shape = x.shape
+        if len(shape) < 3:
+            return x
+        if math.prod(shape[1:]) != self.in_features:
+            raise ValueError(f"{name} has shape {tuple(shape)}; expected (batch, ...) with "
+                             f"{self.in_features} values per sample (this model flattens "
+                             f"its input), or (batch, {self.in_features})")
+        return x.reshape(shape[0], self.in_features)
 
     def dequantize_output(self, q: np.ndarray) -> np.ndarray:
         """float32 values ``(q - output_zero_point) · output_scale`` of int8 output codes."""
@@ -554,6 +593,8 @@ class QuantizedSequential:
             "output_zero_point": np.int32(self.output_zero_point),
             "input_numerics": np.array(self.input_numerics),
         }
+        if self.flatten_input:
+            state["flatten_input"] = np.bool_(True)
         for i, layer in enumerate(self.layers):
             for key, value in layer.state_dict().items():
                 state[f"layer{i}.{key}"] = value
@@ -600,6 +641,10 @@ class QuantizedSequential:
         def fail(msg):
             return ValueError(f"{_where}: {msg}")
 
+        if "format" not in state and "weights_q" in state and "weight_scale" in state:
+            raise fail(f"not a {_FORMAT} file: it was saved by QuantizedLinear.save (one "
+                       "layer): read it with qatcore.QuantizedLinear.load, or build a model "
+                       "with QuantizedSequential([layer], ...)")
         if "format" not in state or _text(state["format"]) != _FORMAT:
             raise fail(f"not a {_FORMAT} file (no 'format' = {_FORMAT!r} entry)")
         for key in _TOP_KEYS:
@@ -615,7 +660,8 @@ class QuantizedSequential:
         if not all(int(a) in codes for a in acts):
             raise fail("'activations' holds a code other than 0 (none), 1 (relu), 2 (relu6)")
         n = int(acts.size)
-        expected = set(_TOP_KEYS) | {f"layer{i}.{k}" for i in range(n) for k in _LAYER_KEYS}
+        expected = set(_TOP_KEYS) | _OPTIONAL_KEYS | {f"layer{i}.{k}" for i in range(n)
+                                                       for k in _LAYER_KEYS}
         extra = sorted(set(state.keys()) - expected)
         if extra:
             raise fail(f"unexpected entry {extra[0]!r}")
@@ -634,9 +680,15 @@ class QuantizedSequential:
                 layers.append(QuantizedLinear.from_state_dict(sub))
             except (TypeError, ValueError) as exc:
                 raise fail(f"layer {i}: {exc}") from None
+        flatten = False
+        if "flatten_input" in state:
+            f = np.asarray(state["flatten_input"])
+            if f.ndim != 0 or f.dtype.kind != "b":
+                raise fail(f"'flatten_input' must be a bool scalar, got {f.dtype} {f.shape}")
+            flatten = bool(f[()])
         try:
             return cls(layers, [codes[int(a)] for a in acts], oscale, ozp,
-                       input_numerics=numerics)
+                       input_numerics=numerics, flatten_input=flatten)
         except (TypeError, ValueError) as exc:
             raise fail(str(exc)) from None
 

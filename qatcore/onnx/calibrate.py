@@ -265,6 +265,7 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ValueError(f"model_path: {model_path} is not a file")
+    _check_onnx_file(onnx, model_path)
     if preprocess:
         from onnxruntime.quantization.shape_inference import quant_pre_process
         with tempfile.TemporaryDirectory(prefix="qatcore.pre.") as tmp:
@@ -277,6 +278,19 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
     return _calibrate(onnx, ort, model_path, model_path, data, method, percentile, symmetric,
                       bins, op_types, image_size, image_mean, image_std, json_path, qdq_path,
                       per_channel, progress, providers, session_options)
+
+
+def _check_onnx_file(onnx, path: Path) -> None:
+    """ValueError naming `path` when it is not an ONNX model (protobuf's DecodeError names
+    neither the file nor what was expected; an empty or text file may even parse as an
+    empty ModelProto)."""
+    try:
+        model = onnx.load(str(path), load_external_data=False)
+    except Exception as exc:        # google.protobuf.message.DecodeError, ...
+        raise ValueError(f"model_path: {path} is not an ONNX model (cannot parse it: "
+                         f"{type(exc).__name__}: {exc})") from None
+    if not model.graph.node and not model.graph.input:
+        raise ValueError(f"model_path: {path} is not an ONNX model (no graph)")
 
 
 class _Runner:

@@ -4,6 +4,7 @@ torch-free integer model."""
 from __future__ import annotations
 
 import copy
+from typing import Literal, Union, overload
 
 import numpy as np
 import torch
@@ -63,9 +64,10 @@ def _leaves(module: nn.Module):
 
 
 def _chain(model: nn.Module):
-    """(QATLinear list, activation after each) for a [Flatten] Linear / ReLU / ReLU6 /
-    Dropout / Identity chain (nested nn.Sequential allowed), else None."""
-    layers, acts = [], []
+    """(QATLinear list, activation after each, leading nn.Flatten()) for a [Flatten]
+    Linear / ReLU / ReLU6 / Dropout / Identity chain (nested nn.Sequential allowed), else
+    None."""
+    layers, acts, flatten = [], [], False
     for m in _leaves(model):
         if isinstance(m, QATLinear):
             layers.append(m)
@@ -77,14 +79,25 @@ def _chain(model: nn.Module):
         elif isinstance(m, nn.Flatten):
             if layers:            # only a leading Flatten (the input reshape) is integer-safe
                 return None
+            flatten = flatten or (m.start_dim == 1 and m.end_dim == -1)
         elif isinstance(m, (nn.Dropout, nn.Identity)):
             continue
         else:
             return None
-    return (layers, acts) if layers else None
+    return (layers, acts, flatten) if layers else None
 
 
-def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False):
+@overload
+def convert(model: nn.Module, *, integer: Literal[True], inplace: bool = False
+            ) -> QuantizedSequential: ...
+@overload
+def convert(model: nn.Module, *, integer: Literal[False] = False, inplace: bool = False
+            ) -> nn.Module: ...
+@overload
+def convert(model: nn.Module, *, integer: bool, inplace: bool = False
+            ) -> Union[nn.Module, QuantizedSequential]: ...
+def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False
+            ) -> Union[nn.Module, QuantizedSequential]:
     """Turn a QAT model (from :func:`prepare_qat`, frozen) into integer layers.
 
     ``integer=False`` (default): every :class:`QATLinear` becomes a
@@ -112,7 +125,7 @@ def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False):
             raise ValueError("convert(integer=True) needs a chain of QATLinear / ReLU / ReLU6 "
                              "/ Dropout / Identity (and a leading Flatten); use integer=False "
                              "for other models")
-        layers, acts = found
+        layers, acts, flatten = found
         if layers[-1].output_fq is None:
             raise ValueError("convert(integer=True): the last layer has no output quantizer "
                              "(prepare_qat(..., quantize_output=True))")
@@ -120,7 +133,8 @@ def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False):
         o_scale, o_zp, _ = _quant_params(layers[-1].output_fq)
         return QuantizedSequential(qlayers, activations=acts, output_scale=o_scale,
                                    output_zero_point=o_zp,
-                                   input_numerics=layers[0].input_fq.config.numerics)
+                                   input_numerics=layers[0].input_fq.config.numerics,
+                                   flatten_input=flatten)
     if not inplace:
         model = copy.deepcopy(model)
     if isinstance(model, QATLinear):

@@ -100,23 +100,36 @@ class FakeQuantize(nn.Module):
         self.register_buffer("max_val", torch.full(shape, -math.inf))
         self.register_buffer("obs_count", torch.zeros((), dtype=torch.int64))
         self.register_buffer("calibrating_flag", torch.ones((), dtype=torch.bool))
+        # A Python mirror of the buffer for `calibrating`: reading the buffer is a
+        # Tensor.item(), a graph break under torch.compile.  Kept in sync by
+        # enable/disable_calibration and _load_from_state_dict.
+        self._calibrating = True
         self._observer = QuantObserver(config.observer) if axis is None else None
 
     # --- state -----------------------------------------------------------------------
     @property
     def calibrating(self) -> bool:
         """Whether forward observes its input and updates scale and zero point."""
-        return bool(self.calibrating_flag)
+        flag = self.__dict__.get("_calibrating")
+        if flag is None:                # a module pickled before the mirror existed
+            flag = self._calibrating = bool(self.calibrating_flag)
+        return flag
 
     def enable_calibration(self) -> None:
         """Observe inputs again (statistics observed so far are kept)."""
         self.calibrating_flag.fill_(True)
+        self._calibrating = True
 
     def disable_calibration(self) -> None:
         """Freeze scale and zero point at the observed range's qparams ((1, 0) before
         anything was observed)."""
         self._update_qparams()
         self.calibrating_flag.fill_(False)
+        self._calibrating = False
+
+    def _load_from_state_dict(self, *args, **kwargs):
+        super()._load_from_state_dict(*args, **kwargs)
+        self._calibrating = bool(self.calibrating_flag)
 
     def get_extra_state(self):
         """The per-tensor observer's own state (``QuantObserver.state_dict()``, JSON-safe:
@@ -237,6 +250,7 @@ class FakeQuantize(nn.Module):
                             self.config.numerics)
 
     def extra_repr(self) -> str:
+        """Bits, symmetry, numerics, axis and calibrating state, for ``repr``."""
         return (f"bits={self.config.bits}, symmetric={self.config.symmetric}, "
                 f"numerics={self.config.numerics!r}, axis={self.axis}, "
                 f"calibrating={self.calibrating}")
@@ -273,6 +287,7 @@ class QATLinear(nn.Module):
         self.output_fq = FakeQuantize(output) if output is not None else None
 
     def forward(self, x: Tensor) -> Tensor:
+        """``linear(input_fq(x), weight_fq(weight), bias)``, then ``output_fq`` if any."""
         y = nn.functional.linear(self.input_fq(x), self.weight_fq(self.weight), self.bias)
         return self.output_fq(y) if self.output_fq is not None else y
 
@@ -329,6 +344,7 @@ class QuantizedLinearModule(nn.Module):
                             *self._qrange, self.numerics)
 
     def forward(self, x: Tensor) -> Tensor:
+        """Float in, float out through the int8 GEMM of :class:`qatcore.QuantizedLinear`."""
         xd = _as_input(x)
         lead = xd.shape[:-1]
         x2 = xd.reshape(-1, self.in_features).numpy()
@@ -340,6 +356,7 @@ class QuantizedLinearModule(nn.Module):
         return torch.from_numpy(np.ascontiguousarray(y)).reshape(*lead, self.out_features)
 
     def extra_repr(self) -> str:
+        """The wrapped layer and the input numerics, for ``repr``."""
         return f"{self.layer!r}, numerics={self.numerics!r}"
 
 

@@ -139,6 +139,19 @@ def train_with_nn() -> float:
     return loss
 
 
+def histogram(x: F32) -> Tuple[float, float]:
+    h = q.HistogramObserver("entropy", bins=256, n_threads=1)
+    for batch in x:
+        h.observe(batch)
+    lo, hi = h.range()
+    scale, zero_point = h.compute_qparams(q.FakeQuantConfig.int8())
+    per_ch = q.ChannelObserver("min_max", axis=1)
+    per_ch.observe(x)
+    ranges = per_ch.ranges()
+    assert ranges.shape == (x.shape[1], 2) and lo <= hi and zero_point == 0.0
+    return scale, float(per_ch.compute_qparams(q.FakeQuantConfig.int8())[0][0])
+
+
 def misuse() -> None:
     """Never called: each line is a documented misuse a type checker must catch."""
     fq = q.FakeQuantize()
@@ -164,6 +177,7 @@ def main() -> int:
         integer_inference(folder)
     dynamic_and_mixed()
     train_with_nn()
+    histogram(rng.standard_normal((3, 64), dtype=np.float32))
     return 0
 
 
