@@ -62,6 +62,7 @@ class DynamicQuantizer:
 
     @property
     def config(self) -> FakeQuantConfig:
+        """The quantization config (bits, symmetry, observer) this quantizer applies."""
         return self._config
 
     @property

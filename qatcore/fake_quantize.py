@@ -46,9 +46,11 @@ class Module:
     training: bool = True
 
     def forward(self, x: Any, *args: Any, **kwargs: Any) -> Any:  # pragma: no cover - abstract
+        """The layer's output for input `x` (Rust ``Module::forward``); subclasses define it."""
         raise NotImplementedError
 
     def __call__(self, x: Any, *args: Any, **kwargs: Any) -> Any:
+        """Same as :meth:`forward`."""
         return self.forward(x, *args, **kwargs)
 
     def parameters(self) -> List[np.ndarray]:

@@ -58,6 +58,7 @@ class MixedPrecision:
 
     @property
     def steps_since_overflow(self) -> int:
+        """Clean steps since the last overflow (the scale doubles at 2000)."""
         return self._good_steps
 
     def reset(self) -> None:

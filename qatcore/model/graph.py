@@ -273,6 +273,8 @@ class QuantizedModel:
 
     @property
     def n_threads(self) -> Optional[int]:
+        """Threads the kernels use (the batch is split across them); ``None`` means
+        :func:`qatcore.get_num_threads`."""
         return self._n_threads
 
     @n_threads.setter
