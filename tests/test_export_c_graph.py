@@ -292,6 +292,16 @@ def test_model_bit_exact_x86(key, whole):
         assert [len(np.unique(v)) > n for v, n in zip(got, (2, 20, 100))] == [True] * 3
 
 
+@pytest.mark.parametrize("op", G.SINGLE_OPS)
+def test_single_op_arm32_qemu(op, tmp_path):
+    need_tool("arm-linux-gnueabihf-gcc", "qemu-arm")
+    model = G._single(op)(5)
+    xs = G.random_inputs(model, N_OP, 6)
+    prog = build(model, tmp_path, cc="arm-linux-gnueabihf-gcc", extra=["-static"])
+    assert_equal(run(prog, model, xs, tmp_path, prefix=QEMU), forward(model, xs),
+                 "forward_int8 (ARM)")
+
+
 @pytest.mark.parametrize("key", WHOLE + ["mixed"])
 def test_model_bit_exact_arm32_qemu(key, whole, tmp_path):
     """The same program built for 32-bit ARM (hard float ABI, static), run under qemu."""
@@ -309,6 +319,38 @@ def test_no_undefined_behaviour(key, whole, tmp_path):
     n = 200
     got = run(build(model, tmp_path, key, extra=UBSAN), model, [x[:n] for x in xs], tmp_path)
     assert_equal(got, [w[:n] for w in want], "forward_int8 (UBSan)")
+
+
+def extreme_graph(ratio, zp_in, zp_out, seed=0):
+    """Every arithmetic op side by side on the same inputs at zero points at the ends of
+    the range, each output scale `ratio` times the builder's guess (1e-7: multipliers
+    above one, saturating left shifts; 1e7: multipliers flushed towards zero); LOGISTIC and
+    SOFTMAX get an input scale `ratio` times 0.05 instead."""
+    g = G.GraphBuilder(seed, (7, 6, 5), 0.05, zp_in)
+    g.input("y", (7, 6, 5), 0.35, -zp_in // 2)
+    g.input("z", (24,), float(np.float32(max(0.05 * ratio, 1e-6))), zp_in)
+    outs = [g.fc("x", 9), g.conv("x", 4, stride=(2, 1)), g.depthwise("x", multiplier=3),
+            g.add("x", "y"), g.mul("x", "y"), g.mean("x", axes=(0, 2)),
+            g.relu("x", rescale=2.0)]
+    for t in outs:
+        s = g.tensors[t]
+        scale = s.scale * (max(ratio, 1e-3) if t == outs[3] else ratio)
+        g.tensors[t] = G.TensorSpec(t, s.shape, scale, zp_out)
+    outs += [g.hard_swish("x"), g.logistic("z"), g.softmax("z")]
+    return g.model(outs, name="extreme")
+
+
+@pytest.mark.parametrize("zp_in,zp_out", [(-128, 127), (127, -128)], ids=["zp-128", "zp127"])
+@pytest.mark.parametrize("ratio", [1e-7, 1e-3, 20.0, 1e7], ids=lambda r: f"x{r:g}")
+def test_extreme_scales_and_zero_points(ratio, zp_in, zp_out, tmp_path):
+    """Bit-exact with forward_int8, no undefined behaviour (UBSan).  TFLM agrees too except
+    where a multiplier above 2^31 makes its unsaturated left shift wrap (ratio 1e-7)."""
+    model = extreme_graph(ratio, zp_in, zp_out)
+    xs = G.random_inputs(model, N_OP, 3)
+    got = run(build(model, tmp_path, extra=UBSAN), model, xs, tmp_path)
+    assert_equal(got, forward(model, xs), "forward_int8")
+    if ratio >= 1e-3:
+        assert_equal(got, tflm_run(model, xs), "TFLM")
 
 
 # ------------------------------------------------------------------------- embedded
@@ -427,7 +469,7 @@ def test_source_is_integer_only(whole):
     assert "double rounding" in header
 
 
-STRICT = ["-Wshadow", "-Wcast-qual", "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wundef",
+STRICT = ["-Wconversion", "-Wsign-conversion", "-Wcast-align", "-Wshadow", "-Wcast-qual", "-Wstrict-prototypes", "-Wmissing-prototypes", "-Wundef",
           "-Wdouble-promotion", "-Wredundant-decls"]
 
 
