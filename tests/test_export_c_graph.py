@@ -163,19 +163,20 @@ _KEEP = {"Reshape", "AveragePool2D", "MaxPool2D", "Pad", "Concatenation"}
 
 
 def calibrated(g, outputs, name, n=256):
-    """The builder's graph with each op's output (scale, zero point) measured on random
-    inputs (0.1 / 99.9 percentiles of the real values, op by op in graph order, as a
-    post-training calibration would), so that codes neither saturate nor collapse deep in
-    the graph; each softmax gets a beta that spreads its input's code range over ~10."""
+    """The builder's graph with each op's output (scale, zero point) measured on
+    :func:`sample_inputs` (0.1 / 99.9 percentiles of the real values, op by op in graph
+    order, as a post-training calibration would), so that codes neither saturate nor
+    collapse deep in the graph; each softmax gets a beta that spreads its input's code
+    range over ~10."""
     ops = list(g.ops)
-    xs = sample_inputs([g.tensors[t].shape for t in g.inputs], n, 7)
+    xs = dict(zip(g.inputs, sample_inputs([g.tensors[t].shape for t in g.inputs], n, 7)))
     for k, op in enumerate(ops):
-        kind, t = type(op).__name__, op.output
+        kind, t = op.kind, op.output
         shape = g.tensors[t].shape
         if kind in ("Softmax", "Logistic"):
             if kind == "Softmax":
                 s_in = g.tensors[op.inputs[0]].scale
-                ops[k] = G.Softmax(op.inputs[0], t, beta=float(10.0 / (255 * s_in)))
+                ops[k] = G.Rec(G.Softmax, op.inputs[0], t, beta=float(10.0 / (255 * s_in)))
             continue
         if kind in _KEEP:
             src = g.tensors[op.inputs[0]]
@@ -184,22 +185,20 @@ def calibrated(g, outputs, name, n=256):
         scale = g.tensors[t].scale
         for _ in range(12):
             g.tensors[t] = G.TensorSpec(t, shape, scale, 0)
-            used = set(g.inputs) | {o.output for o in ops[:k + 1]}
-            probe = G.QuantizedModel([v for v in g.tensors.values() if v.name in used],
-                                     ops[:k + 1], g.inputs, [t])
-            q = forward(probe, xs)[0].astype(np.float64)
+            probe = g._model(ops[:k + 1], [t])
+            q = forward(probe, [xs[i] for i in probe.inputs])[0].astype(np.float64)
             if np.mean(np.abs(q) >= 127) < 0.001:
                 break
             scale *= 4
         real = q * scale
         lo, hi = np.percentile(real, [0.1, 99.9])
-        if getattr(op, "activation", None) is not None or kind == "Relu":
+        if op.get("activation") is not None or kind == "Relu":
             lo = 0.0
         lo, hi = min(lo, 0.0), max(hi, lo + 1e-3)
         s = float(np.float32((hi - lo) / 255))
         zp = int(np.clip(np.round(-128 - lo / s), -128, 127))
         g.tensors[t] = G.TensorSpec(t, shape, s, zp)
-    return G.QuantizedModel(list(g.tensors.values()), ops, g.inputs, outputs, name=name)
+    return g._model(ops, outputs, name)
 
 
 def ds_cnn_like(seed):
@@ -337,7 +336,7 @@ def extreme_graph(ratio, zp_in, zp_out, seed=0):
         scale = s.scale * (max(ratio, 1e-3) if t == outs[3] else ratio)
         g.tensors[t] = G.TensorSpec(t, s.shape, scale, zp_out)
     outs += [g.hard_swish("x"), g.logistic("z"), g.softmax("z")]
-    return g.model(outs, name="extreme")
+    return g.model(outs, name="extreme", calibrate=False)
 
 
 @pytest.mark.parametrize("zp_in,zp_out", [(-128, 127), (127, -128)], ids=["zp-128", "zp127"])
@@ -498,23 +497,27 @@ def test_multi_io_entry_points(whole, tmp_path):
     main = tmp_path / "io.c"
     sizes_in = [int(np.prod(model.tensors[t].shape)) for t in model.inputs]
     sizes_out = [int(np.prod(model.tensors[t].shape)) for t in model.outputs]
+    ni, no = len(sizes_in), len(sizes_out)
+    decl = "".join(f"static int8_t x{i}[{n}];\n" for i, n in enumerate(sizes_in))
+    decl += "".join(f"static int8_t y{i}[{n}];\n" for i, n in enumerate(sizes_out))
     main.write_text(
-        '#include <stdio.h>\n#include "m.h"\n'
-        f"static int8_t a[{sizes_in[0]}], b[{sizes_in[1]}], y0[{sizes_out[0]}], "
-        f"y1[{sizes_out[1]}], scratch[M_SCRATCH_BYTES];\n"
+        '#include <stdio.h>\n#include "m.h"\n' + decl
+        + "static int8_t scratch[M_SCRATCH_BYTES];\n"
         "int main(int argc, char **argv) {\n"
-        "  const int8_t *ins[2]; int8_t *outs[2]; FILE *f = fopen(argv[1], \"rb\"), *g;\n"
-        "  (void)argc; ins[0] = a; ins[1] = b; outs[0] = y0; outs[1] = y1;\n"
-        "  if (fread(a, 1, sizeof a, f) != sizeof a || fread(b, 1, sizeof b, f) != sizeof b)"
-        " return 3;\n"
-        "  if (m_invoke_io(ins, outs, scratch) != 0) return 4;\n"
-        "  outs[1] = NULL; if (m_invoke_io(ins, outs, scratch) != -1) return 5;\n"
-        "  g = fopen(argv[2], \"wb\"); fwrite(y0, 1, sizeof y0, g); fwrite(y1, 1, sizeof y1, g);\n"
+        f"  const int8_t *ins[{ni}]; int8_t *outs[{no}]; FILE *f = fopen(argv[1], \"rb\"), *g;\n"
+        "  (void)argc;\n"
+        + "".join(f"  ins[{i}] = x{i}; if (fread(x{i}, 1, sizeof x{i}, f) != sizeof x{i}) "
+                  f"return 3;\n" for i in range(ni))
+        + "".join(f"  outs[{i}] = y{i};\n" for i in range(no))
+        + "  if (m_invoke_io(ins, outs, scratch) != 0) return 4;\n"
+        "  g = fopen(argv[2], \"wb\");\n"
+        + "".join(f"  fwrite(y{i}, 1, sizeof y{i}, g);\n" for i in range(no))
+        + f"  outs[{no - 1}] = NULL; if (m_invoke_io(ins, outs, scratch) != -1) return 5;\n"
         "  return fclose(g);\n}\n")
     prog = tmp_path / "io"
     subprocess.run(["cc", *CFLAGS, "-I", str(tmp_path), str(main), c, "-o", str(prog)],
                    check=True, capture_output=True, text=True)
-    (tmp_path / "in.bin").write_bytes(xs[0][0].tobytes() + xs[1][0].tobytes())
+    (tmp_path / "in.bin").write_bytes(b"".join(x[0].tobytes() for x in xs))
     subprocess.run([str(prog), str(tmp_path / "in.bin"), str(tmp_path / "out.bin")], check=True)
     out = np.frombuffer((tmp_path / "out.bin").read_bytes(), np.int8)
     assert np.array_equal(out, np.concatenate([w[0].ravel() for w in want]))
