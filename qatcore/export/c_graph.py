@@ -52,7 +52,7 @@ import numpy as np
 from .._files import write_files_atomic
 from ..linear import activation_range, quantize_multiplier, requant_real_multiplier
 from ._common import PathLike, check_directory, check_name
-from .c import _ALIGN, _sub, _version
+from .c import C_FLOOR_SHIFT, C_RDBPOT, C_REQUANTIZE, C_SRDHM, _ALIGN, _sub, _version
 
 __all__ = ["c_sources", "write_c", "plan_arena"]
 
@@ -70,45 +70,12 @@ def _block(name: str, deps: Tuple[str, ...], text: str) -> None:
     _C[name] = (deps, text)
 
 
-_block("srdhm", (), r"""
-/* gemmlowp SaturatingRoundingDoublingHighMul: round(a * b / 2^31), ties away from zero. */
-static int32_t @P@_srdhm(int32_t a, int32_t b)
-{
-    int64_t ab, nudge;
-    if (a == b && a == INT32_MIN)
-        return INT32_MAX;
-    ab = (int64_t)a * (int64_t)b;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    return (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C99 division truncates */
-}
-""")
-
-_block("rdbpot", (), r"""
-/* gemmlowp RoundingDivideByPOT: x / 2^e (0 <= e <= 31), ties away from zero.  floor(x / 2^e)
- * without >> of a negative value (implementation-defined in C99). */
-static int32_t @P@_rdbpot(int32_t x, int e)
-{
-    int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
-    int32_t remainder = x & mask;
-    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-    int32_t floor = x >= 0 ? (x >> e) : ~((~x) >> e);
-    return floor + (remainder > threshold ? 1 : 0);
-}
-""")
-
-_block("requantize", ("srdhm", "rdbpot"), r"""
-/* TFLite MultiplyByQuantizedMultiplier (double rounding); the left shift saturates. */
-static int32_t @P@_requantize(int32_t x, int32_t multiplier, int32_t shift)
-{
-    int left = shift > 0 ? (int)shift : 0, right = shift > 0 ? 0 : (int)-shift;
-    int64_t v = (int64_t)x * ((int64_t)1 << left);
-    if (v > INT32_MAX)
-        v = INT32_MAX;
-    if (v < INT32_MIN)
-        v = INT32_MIN;
-    return @P@_rdbpot(@P@_srdhm((int32_t)v, multiplier), right);
-}
-""")
+# gemmlowp's SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and TFLite's
+# MultiplyByQuantizedMultiplier: the chain export's own text (qatcore.export.c).
+_block("srdhm", (), C_SRDHM)
+_block("floor_shift", (), C_FLOOR_SHIFT)
+_block("rdbpot", ("floor_shift",), C_RDBPOT)
+_block("requantize", ("srdhm", "rdbpot"), C_REQUANTIZE)
 
 _block("clamp", (), r"""
 static int8_t @P@_clamp(int32_t v, int32_t lo, int32_t hi)
