@@ -20,7 +20,6 @@ from qatcore.export.c_graph import c_sources, plan_arena, write_c
 
 import tflite_graph_models as G
 
-pytestmark = pytest.mark.skipif(not G.HAVE_ENGINE, reason="the integer graph engine is needed")
 
 CFLAGS = ["-std=c99", "-O2", "-Wall", "-Wextra", "-Werror", "-pedantic"]
 UBSAN = ["-fsanitize=undefined", "-fno-sanitize-recover=all"]
@@ -355,7 +354,8 @@ def test_extreme_scales_and_zero_points(ratio, zp_in, zp_out, tmp_path):
 DATA = os.path.join(os.path.dirname(__file__), "data")
 
 
-@pytest.mark.parametrize("fixture", ["keras_cnn", "keras_dscnn", "keras_resnet"])
+@pytest.mark.parametrize("fixture", ["keras_cnn", "keras_dscnn", "keras_resnet",
+                                     "keras_branches"])
 def test_converter_made_tflite_compiled_to_c(fixture, tmp_path):
     """A .tflite from TensorFlow's converter, read by QuantizedModel.from_tflite and
     exported to C, computes what TFLM computes running the original file (its float
