@@ -626,3 +626,12 @@ def test_inconsistent_shapes_refused(tmp_path):
     with pytest.raises(ValueError, match=r"op 1 \(DepthwiseConv2D\): the shapes"):
         write_c(Fake(), tmp_path, "m")
     assert list(tmp_path.iterdir()) == []
+
+
+def test_docstring_examples():
+    import doctest
+    import importlib
+
+    module = importlib.import_module("qatcore.export.c_graph")
+    result = doctest.testmod(module, optionflags=doctest.ELLIPSIS | doctest.NORMALIZE_WHITESPACE)
+    assert result.attempted > 0 and result.failed == 0

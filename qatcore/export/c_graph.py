@@ -1384,6 +1384,21 @@ def write_c(model: Any, directory: PathLike, name: str = "model") -> Tuple[str, 
     Bit-exact with TFLM's int8 reference kernels (gemmlowp double rounding) and with
     ``model.forward_int8(x, rounding="gemmlowp")``.  Both files are written to temporary
     files first and renamed into place.
+
+    Examples
+    --------
+    >>> import tempfile
+    >>> import numpy as np
+    >>> from qatcore.model import FullyConnected, QuantizedModel, Softmax, TensorSpec
+    >>> model = QuantizedModel(
+    ...     [TensorSpec("x", (2,), 0.1, 0), TensorSpec("logits", (3,), 0.2, 5),
+    ...      TensorSpec("p", (3,), 1 / 256, -128)],
+    ...     [FullyConnected("x", "logits", np.array([[1, -2], [3, 4], [0, 5]], np.int8), [0.05]),
+    ...      Softmax("logits", "p")], ["x"], ["p"])
+    >>> with tempfile.TemporaryDirectory() as d:
+    ...     h, c = write_c(model, d, "tiny")
+    ...     "int tiny_invoke(const int8_t *in, int8_t *out, void *scratch);" in open(h).read()
+    True
     """
     directory = check_directory(directory)
     header, source = c_sources(model, name)
