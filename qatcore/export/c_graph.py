@@ -152,20 +152,21 @@ static int32_t @P@_one_over_one_plus_x(int32_t a)
 _block("fully_connected", ("requantize", "clamp"), r"""
 typedef struct {
     const int8_t *weights;        /* (out, in), row-major */
-    const int32_t *bias;          /* (out,) or NULL */
+    const int32_t *acc_offset;    /* (out,): bias + input_offset * sum_i w[o, i] */
     const int32_t *multiplier, *shift;   /* (out,) */
-    int32_t in_n, out_n, input_offset, output_offset, act_min, act_max;
+    int32_t in_n, out_n, output_offset, act_min, act_max;
 } @P@_fc_t;
 
-/* TFLite FullyConnected (per channel): acc = sum w * (x + input_offset) + bias. */
+/* TFLite FullyConnected (per channel): acc = sum w * (x + input_offset) + bias, computed
+ * as sum w * x + acc_offset (exact: every partial sum fits int32). */
 static void @P@_fully_connected(const @P@_fc_t *p, const int8_t *x, int8_t *y)
 {
     int32_t o, i;
     for (o = 0; o < p->out_n; o++) {
         const int8_t *w = p->weights + (size_t)o * (size_t)p->in_n;
-        int32_t acc = p->bias != NULL ? p->bias[o] : 0;
+        int32_t acc = p->acc_offset[o];
         for (i = 0; i < p->in_n; i++)
-            acc += (int32_t)w[i] * ((int32_t)x[i] + p->input_offset);
+            acc += (int32_t)w[i] * (int32_t)x[i];
         acc = @P@_requantize(acc, p->multiplier[o], p->shift[o]) + p->output_offset;
         y[o] = @P@_clamp(acc, p->act_min, p->act_max);
     }
@@ -176,6 +177,7 @@ _block("window_t", (), r"""
 typedef struct {
     const int8_t *weights;        /* conv OHWI (O, KH, KW, C/groups); depthwise (KH, KW, C*M) */
     const int32_t *bias;          /* (O,) or NULL */
+    const int32_t *acc_offset;    /* conv: (O,) bias + input_offset * filter sum; else NULL */
     const int32_t *multiplier, *shift;   /* (O,) */
     int32_t in_h, in_w, in_c, out_h, out_w, out_c;
     int32_t k_h, k_w, stride_h, stride_w, dil_h, dil_w, pad_top, pad_left;
@@ -185,18 +187,23 @@ typedef struct {
 """)
 
 _block("conv", ("window_t", "requantize", "clamp"), r"""
-/* TFLite ConvPerChannel: taps outside the image contribute nothing; groups. */
+/* TFLite ConvPerChannel: acc = sum w * (x + input_offset) over the taps inside the image,
+ * + bias; groups.  Computed as sum w * x + input_offset * (sum of the in-image weights)
+ * + bias, with that offset precomputed for the pixels whose taps are all inside (exact:
+ * every partial sum fits int32). */
 static void @P@_conv(const @P@_window_t *p, const int8_t *x, int8_t *y)
 {
     const int32_t per_group = p->out_c / (p->in_c / p->group_c);
     int32_t oy, ox, oc, ky, kx, ic;
     for (oy = 0; oy < p->out_h; oy++)
-        for (ox = 0; ox < p->out_w; ox++)
+        for (ox = 0; ox < p->out_w; ox++) {
+            const int32_t y0 = oy * p->stride_h - p->pad_top;
+            const int32_t x0 = ox * p->stride_w - p->pad_left;
+            const int inside = y0 >= 0 && y0 + (p->k_h - 1) * p->dil_h < p->in_h
+                               && x0 >= 0 && x0 + (p->k_w - 1) * p->dil_w < p->in_w;
             for (oc = 0; oc < p->out_c; oc++) {
-                const int32_t y0 = oy * p->stride_h - p->pad_top;
-                const int32_t x0 = ox * p->stride_w - p->pad_left;
                 const int32_t c0 = (oc / per_group) * p->group_c;
-                int32_t acc = 0;
+                int32_t acc = 0, wsum = 0;
                 for (ky = 0; ky < p->k_h; ky++) {
                     const int32_t iy = y0 + ky * p->dil_h;
                     if (iy < 0 || iy >= p->in_h)
@@ -211,14 +218,20 @@ static void @P@_conv(const @P@_window_t *p, const int8_t *x, int8_t *y)
                         w = p->weights + (((size_t)oc * (size_t)p->k_h + (size_t)ky)
                                           * (size_t)p->k_w + (size_t)kx) * (size_t)p->group_c;
                         for (ic = 0; ic < p->group_c; ic++)
-                            acc += (int32_t)w[ic] * ((int32_t)xi[ic] + p->input_offset);
+                            acc += (int32_t)w[ic] * (int32_t)xi[ic];
+                        if (!inside)
+                            for (ic = 0; ic < p->group_c; ic++)
+                                wsum += w[ic];
                     }
                 }
-                if (p->bias != NULL)
-                    acc += p->bias[oc];
+                if (inside)
+                    acc += p->acc_offset[oc];
+                else
+                    acc += p->input_offset * wsum + (p->bias != NULL ? p->bias[oc] : 0);
                 acc = @P@_requantize(acc, p->multiplier[oc], p->shift[oc]) + p->output_offset;
                 *y++ = @P@_clamp(acc, p->act_min, p->act_max);
             }
+        }
 }
 """)
 
@@ -665,6 +678,21 @@ def _quantize_exact(real: float) -> Tuple[int, int]:
     return int(q_fixed), int(e)
 
 
+def _acc_offset(w2d: np.ndarray, bias: Any, input_offset: int, k: int, kind: str
+                ) -> np.ndarray:
+    """bias + input_offset * (sum of each filter), checked to fit int32."""
+    off = np.int64(input_offset) * w2d.astype(np.int64).sum(axis=1)
+    if bias is not None:
+        off = off + np.asarray(bias, np.int64).reshape(-1)
+    worst = np.abs(w2d.astype(np.int64)).sum(axis=1) * 255
+    if bias is not None:
+        worst = worst + np.abs(np.asarray(bias, np.int64).reshape(-1))
+    if worst.size and int(worst.max()) > I32_MAX:
+        raise ValueError(f"op {k} ({kind}): the int32 accumulator could overflow (sum |w| * "
+                         f"255 + |bias| > 2^31 - 1)")
+    return off
+
+
 def _safe(text: str) -> str:
     """Text for a C comment: printable ASCII only, no comment delimiters (tensor names come
     from files and may hold anything)."""
@@ -957,12 +985,13 @@ class _Writer:
         pre = f"{self.p}_op{k}"
         self.data.append(f"/* op {k}: FULLY_CONNECTED {n_in} -> {n_out} */\n")
         wn = self.array("int8_t", f"{pre}_weights", w, 16)
-        bn = (self.array("int32_t", f"{pre}_bias", op.bias_q, 8)
-              if getattr(op, "bias_q", None) is not None else "NULL")
+        on = self.array("int32_t", f"{pre}_acc_offset",
+                        _acc_offset(w.reshape(n_out, -1), getattr(op, "bias_q", None),
+                                    -x.zero_point, k, "FullyConnected"), 8)
         mn = self.array("int32_t", f"{pre}_multiplier", m, 8)
         sn = self.array("int32_t", f"{pre}_shift", s, 16)
-        self.struct("fc_t", pre, [wn, bn, mn, sn, n_in, n_out, -x.zero_point, y.zero_point,
-                                  lo, hi], f"{op.inputs[0]} -> {op.output}")
+        self.struct("fc_t", pre, [wn, on, mn, sn, n_in, n_out, y.zero_point, lo, hi],
+                    f"{op.inputs[0]} -> {op.output}")
         self.use("fully_connected")
         self.calls.append(f"    {self.p}_fully_connected(&{pre}, {self.src(op.inputs[0])}, "
                           f"{self.dst(op.output)});")
@@ -990,9 +1019,13 @@ class _Writer:
         wn = self.array("int8_t", f"{pre}_weights", w, 16)
         bn = (self.array("int32_t", f"{pre}_bias", op.bias_q, 8)
               if getattr(op, "bias_q", None) is not None else "NULL")
+        on = "NULL" if depthwise else self.array(
+            "int32_t", f"{pre}_acc_offset",
+            _acc_offset(w.reshape(oc, -1), getattr(op, "bias_q", None), -x.zero_point, k,
+                        kind), 8)
         mn = self.array("int32_t", f"{pre}_multiplier", m, 8)
         sn = self.array("int32_t", f"{pre}_shift", s, 16)
-        self.struct("window_t", pre, [wn, bn, mn, sn, h, wd, c, oh, ow, oc, kh, kw, sh, sw,
+        self.struct("window_t", pre, [wn, bn, on, mn, sn, h, wd, c, oh, ow, oc, kh, kw, sh, sw,
                                       dh, dw, top, left, group_c, -x.zero_point, y.zero_point,
                                       lo, hi], f"{op.inputs[0]} -> {op.output}")
         fn = "depthwise" if depthwise else "conv"
