@@ -211,19 +211,30 @@ static int qc_conv2d_i8(const int8_t *x, const qc_window_t *g, const qc_conv_t *
    int8 rows (char types may alias anything) do not overlap acc, and vectorizes. */
 static inline void qc_dw_tap(int32_t *restrict acc, const int8_t *restrict x,
                              const int8_t *restrict w, ptrdiff_t n, int32_t input_offset) {
-    ptrdiff_t i;
-    for (i = 0; i < n; i++)
+    ptrdiff_t i = 0, j;
+    /* blocks of 16 with a constant trip count: vectorized without a peeled prologue,
+       which dominates for the small channel counts of mobile networks */
+    for (; i + 16 <= n; i += 16)
+        for (j = 0; j < 16; j++)
+            acc[i + j] += (int32_t)w[i + j] * ((int32_t)x[i + j] + input_offset);
+    for (; i < n; i++)
         acc[i] += (int32_t)w[i] * ((int32_t)x[i] + input_offset);
 }
 
 static inline void qc_pool_tap(int32_t *restrict acc, const int8_t *restrict x, ptrdiff_t n,
                                int is_max) {
-    ptrdiff_t i;
+    ptrdiff_t i = 0, j;
     if (is_max) {
-        for (i = 0; i < n; i++)
+        for (; i + 16 <= n; i += 16)
+            for (j = 0; j < 16; j++)
+                acc[i + j] = acc[i + j] > x[i + j] ? acc[i + j] : x[i + j];
+        for (; i < n; i++)
             acc[i] = acc[i] > x[i] ? acc[i] : x[i];
     } else {
-        for (i = 0; i < n; i++)
+        for (; i + 16 <= n; i += 16)
+            for (j = 0; j < 16; j++)
+                acc[i + j] += x[i + j];
+        for (; i < n; i++)
             acc[i] += x[i];
     }
 }
