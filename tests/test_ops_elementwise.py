@@ -250,3 +250,15 @@ def test_pool_large_enough_for_the_parallel_path(target, kind, n_threads):
                             TensorSpec("x", (24, 24, 16), 0.05, 0),
                             TensorSpec("y", (24, 24, 16), 0.05, 0), n_threads)
     np.testing.assert_array_equal(model.forward_int8(x), expected)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("name", list(SOFTMAX_CASES))
+def test_softmax_c_loop_equals_the_numpy_form(target, name, rounding):
+    shape, s_in, zp, beta = SOFTMAX_CASES[name]
+    x = rand_i8(_rng(name + "np"), (3,) + shape)
+    model = single_op_model(Softmax("x", "y", beta), TensorSpec("x", shape, s_in, zp),
+                            TensorSpec("y", shape, 1 / 256, -128))
+    expected = np.empty_like(x)
+    model.ops[0]._run_numpy([x], expected, ["gemmlowp", "single", "neon"].index(rounding))
+    np.testing.assert_array_equal(model.forward_int8(x, rounding=rounding), expected)
