@@ -100,8 +100,16 @@ static void qc_im2col_i8(const int8_t *x, const qc_window_t *g, ptrdiff_t c0, pt
     for (oy = 0; oy < g->oh; oy++) {
         for (ox = 0; ox < g->ow; ox++) {
             int8_t *row = out + (oy * g->ow + ox) * (ptrdiff_t)g->kh * g->kw * cg;
+            ptrdiff_t ix0 = ox * g->sw - g->pl;
+            /* all kw taps of a row inside the image, undilated, all channels: one span */
+            int span = g->dw == 1 && cg == g->c && ix0 >= 0 && ix0 + g->kw <= g->w;
             for (ky = 0; ky < g->kh; ky++) {
                 ptrdiff_t iy = oy * g->sh - g->pt + (ptrdiff_t)ky * g->dh;
+                if (span && iy >= 0 && iy < g->h) {
+                    memcpy(row + (ptrdiff_t)ky * g->kw * cg, x + (iy * g->w + ix0) * g->c,
+                           (size_t)(g->kw * cg));
+                    continue;
+                }
                 for (kx = 0; kx < g->kw; kx++) {
                     ptrdiff_t ix = ox * g->sw - g->pl + (ptrdiff_t)kx * g->dw;
                     int8_t *dst = row + ((ptrdiff_t)ky * g->kw + kx) * cg;
