@@ -141,6 +141,10 @@ def add_i8(a: npt.NDArray[np.int8],      # ndarray, C-contiguous int8
            out: npt.NDArray[np.int8],    # ndarray, writable int8, same size
            zp_a: int, zp_b: int, m_a: int, s_a: int, m_b: int, s_b: int, m_out: int,
            s_out: int, zp_out: int, qmin: int, qmax: int, single: bool) -> None: ...
+def softmax_i8(x: npt.NDArray[np.int8],     # ndarray, C-contiguous int8, rows x depth
+               out: npt.NDArray[np.int8],   # ndarray, writable int8, same size
+               depth: int, multiplier: int, left_shift: int, diff_min: int,
+               single: bool) -> None: ...
 def requantize_rows(acc: npt.NDArray[np.int32],         # ndarray, int32 (M, N)
                     multiplier: npt.NDArray[np.int32],  # ndarray, int32 (N,)
                     shift: npt.NDArray[np.int32],       # ndarray, int32 (N,)

@@ -35,6 +35,8 @@ cdef extern from "qc_conv.h" nogil:
                    int32_t m_a, int32_t s_a, int32_t m_b, int32_t s_b, int32_t m_out,
                    int32_t s_out, int32_t zp_out, int32_t qmin, int32_t qmax, int single,
                    int8_t *out)
+    void qc_softmax_i8(const int8_t *x, Py_ssize_t rows, Py_ssize_t depth, int32_t mult,
+                       int32_t left, int32_t diff_min, int single, int8_t *out)
     void qc_requantize_rows_r(const int32_t *acc, Py_ssize_t m, Py_ssize_t n,
                               const int32_t *multiplier, const int32_t *shift,
                               int32_t zero_point, int32_t qmin, int32_t qmax, int rounding,
@@ -231,3 +233,25 @@ def add_i8(cnp.ndarray a not None,     # IN int8, C-contiguous
     with nogil:
         qc_add_i8(ap, bp, n, zp_a, zp_b, m_a, s_a, m_b, s_b, m_out, s_out, zp_out, qmin,
                   qmax, single, op)
+
+
+def softmax_i8(cnp.ndarray x not None,     # IN int8, C-contiguous, rows x depth
+               cnp.ndarray out not None,   # OUT int8, same size
+               Py_ssize_t depth, int multiplier, int left_shift, int diff_min,
+               bint single):
+    """TFLite reference int8 SOFTMAX over the last axis (rows of `depth` codes), output
+    scale 1/256 and zero point -128; gemmlowp fixed point; `single`: the input rescaling
+    rounds once (TFLITE_SINGLE_ROUNDING)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
+    cdef const int8_t *xp
+    cdef int8_t *op
+    if depth < 1 or n % depth:
+        raise ValueError("depth must divide the size of x")
+    if left_shift < 0 or left_shift > 31:
+        raise ValueError("left_shift out of range")
+    xp = <const int8_t *>_buf(x, cnp.NPY_INT8, n, False, "x")
+    op = <int8_t *>_buf(out, cnp.NPY_INT8, n, True, "out")
+    if n == 0:
+        return
+    with nogil:
+        qc_softmax_i8(xp, n // depth, depth, multiplier, left_shift, diff_min, single, op)
