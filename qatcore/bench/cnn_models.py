@@ -17,7 +17,8 @@ Scales: each tensor's scale is set from the spread its codes would have under ra
 weights (the accumulator's standard deviation, tracked layer by layer from the codes' RMS),
 so activations use the int8 range without saturating: ReLU / ReLU6 outputs at zero point
 -128 over [0, 4σ] (ReLU6 at 6/255, as a converter writes a saturated ReLU6), linear
-outputs at zero point 0 over ±4σ.  The fused activations' clamps are then the int8 range,
+outputs at zero point 0 over ±4σ; ReLU6 layers and the logits get weight scales that give
+them a spread of 1.5 (4σ = 6) and 2 (a softmax that is not one-hot).  The fused activations' clamps are then the int8 range,
 as in models TensorFlow's converter writes from calibrated ranges.
 
 ``tiny=True`` shrinks every model (fewer channels, small images) for smoke tests.
@@ -74,8 +75,14 @@ class _Builder:
         return tuple(self.tensors[t].shape)
 
     def _out(self, x: str, shape: Sequence[int], k: int, ws: np.ndarray, w_rms: float,
-             activation: Optional[str]) -> Tuple[str, np.ndarray]:
+             activation: Optional[str], target: Optional[float] = None
+             ) -> Tuple[str, np.ndarray, np.ndarray]:
         sigma = np.sqrt(k) * w_rms * self.rms[x] * self.tensors[x].scale * float(np.mean(ws))
+        if activation == "relu6" and target is None:
+            target = 1.5                      # ReLU6's [0, 6] is 4 standard deviations
+        if target is not None:                # weight scales chosen for that spread
+            ws = (ws * np.float32(target / sigma)).astype(np.float32)
+            sigma = target
         if activation == "relu6":
             y = self.new(shape, 6 / 255, -128, _RELU_RMS)
         elif activation == "relu":
@@ -84,7 +91,7 @@ class _Builder:
             y = self.new(shape, 8 * sigma / 255, 0, _LINEAR_RMS)
         bias_scale = self.tensors[x].scale * ws
         bias = (self.rng.standard_normal(ws.size) * 0.3 * sigma / bias_scale)
-        return y, np.round(bias).astype(np.int32)
+        return y, np.round(bias).astype(np.int32), ws
 
     def weights(self, shape: Sequence[int], channels: int) -> Tuple[np.ndarray, np.ndarray]:
         wq = np.clip(np.round(self.rng.standard_normal(shape) * 40), -127, 127).astype(np.int8)
@@ -99,7 +106,7 @@ class _Builder:
         oh, ow = (h + stride[0] - 1) // stride[0], (w + stride[1] - 1) // stride[1]
         wq, ws = self.weights((out_ch, *kernel, c), out_ch)
         k = kernel[0] * kernel[1] * c
-        y, bias = self._out(x, (oh, ow, out_ch), k, ws, 40.0, activation)
+        y, bias, ws = self._out(x, (oh, ow, out_ch), k, ws, 40.0, activation)
         self.ops.append(self.m.Conv2D(x, y, wq, ws, bias, stride=stride,
                                       padding=(pt, pb, pl, pr), activation=activation))
         return y
@@ -111,16 +118,18 @@ class _Builder:
         pl, pr = _same(w, 3, stride[1])
         oh, ow = (h + stride[0] - 1) // stride[0], (w + stride[1] - 1) // stride[1]
         wq, ws = self.weights((1, 3, 3, c), c)
-        y, bias = self._out(x, (oh, ow, c), 9, ws, 40.0, activation)
+        y, bias, ws = self._out(x, (oh, ow, c), 9, ws, 40.0, activation)
         self.ops.append(self.m.DepthwiseConv2D(x, y, wq, ws, bias, stride=stride,
                                                padding=(pt, pb, pl, pr),
                                                activation=activation))
         return y
 
-    def fc(self, x: str, out: int, activation: Optional[str] = None) -> str:
+    def fc(self, x: str, out: int, activation: Optional[str] = None,
+           logits: bool = False) -> str:
         k = int(np.prod(self.shape(x)))
         wq, ws = self.weights((out, k), out)
-        y, bias = self._out(x, (out,), k, ws, 40.0, activation)
+        # logits spread ~2 (a softmax that is not one-hot)
+        y, bias, ws = self._out(x, (out,), k, ws, 40.0, activation, 2.0 if logits else None)
         self.ops.append(self.m.FullyConnected(x, y, wq, ws, bias, activation=activation))
         return y
 
@@ -161,7 +170,7 @@ def ds_cnn(seed: int = 0, tiny: bool = False, classes: Any = None) -> Any:
     for _ in range(4):
         x = g.depthwise(x)
         x = g.conv(x, ch, kernel=(1, 1))
-    return g.model(g.softmax(g.fc(g.avgpool_all(x), 12)))
+    return g.model(g.softmax(g.fc(g.avgpool_all(x), 12, logits=True)))
 
 
 def mobilenet_v1_025(seed: int = 0, tiny: bool = False, classes: Any = None) -> Any:
@@ -175,7 +184,7 @@ def mobilenet_v1_025(seed: int = 0, tiny: bool = False, classes: Any = None) -> 
     for ch, s in blocks:
         x = g.depthwise(x, stride=(s, s), activation="relu6")
         x = g.conv(x, ch, kernel=(1, 1), activation="relu6")
-    return g.model(g.softmax(g.fc(g.avgpool_all(x), 2)))
+    return g.model(g.softmax(g.fc(g.avgpool_all(x), 2, logits=True)))
 
 
 def resnet8(seed: int = 0, tiny: bool = False, classes: Any = None) -> Any:
@@ -188,7 +197,7 @@ def resnet8(seed: int = 0, tiny: bool = False, classes: Any = None) -> Any:
         y = g.conv(y, ch, activation=None)
         skip = x if i == 0 else g.conv(x, ch, kernel=(1, 1), stride=(s, s), activation=None)
         x = g.add(y, skip)
-    return g.model(g.softmax(g.fc(g.avgpool_all(x), 10)))
+    return g.model(g.softmax(g.fc(g.avgpool_all(x), 10, logits=True)))
 
 
 def _one_op(kind: str) -> Callable[..., Any]:
