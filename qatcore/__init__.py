@@ -31,7 +31,7 @@ from .fake_quantize import (FakeQuantize, Module, fake_quantize_array, lsq_backw
 from .histogram import ChannelObserver, HistogramObserver
 from .linear import QuantizedLinear
 from .mixed_precision import MixedPrecision
-from .model import QuantizedSequential
+from .model import QuantizedModel, QuantizedSequential
 from .observer import QuantObserver
 from ._version import __version__
 
@@ -46,6 +46,7 @@ __all__ = [
     "ObserverMethod",
     "QuantObserver",
     "QuantizedLinear",
+    "QuantizedModel",
     "QuantizedSequential",
     "fake_quantize_array",
     "lsq_backward_array",
