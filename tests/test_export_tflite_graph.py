@@ -220,7 +220,7 @@ def test_structure_as_the_converter_writes_it():
                                 "DEQUANTIZE"]
     conv, dw = sg.Operators(1), sg.Operators(2)
     for op, dim, qop in ((conv, 0, model.ops[0]), (dw, 3, model.ops[1])):
-        x, w, b = (sg.Tensors(op.Inputs(j)) for j in range(3))
+        w, b = (sg.Tensors(op.Inputs(j)) for j in (1, 2))
         wq = w.Quantization()
         assert wq.QuantizedDimension() == dim
         np.testing.assert_array_equal(wq.ScaleAsNumpy(), qop.weight_scales)
@@ -286,7 +286,7 @@ def test_pool_padding_neither_same_nor_valid_is_refused():
 def test_relu_max_value_other_than_six_is_refused():
     g = G.GraphBuilder(1, (4,))
     y = g._new((4,), 0.05, 0)
-    g.ops.append(G.Relu("x", y, max_value=1.0))
+    g.ops.append(G.Rec(G.Relu, "x", y, max_value=1.0))
     with pytest.raises(ValueError, match="max_value"):
         tflite_bytes(g.model(y, calibrate=False))
 

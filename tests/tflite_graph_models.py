@@ -86,6 +86,23 @@ except ImportError:                                       # the contract's shape
             return (None, *self.tensors[self.outputs[0]].shape)
 
 
+class Rec:
+    """An op to build: a fresh object for every model made from the builder (the engine
+    binds an op to the graph it is given)."""
+
+    def __init__(self, cls, *args, **kwargs):
+        self.cls, self.args, self.kwargs = cls, args, kwargs
+        self.kind = cls.__name__
+        self.inputs = tuple(args[0]) if isinstance(args[0], tuple) else (args[0],)
+        self.output = args[1]
+
+    def get(self, name, default=None):
+        return self.kwargs.get(name, default)
+
+    def build(self):
+        return self.cls(*self.args, **self.kwargs)
+
+
 def same_padding(in_hw, kernel_hw, stride, dilation=(1, 1)):
     from qatcore.export.tflite_graph import same_padding as sp
     return sp(in_hw, kernel_hw, stride, dilation)
@@ -148,7 +165,7 @@ class GraphBuilder:
         ow = (w + padding[2] + padding[3] - (kernel[1] - 1) * dilation[1] - 1) // stride[1] + 1
         y = self._new((oh, ow, out_ch), self._out_scale(s.scale, ws, k),
                       -128 if activation else None)
-        self.ops.append(Conv2D(x, y, wq, ws, self._bias(out_ch, 4900 * np.sqrt(k))
+        self.ops.append(Rec(Conv2D, x, y, wq, ws, self._bias(out_ch, 4900 * np.sqrt(k))
                                if bias else None, stride=stride, dilation=dilation,
                                padding=tuple(padding), activation=activation))
         return y
@@ -167,7 +184,7 @@ class GraphBuilder:
         ow = (w + padding[2] + padding[3] - (kernel[1] - 1) * dilation[1] - 1) // stride[1] + 1
         y = self._new((oh, ow, c * multiplier), self._out_scale(s.scale, ws, k),
                       -128 if activation else None)
-        self.ops.append(DepthwiseConv2D(x, y, wq, ws, self._bias(c * multiplier, 4900 * 3)
+        self.ops.append(Rec(DepthwiseConv2D, x, y, wq, ws, self._bias(c * multiplier, 4900 * 3)
                                         if bias else None, stride=stride, dilation=dilation,
                                         padding=tuple(padding), activation=activation))
         return y
@@ -177,20 +194,20 @@ class GraphBuilder:
         k = int(np.prod(s.shape))
         wq, ws = self._weights((out, k), 0, per_channel)
         y = self._new((out,), self._out_scale(s.scale, ws, k), -128 if activation else None)
-        self.ops.append(FullyConnected(x, y, wq, ws, self._bias(out, 4900 * np.sqrt(k))
+        self.ops.append(Rec(FullyConnected, x, y, wq, ws, self._bias(out, 4900 * np.sqrt(k))
                                        if bias else None, activation=activation))
         return y
 
     def add(self, a, b, activation=None):
         sa, sb = self.spec(a), self.spec(b)
         y = self._new(sa.shape, 1.5 * max(sa.scale, sb.scale))
-        self.ops.append(Add((a, b), y, activation=activation))
+        self.ops.append(Rec(Add, (a, b), y, activation=activation))
         return y
 
     def mul(self, a, b, activation=None):
         sa, sb = self.spec(a), self.spec(b)
         y = self._new(sa.shape, sa.scale * sb.scale * 70 * 70 * 4 / 255)
-        self.ops.append(Mul((a, b), y, activation=activation))
+        self.ops.append(Rec(Mul, (a, b), y, activation=activation))
         return y
 
     def pool(self, x, kind, pool=(2, 2), stride=(2, 2), padding="valid", activation=None):
@@ -205,7 +222,7 @@ class GraphBuilder:
         y = self._new((oh, ow, c), s.scale, s.zero_point)
         self.keep.add(y)
         cls = AveragePool2D if kind == "avg" else MaxPool2D
-        self.ops.append(cls(x, y, pool=pool, stride=stride, padding=tuple(padding),
+        self.ops.append(Rec(cls, x, y, pool=pool, stride=stride, padding=tuple(padding),
                             activation=activation))
         return y
 
@@ -214,14 +231,14 @@ class GraphBuilder:
         shape = [d for i, d in enumerate(s.shape) if i not in axes] if not keepdims else \
             [1 if i in axes else d for i, d in enumerate(s.shape)]
         y = self._new(shape, s.scale * 0.7)
-        self.ops.append(Mean(x, y, axes=axes, keepdims=keepdims))
+        self.ops.append(Rec(Mean, x, y, axes=axes, keepdims=keepdims))
         return y
 
     def reshape(self, x, shape):
         s = self.spec(x)
         y = self._new(shape, s.scale, s.zero_point)
         self.keep.add(y)
-        self.ops.append(Reshape(x, y))
+        self.ops.append(Rec(Reshape, x, y))
         return y
 
     def concat(self, xs, axis=-1):
@@ -231,7 +248,7 @@ class GraphBuilder:
         shape[axis % ndim] = sum(self.spec(t).shape[axis % ndim] for t in xs)
         y = self._new(shape, s.scale, s.zero_point)
         self.keep.add(y)
-        self.ops.append(Concatenation(tuple(xs), y, axis=axis))
+        self.ops.append(Rec(Concatenation, tuple(xs), y, axis=axis))
         return y
 
     def pad(self, x, paddings):
@@ -239,23 +256,23 @@ class GraphBuilder:
         shape = [d + a + b for d, (a, b) in zip(s.shape, paddings)]
         y = self._new(shape, s.scale, s.zero_point)
         self.keep.add(y)
-        self.ops.append(Pad(x, y, paddings=tuple(tuple(p) for p in paddings)))
+        self.ops.append(Rec(Pad, x, y, paddings=tuple(tuple(p) for p in paddings)))
         return y
 
     def softmax(self, x, beta=1.0):
         y = self._new(self.spec(x).shape, 1 / 256, -128)
-        self.ops.append(Softmax(x, y, beta=beta))
+        self.ops.append(Rec(Softmax, x, y, beta=beta))
         return y
 
     def logistic(self, x):
         y = self._new(self.spec(x).shape, 1 / 256, -128)
-        self.ops.append(Logistic(x, y))
+        self.ops.append(Rec(Logistic, x, y))
         return y
 
     def hard_swish(self, x):
         s = self.spec(x)
         y = self._new(s.shape, s.scale * 0.8)
-        self.ops.append(HardSwish(x, y))
+        self.ops.append(Rec(HardSwish, x, y))
         return y
 
     def relu(self, x, max_value=None, rescale=1.0):
@@ -263,15 +280,20 @@ class GraphBuilder:
         y = self._new(s.shape, s.scale * rescale, -128 if rescale != 1.0 else s.zero_point)
         if rescale == 1.0:
             self.keep.add(y)
-        self.ops.append(Relu(x, y, max_value=max_value))
+        self.ops.append(Rec(Relu, x, y, max_value=max_value))
         return y
 
     def model(self, outputs, name="model", calibrate=True):
         outputs = [outputs] if isinstance(outputs, str) else list(outputs)
         if calibrate:
             self.calibrate()
-        return QuantizedModel(list(self.tensors.values()), self.ops, self.inputs, outputs,
-                              name=name)
+        return self._model(self.ops, outputs, name)
+
+    def _model(self, recs, outputs, name="model"):
+        used = {t for r in recs for t in (*r.inputs, r.output)}
+        return QuantizedModel([t for n, t in self.tensors.items() if n in used],
+                              [r.build() for r in recs],
+                              [i for i in self.inputs if i in used], outputs, name=name)
 
     #: ops whose output scale and zero point are free (the others keep their input's or are
     #: fixed by TFLite)
@@ -286,18 +308,16 @@ class GraphBuilder:
         from qatcore.export.tflite_graph import tflite_bytes
         from ai_edge_litert.interpreter import Interpreter, OpResolverType
 
-        squashed = {op.inputs[0] for op in self.ops
-                    if type(op).__name__ in ("Softmax", "Logistic")}
+        squashed = {op.inputs[0] for op in self.ops if op.kind in ("Softmax", "Logistic")}
         for k, op in enumerate(self.ops):
             if op.output in self.keep:
                 src = self.tensors[op.inputs[0]]
                 self.tensors[op.output] = TensorSpec(op.output, self.tensors[op.output].shape,
                                                      src.scale, src.zero_point)
-            if type(op).__name__ not in self._FREE:
+            if op.kind not in self._FREE:
                 continue
             for _ in range(12):
-                model = QuantizedModel(list(self.tensors.values()), self.ops[:k + 1],
-                                       self.inputs, [op.output])
+                model = self._model(self.ops[:k + 1], [op.output])
                 xs = random_inputs(model, n, seed)
                 it = Interpreter(model_content=tflite_bytes(model, batch_size=n),
                                  experimental_op_resolver_type=OpResolverType.BUILTIN_REF)
@@ -308,7 +328,7 @@ class GraphBuilder:
                 q = it.get_tensor(it.get_output_details()[0]["index"]).astype(np.float64)
                 spec = self.tensors[op.output]
                 saturated = np.mean((q == -128) | (q == 127))
-                relu = getattr(op, "activation", None) is not None
+                relu = op.get("activation") is not None
                 if relu:
                     saturated = np.mean(q == 127)
                 real = (q - spec.zero_point) * spec.scale
@@ -320,14 +340,12 @@ class GraphBuilder:
                     zp = -128 if relu else int(np.clip(np.round(-real.mean() / scale),
                                                        -100, 100))
                     done = 0.5 < scale / spec.scale < 2
-                if (saturated <= 0.02 and type(op).__name__ == "FullyConnected"
+                if (saturated <= 0.02 and op.kind == "FullyConnected"
                         and op.output in squashed and real.std() > 3):
                     # logits of a softmax / logistic: a spread of about 2, not one-hot
-                    ws = np.asarray(op.weight_scales, np.float32) * np.float32(
-                        2 / real.std())
-                    op = self.ops[k] = FullyConnected(
-                        op.inputs[0], op.output, op.weights_q, ws, op.bias_q,
-                        activation=op.activation)
+                    x, y, wq, ws, bias = op.args
+                    ws = np.asarray(ws, np.float32) * np.float32(2 / real.std())
+                    op = self.ops[k] = Rec(FullyConnected, x, y, wq, ws, bias, **op.kwargs)
                     continue
                 self.tensors[op.output] = TensorSpec(op.output, spec.shape,
                                                      float(np.float32(scale)), zp)
@@ -339,7 +357,8 @@ class GraphBuilder:
 
 def _single(op):
     def build(seed):
-        shape = {"fc": (24,), "softmax": (10,), "logistic": (12,)}.get(op, (9, 11, 5))
+        shape = {"fc": (24,), "softmax": (10,), "logistic": (12,),
+                 "conv-groups": (9, 11, 6)}.get(op, (9, 11, 5))
         g = GraphBuilder(seed, shape, zero_point={"conv-valid": -128}.get(op, 7))
         x = "x"
         if op == "conv":
@@ -350,6 +369,8 @@ def _single(op):
             y = g.conv(x, 4, kernel=(3, 3), stride=(2, 2), padding=(2, 0, 1, 1))
         elif op == "conv-dilated":
             y = g.conv(x, 3, kernel=(3, 3), dilation=(2, 2), per_channel=False, bias=False)
+        elif op == "conv-groups":
+            y = g.conv(x, 4, groups=2, activation="relu")
         elif op == "conv-1x1-stride":
             y = g.conv(x, 7, kernel=(1, 1), stride=(2, 2))
         elif op == "depthwise":
@@ -405,7 +426,7 @@ def _single(op):
     return build
 
 
-SINGLE_OPS = ["conv", "conv-valid", "conv-pad", "conv-dilated", "conv-1x1-stride",
+SINGLE_OPS = ["conv", "conv-valid", "conv-pad", "conv-dilated", "conv-groups", "conv-1x1-stride",
               "depthwise", "depthwise-mult", "depthwise-pad", "fc", "fc-flatten", "add", "mul",
               "avgpool", "avgpool-valid", "maxpool", "mean", "mean-keepdims", "reshape",
               "concat", "pad", "softmax", "logistic", "hard_swish", "relu", "relu-rescale",

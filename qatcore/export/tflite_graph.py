@@ -18,6 +18,13 @@ arithmetic, written as TensorFlow's converter writes a full-integer model:
 * with ``float_io=True`` each graph input gets a QUANTIZE (float32 → int8) and each output
   a DEQUANTIZE (int8 → float32).
 
+Runtimes: TensorFlow Lite Micro (gemmlowp rounding) and LiteRT's reference
+(``BUILTIN_REF``, single rounding) and builtin kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``,
+NEON rounding) run every op; ``forward_int8(x, rounding=...)`` is what each computes
+(tests/test_export_tflite_graph.py).  One exception: TFLM's int8 RELU6 clamps in the
+input's quantization and ignores the output's, so a ``Relu(max_value=6.0)`` whose output
+scale or zero point differs from its input's runs differently there (LiteRT requantizes).
+
 The exporter reads the model duck-typed (``tensors``, ``ops``, ``inputs``, ``outputs``,
 ``name``; each op by its class name and documented attributes) and never imports
 :mod:`qatcore.model`.  :func:`qatcore.export.tflite_read.read_tflite` reads the files back.
@@ -120,11 +127,13 @@ class _GraphWriter:
         pad = padding_option(op.padding, spec.shape[:2], kernel_hw, stride, dilation)
         if pad is not None:
             return x, pad, stride, dilation
-        t, b, l, r = (int(p) for p in op.padding)
+        top, bottom, left, right = (int(p) for p in op.padding)
         h, w, c = spec.shape
-        padded = self.fb.act_tensor(f"{op.output}/pad", (self.n, h + t + b, w + l + r, c),
+        padded = self.fb.act_tensor(f"{op.output}/pad",
+                                    (self.n, h + top + bottom, w + left + right, c),
                                     spec.scale, spec.zero_point)
-        paddings = self.int32(f"{op.output}/paddings", [[0, 0], [t, b], [l, r], [0, 0]])
+        paddings = self.int32(f"{op.output}/paddings",
+                              [[0, 0], [top, bottom], [left, right], [0, 0]])
         self.fb.operator("PAD", [x, paddings], [padded], "PadOptions")
         return padded, "VALID", stride, dilation
 

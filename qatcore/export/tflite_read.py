@@ -185,8 +185,9 @@ def _tensor(k: int, t: _Table, buffers: List[Optional[Tuple[int, int]]], b: _Buf
     r.zero_point = np.zeros(0, np.int64)
     r.qdim = 0
     if q is not None:
-        r.scale = q.array(2, "<f4").astype(np.float32)
-        r.zero_point = q.array(3, "<i8").astype(np.int64)
+        # views of the file (a shared quantization table is not copied per tensor)
+        r.scale = q.array(2, "<f4")
+        r.zero_point = q.array(3, "<i8")
         r.qdim = q.scalar(6, "i32")
         if q.scalar(4, "u8"):
             raise ValueError(f"tensor {k} has custom quantization details (not supported)")
@@ -381,35 +382,48 @@ class _Reader:
         # QUANTIZE (float32 -> int8) on a graph input, DEQUANTIZE (int8 -> float32) on a
         # graph output: the float ends, dropped.
         skip = set()
+        users: Dict[int, list] = {}
+        makers: Dict[int, list] = {}
+        for o in ops:
+            for t in o[2]:
+                if t is not None:
+                    users.setdefault(t.index, []).append(o)
+            for t in o[3]:
+                makers.setdefault(t.index, []).append(o)
+        if len({t.index for t in self.inputs}) != len(self.inputs) or \
+                len({t.index for t in self.outputs}) != len(self.outputs):
+            raise ValueError("a tensor is listed twice among the graph inputs or outputs")
         for t in self.inputs:
             if t.type == _FLOAT32:
-                users = [o for o in ops if t in o[2]]
-                if (len(users) != 1 or users[0][1] != "QUANTIZE" or len(users[0][3]) != 1
-                        or len(users[0][2]) != 1):
+                u = users.get(t.index, [])
+                if len(u) != 1 or u[0][1] != "QUANTIZE" or len(u[0][3]) != 1 or \
+                        len(u[0][2]) != 1:
                     raise ValueError(f"graph input {t!r} is float32 but not quantized by one "
                                      f"QUANTIZE operator")
-                skip.add(users[0][0])
-                graph_in.append(users[0][3][0])
-                self.prefer[users[0][3][0].index] = t.name
+                skip.add(u[0][0])
+                graph_in.append(u[0][3][0])
+                self.prefer[u[0][3][0].index] = t.name
                 float_io = True
             else:
                 graph_in.append(t)
         for t in self.outputs:
             if t.type == _FLOAT32:
-                makers = [o for o in ops if t in o[3]]
-                if (len(makers) != 1 or makers[0][1] != "DEQUANTIZE" or len(makers[0][2]) != 1
-                        or len(makers[0][3]) != 1):
+                mk = makers.get(t.index, [])
+                if len(mk) != 1 or mk[0][1] != "DEQUANTIZE" or len(mk[0][2]) != 1 or \
+                        len(mk[0][3]) != 1:
                     raise ValueError(f"graph output {t!r} is float32 but not made by one "
                                      f"DEQUANTIZE operator")
-                skip.add(makers[0][0])
-                graph_out.append(makers[0][2][0])
-                self.prefer[makers[0][2][0].index] = t.name
+                skip.add(mk[0][0])
+                graph_out.append(mk[0][2][0])
+                self.prefer[mk[0][2][0].index] = t.name
                 float_io = True
             else:
                 graph_out.append(t)
+        skip |= self._shape_ops(ops)
         for t in graph_in:
             self.act(t, "graph input")
         out_ops = []
+        available = {self.spec_names[t.index] for t in graph_in}
         for k, name, ins, outs, opt_type, opts in ops:
             if k in skip:
                 continue
@@ -418,10 +432,40 @@ class _Reader:
                 raise ValueError(f"operator {k} is {name}, which qatcore does not support")
             if len(outs) != 1:
                 raise ValueError(f"operator {k} ({name}) has {len(outs)} outputs")
-            out_ops.append(handler(k, name, ins, outs[0], opt_type, opts, same_padding))
+            rec = handler(k, name, ins, outs[0], opt_type, opts, same_padding)
+            for x in (rec[1][0] if rec[0] in _MULTI else (rec[1][0],)):
+                if x not in available:
+                    raise ValueError(f"operator {k} ({name}) reads {x!r} before any operator "
+                                     f"writes it")
+            if rec[1][1] in available:
+                raise ValueError(f"operator {k} ({name}) writes {rec[1][1]!r}, which is "
+                                 f"already written")
+            available.add(rec[1][1])
+            out_ops.append(rec)
         outputs = [self.act(t, "graph output") for t in graph_out]
         inputs = [self.spec_names[t.index] for t in graph_in]
-        return self._fold_pads(out_ops, outputs), inputs, outputs, float_io
+        return self._fold_pads(out_ops, set(outputs)), inputs, outputs, float_io
+
+    def _shape_ops(self, ops) -> set:
+        """The operators that only compute a RESHAPE's shape input at run time (the
+        converter's SHAPE → STRIDED_SLICE → PACK for a flatten with a dynamic batch): the
+        file records the RESHAPE's output shape, which is all qatcore needs."""
+        shape_t = {id(o[2][1]) for o in ops if o[1] == "RESHAPE" and len(o[2]) > 1
+                   and o[2][1] is not None}
+        skipped = set()
+        for k, name, ins, outs, _, _ in reversed(ops):
+            if (name in _SHAPE_OPS and outs and all(id(t) in shape_t for t in outs)
+                    and all(t.type in (_INT32, _INT64) for t in outs)):
+                skipped.add(k)
+                shape_t.update(id(t) for t in ins if t is not None and t.type != _INT8)
+        for k, name, ins, _, _, _ in ops:
+            for j, t in enumerate(ins):
+                if t is not None and id(t) in shape_t and k not in skipped and not (
+                        name == "RESHAPE" and j == 1):
+                    raise ValueError(f"operator {k} ({name}) reads the shape tensor {t!r}")
+        if any(id(t) in shape_t for t in self.outputs):
+            raise ValueError("a graph output is a shape tensor")
+        return skipped
 
     def _fold_pads(self, ops, outputs):
         """PAD (zero-point fill, same scale and zero point) on H, W feeding only a VALID
@@ -676,6 +720,10 @@ class _Reader:
     def _op_RELU6(self, k, name, ins, out, opt_type, opts, same_padding):
         return _rec("Relu", *self._unary(k, name, ins, out), max_value=6.0)
 
+
+#: operators that may compute a RESHAPE's shape at run time (dropped)
+_SHAPE_OPS = ("SHAPE", "STRIDED_SLICE", "PACK", "CONCATENATION", "SLICE", "GATHER",
+              "CAST")
 
 #: ops whose first argument is a tuple of inputs
 _MULTI = ("Add", "Mul", "Concatenation")

@@ -39,7 +39,7 @@ def _randomize_bn(model, rng):
 
 
 def keras_cnn():
-    x = inp = L.Input((16, 16, 3), batch_size=1)
+    x = inp = L.Input((16, 16, 3))
     a = L.ReLU()(L.BatchNormalization()(L.Conv2D(8, 3, padding="same", use_bias=False)(x)))
     b = L.ReLU(6.0)(L.BatchNormalization()(L.DepthwiseConv2D(3, padding="same",
                                                               use_bias=False)(a)))
@@ -52,7 +52,7 @@ def keras_cnn():
 
 
 def keras_dscnn():
-    x = inp = L.Input((25, 10, 1), batch_size=1)
+    x = inp = L.Input((25, 10, 1))
     x = L.ReLU()(L.BatchNormalization()(L.Conv2D(16, (5, 3), strides=2, padding="same",
                                                  use_bias=False)(x)))
     for _ in range(2):
@@ -65,7 +65,7 @@ def keras_dscnn():
 
 
 def keras_resnet():
-    x = inp = L.Input((20, 20, 2), batch_size=1)
+    x = inp = L.Input((20, 20, 2))
     x = L.ReLU()(L.BatchNormalization()(L.Conv2D(12, 3, padding="valid")(x)))
     x = L.MaxPooling2D(2)(x)
     y = L.ReLU(6.0)(L.BatchNormalization()(L.Conv2D(16, 3, padding="same")(x)))
