@@ -21,6 +21,9 @@ outputs at zero point 0 over ±4σ; ReLU6 layers and the logits get weight scale
 them a spread of 1.5 (4σ = 6) and 2 (a softmax that is not one-hot).  The fused activations' clamps are then the int8 range,
 as in models TensorFlow's converter writes from calibrated ranges.
 
+:func:`runner` gives a one-argument callable (int8 NHWC codes in, int8 codes out) for
+qatcore and each peer runtime, shared by ``bench/bench_cnn.py`` and ``qatcore bench``.
+
 ``tiny=True`` shrinks every model (fewer channels, small images) for smoke tests.
 The op classes come from :mod:`qatcore.model`; ``classes=`` takes another namespace with the
 same names (tests use it for stand-ins).
@@ -32,7 +35,7 @@ from typing import Any, Callable, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
 
-__all__ = ["MODELS", "OPS", "build", "random_codes"]
+__all__ = ["MODELS", "OPS", "RUNTIMES", "build", "random_codes", "runner"]
 
 _RELU_RMS = 255 / 4 / np.sqrt(2)      # RMS of (code - zp) of a ReLU over [0, 4σ]
 _LINEAR_RMS = 255 / 8                 # RMS of the codes of a linear output over ±4σ
@@ -241,3 +244,67 @@ def random_codes(model: Any, batch: int, seed: int = 0) -> np.ndarray:
     shape = model.tensors[model.inputs[0]].shape
     return rng.integers(-128, 128, (batch, *shape), dtype=np.int8)
 
+
+
+# ----------------------------------------------------------------------------- runtimes
+
+#: Runtimes :func:`runner` knows: qatcore's ``forward_int8``, LiteRT with its default
+#: XNNPACK delegate and with its optimized builtin kernels (no delegate), TensorFlow Lite
+#: Micro (its Python wheel; one sample per call), onnxruntime on the QDQ export.
+RUNTIMES = ("qatcore", "litert_xnnpack", "litert_builtin", "tflm", "onnxruntime")
+
+
+def runner(kind: str, model: Any, batch: int, threads: int = 1) -> Callable[[np.ndarray], Any]:
+    """A callable running `model` on a ``(batch, *input shape)`` int8 array in `kind`
+    (a name of :data:`RUNTIMES`) with `threads` threads.  Raises ImportError when that
+    runtime is not installed, ValueError when it cannot run this case (TFLM: batch 1,
+    one thread)."""
+    if kind == "qatcore":
+        model.n_threads = threads
+
+        def run_qatcore(x: np.ndarray) -> Any:
+            return model.forward_int8(x)
+        return run_qatcore
+    if kind in ("litert_xnnpack", "litert_builtin"):
+        from ai_edge_litert.interpreter import Interpreter, OpResolverType
+        from qatcore.export.tflite_graph import tflite_bytes
+        resolver = (OpResolverType.AUTO if kind == "litert_xnnpack"
+                    else OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+        it = Interpreter(model_content=tflite_bytes(model, batch_size=batch),
+                         num_threads=threads, experimental_op_resolver_type=resolver)
+        it.allocate_tensors()
+        i_in = it.get_input_details()[0]["index"]
+        i_out = it.get_output_details()[0]["index"]
+
+        def run_litert(x: np.ndarray) -> Any:
+            it.set_tensor(i_in, x)
+            it.invoke()
+            return it.get_tensor(i_out)
+        return run_litert
+    if kind == "tflm":
+        from tflite_micro import runtime
+        from qatcore.export.tflite_graph import tflite_bytes
+        if batch != 1 or threads != 1:
+            raise ValueError("TFLM runs one sample on one thread")
+        tm = runtime.Interpreter.from_bytes(tflite_bytes(model, batch_size=1),
+                                            arena_size=1 << 22)
+
+        def run_tflm(x: np.ndarray) -> Any:
+            tm.set_input(x, 0)
+            tm.invoke()
+            return tm.get_output(0)
+        return run_tflm
+    if kind == "onnxruntime":
+        import onnxruntime as ort
+        from qatcore.export.onnx_graph import onnx_bytes
+        so = ort.SessionOptions()
+        so.intra_op_num_threads = threads
+        so.inter_op_num_threads = 1
+        so.log_severity_level = 3
+        sess = ort.InferenceSession(onnx_bytes(model), so, providers=["CPUExecutionProvider"])
+        name = model.inputs[0]
+
+        def run_ort(x: np.ndarray) -> Any:
+            return sess.run(None, {name: x})[0]
+        return run_ort
+    raise ValueError(f"unknown runtime {kind!r}; known: {RUNTIMES}")
