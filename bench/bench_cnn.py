@@ -142,33 +142,38 @@ class CExport:
         return {"flash": flash, "ram": self.scratch + sec.get(".data", 0) + sec.get(".bss", 0)}
 
 
-def tflm_arena(model: Any) -> Optional[int]:
-    """The smallest arena TFLM's Python interpreter accepts for the model (bisection)."""
+_ARENA_PROBE = """
+import sys
+from tflite_micro import runtime
+runtime.Interpreter.from_bytes(open(sys.argv[1], "rb").read(), arena_size=int(sys.argv[2]))
+"""
+
+
+def tflm_arena(model: Any, workdir: str) -> Optional[int]:
+    """The smallest arena TFLM's Python interpreter accepts for the model (bisection to
+    64 bytes; each probe in its own process: the wheel can crash on a too-small arena)."""
     try:
-        from tflite_micro import runtime
+        import tflite_micro  # noqa: F401
     except ImportError:
         return None
     from qatcore.export.tflite_graph import tflite_bytes
-    data = tflite_bytes(model, batch_size=1)
+    path = os.path.join(workdir, "arena_probe.tflite")
+    with open(path, "wb") as f:
+        f.write(tflite_bytes(model, batch_size=1))
+
+    def fits(size: int) -> bool:
+        return subprocess.run([sys.executable, "-c", _ARENA_PROBE, path, str(size)],
+                              capture_output=True).returncode == 0
+
     lo, hi = 256, 1 << 22
-    saved = [os.dup(1), os.dup(2)]
-    null = os.open(os.devnull, os.O_WRONLY)
-    sys.stdout.flush()
-    os.dup2(null, 1)
-    os.dup2(null, 2)                     # TFLM prints every failed allocation
-    try:
-        while hi - lo > 16:
-            mid = (lo + hi) // 2
-            try:
-                runtime.Interpreter.from_bytes(data, arena_size=mid)
-                hi = mid
-            except Exception:
-                lo = mid
-    finally:
-        os.dup2(saved[0], 1)
-        os.dup2(saved[1], 2)
-        for fd in (*saved, null):
-            os.close(fd)
+    if not fits(hi):
+        return None
+    while hi - lo > 64:
+        mid = (lo + hi) // 2
+        if fits(mid):
+            hi = mid
+        else:
+            lo = mid
     return hi
 
 
@@ -219,12 +224,12 @@ def bench(args: argparse.Namespace) -> List[Dict[str, Any]]:
                                 - ref.astype(np.int32)).max())
                     rows.append(row)
                     print(format_row(row), flush=True)
-            if cexp is not None:
+            if cexp is not None and name in CM.MODELS:
                 fig = cexp.cortex_m4()
                 if fig is not None:
                     from qatcore.export.tflite_graph import tflite_bytes
                     fig["tflite"] = len(tflite_bytes(model, batch_size=1))
-                    fig["tflm_arena"] = tflm_arena(model)
+                    fig["tflm_arena"] = None if args.quick else tflm_arena(model, workdir)
                     rows.append({"model": name, "embedded": fig})
     finally:
         shutil.rmtree(workdir, ignore_errors=True)
