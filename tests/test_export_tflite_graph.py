@@ -20,9 +20,6 @@ litert = pytest.importorskip("ai_edge_litert.interpreter")
 tflm = pytest.importorskip("tflite_micro").runtime
 pytest.importorskip("flatbuffers")
 
-#: ai-edge-litert 2.3's reference kernels are built with TFLITE_SINGLE_ROUNDING, its
-#: optimized builtins take NEON's vqrdmulh + rounding shift, TFLM keeps gemmlowp's.
-ROUNDING = {"ref": "single", "builtin": "neon", "tflm": "gemmlowp"}
 RESOLVERS = {"ref": "BUILTIN_REF", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
              "xnnpack": "AUTO"}
 N_OP, N_NET = 200, 1000          # inputs per single-op model / per net (in one batch)
@@ -75,42 +72,84 @@ TFLM_OPS = [op for op in G.SINGLE_OPS if op != "relu6-rescale"]
 
 # ------------------------------------------------------------------ bit-exact (engine)
 
+#: LiteRT's builtin kernels that leave NEON's arithmetic (one LSB, measured and reported):
+#: the depthwise path for a depth multiplier with stride 2 (0.02% of the outputs), MEAN
+#: with keep_dims (15%), and the net that holds such a MEAN.
+BUILTIN_DEVIATES = {"depthwise-mult", "mean-keepdims", "mixed"}
+
+
+def want(model, xs, runtime):
+    """What `runtime` computes: forward_int8 with its rounding, op by op where it rounds
+    differently per op (LiteRT's reference FULLY_CONNECTED)."""
+    rule = G.RUNTIME_ROUNDING[runtime]
+    roundings = {rule(type(op).__name__) for op in model.ops}
+    if len(roundings) == 1:
+        return forward(model, xs, roundings.pop())
+    return G.per_op_forward(model, xs, rule)
+
+
+def check(name, model, xs, runtime, record_property):
+    got = run(runtime, model, xs)
+    for k, (g, w) in enumerate(zip(got, want(model, xs, runtime))):
+        if runtime == "builtin" and name in BUILTIN_DEVIATES:
+            diff = np.abs(g.astype(np.int32) - w)
+            record_property(f"builtin_{name}_out{k}",
+                            f"max {diff.max()} LSB, {np.mean(diff > 0):.3%} differ")
+            # one LSB where the op deviates; further down a net (a LOGISTIC after the
+            # MEAN) a few outputs move more
+            assert diff.max() <= 1 if name not in G.NETS else np.mean(diff > 0) < 0.02
+            continue
+        np.testing.assert_array_equal(g, w)
+
+
 @needs_engine
 @pytest.mark.parametrize("runtime", ["tflm", "ref", "builtin"])
 @pytest.mark.parametrize("op", G.SINGLE_OPS)
-def test_single_op_bit_exact(op, runtime):
+def test_single_op_bit_exact(op, runtime, record_property):
     if runtime == "tflm" and op == "relu6-rescale":
         pytest.skip("TFLM's RELU6 does not requantize (see test_tflm_relu6_keeps_scale)")
     model = build(op)
-    xs = G.random_inputs(model, N_OP, len(op))
-    for got, want in zip(run(runtime, model, xs), forward(model, xs, ROUNDING[runtime])):
-        np.testing.assert_array_equal(got, want)
+    check(op, model, G.random_inputs(model, N_OP, len(op)), runtime, record_property)
 
 
 @needs_engine
 @pytest.mark.parametrize("runtime", ["tflm", "ref", "builtin"])
 @pytest.mark.parametrize("net", list(G.NETS))
-def test_net_bit_exact(net, runtime):
+def test_net_bit_exact(net, runtime, record_property):
     model = build(net)
-    xs = G.random_inputs(model, N_NET, 11)
-    for got, want in zip(run(runtime, model, xs), forward(model, xs, ROUNDING[runtime])):
-        np.testing.assert_array_equal(got, want)
+    check(net, model, G.random_inputs(model, N_NET, 11), runtime, record_property)
+
+
+@needs_engine
+def test_litert_ref_is_not_one_rounding():
+    # Why the reference kernels are matched op by op: their CONV_2D rounds twice
+    # (gemmlowp), their FULLY_CONNECTED once.
+    for op, rounding in (("conv", "gemmlowp"), ("fc", "single")):
+        model = build(op)
+        xs = G.random_inputs(model, N_OP, 1)
+        got = run("ref", model, xs)[0]
+        np.testing.assert_array_equal(got, forward(model, xs, rounding)[0])
+        other = "single" if rounding == "gemmlowp" else "gemmlowp"
+        assert not np.array_equal(got, forward(model, xs, other)[0])
 
 
 @needs_engine
 @pytest.mark.parametrize("net", list(G.NETS))
 def test_xnnpack_agreement(net, record_property):
-    # LiteRT's default resolver applies XNNPACK, which requantizes its own way: measured
-    # and reported, not held to bit-exactness.
+    # LiteRT's default resolver applies XNNPACK: measured against every rounding and
+    # reported (here it matched single rounding), held to one LSB only.
     model = build(net)
     xs = G.random_inputs(model, N_NET, 13)
     got = run("xnnpack", model, xs)
-    want = forward(model, xs, "gemmlowp")
-    for k, (g, w) in enumerate(zip(got, want)):
-        diff = np.abs(g.astype(np.int32) - w)
-        record_property(f"xnnpack_{net}_out{k}",
-                        f"max {diff.max()} LSB, {np.mean(diff > 0):.2%} differ")
-        assert diff.max() <= 16
+    worst = 0
+    for rounding in ("single", "gemmlowp", "neon"):
+        for k, (g, w) in enumerate(zip(got, forward(model, xs, rounding))):
+            diff = np.abs(g.astype(np.int32) - w)
+            record_property(f"xnnpack_{net}_out{k}_vs_{rounding}",
+                            f"max {diff.max()} LSB, {np.mean(diff > 0):.3%} differ")
+            if rounding == "single":
+                worst = max(worst, int(diff.max()))
+    assert worst <= 1
 
 
 # ------------------------------------------------------------------ runtimes (no engine)
@@ -193,9 +232,42 @@ def test_float_io(net, runtime):
     for g, c, t in zip(got, codes, model.outputs):
         spec = model.tensors[t]
         assert g.dtype == np.float32
-        want = (c.astype(np.int32) - spec.zero_point).astype(np.float32) * np.float32(
+        expect = (c.astype(np.int32) - spec.zero_point).astype(np.float32) * np.float32(
             spec.scale)
-        np.testing.assert_array_equal(g, want)
+        np.testing.assert_array_equal(g, expect)
+    if G.HAVE_ENGINE:
+        # the engine's float entry points: quantize_input is TFLite's QUANTIZE,
+        # dequantize_output its DEQUANTIZE
+        q = model.quantize_input(xf if len(xf) > 1 else xf[0])
+        codes = want(model, q if len(xf) > 1 else [q], runtime)
+        out = model.dequantize_output(codes if len(codes) > 1 else codes[0])
+        out = out if isinstance(out, list) else [out]
+        for g, o in zip(got, out):
+            np.testing.assert_array_equal(g.view(np.uint32), o.view(np.uint32))
+
+
+@needs_engine
+def test_sequential_graph_runs_as_the_chain_file():
+    # QuantizedModel.from_sequential(seq) written by the graph writer computes what the
+    # chain writer's file of seq computes (TFLM, 1000 inputs).
+    from qatcore import QuantizedLinear, QuantizedSequential
+    from qatcore.export import tflite as chain
+
+    rng = np.random.default_rng(4)
+    layers = []
+    for a, b, s in ((20, 16, 0.05), (16, 8, 0.2)):
+        layer = QuantizedLinear.from_float(rng.standard_normal((b, a)).astype(np.float32),
+                                           rng.standard_normal(b).astype(np.float32), a, b,
+                                           per_channel=True)
+        layer.set_input_scale(s)
+        layers.append(layer)
+    seq = QuantizedSequential(layers, ["relu", None], 0.3, 5)
+    graph = G.QuantizedModel.from_sequential(seq)
+    x = rng.integers(-128, 128, (1000, 20)).astype(np.int8)
+    a = run_tflm(chain.tflite_bytes(seq, batch_size=1000), [x], 1)[0]
+    b = run_tflm(tflite_bytes(graph, batch_size=1000), [x], 1)[0]
+    np.testing.assert_array_equal(a, b)
+    np.testing.assert_array_equal(b, graph.forward_int8(x))
 
 
 # ------------------------------------------------------------------ the file itself

@@ -499,3 +499,50 @@ def random_inputs(model, n, seed):
     rng = np.random.default_rng(seed)
     return [rng.integers(-128, 128, (n, *model.tensors[t].shape)).astype(np.int8)
             for t in model.inputs]
+
+
+# ------------------------------------------------------------------ runtimes' roundings
+
+#: The contract's constructor arguments of each op (what rebuilds it, what a round trip
+#: keeps).
+ARGS = {"Conv2D": ("weights_q", "weight_scales", "bias_q", "stride", "dilation", "padding",
+                   "activation"),
+        "FullyConnected": ("weights_q", "weight_scales", "bias_q", "activation"),
+        "Add": ("activation",), "Mul": ("activation",),
+        "AveragePool2D": ("pool", "stride", "padding", "activation"),
+        "Mean": ("axes", "keepdims"), "Reshape": (), "Concatenation": ("axis", "activation"),
+        "Pad": ("paddings",), "Softmax": ("beta",), "Logistic": (), "HardSwish": (),
+        "Relu": ("max_value",)}
+ARGS["DepthwiseConv2D"] = ARGS["Conv2D"]
+ARGS["MaxPool2D"] = ARGS["AveragePool2D"]
+_MULTI = ("Add", "Mul", "Concatenation")
+
+#: The fixed-point rounding each runtime's int8 kernels use, per op (measured with
+#: ai-edge-litert 2.3 and tflite-micro 0.dev20261023; the ops not listed compute the same
+#: in every rounding): TFLM keeps gemmlowp's double rounding everywhere; LiteRT's reference
+#: kernels (BUILTIN_REF) too, except FULLY_CONNECTED, which rounds once; LiteRT's builtin
+#: kernels take NEON's path; XNNPACK rounds once.
+RUNTIME_ROUNDING = {
+    "tflm": lambda kind: "gemmlowp",
+    "ref": lambda kind: "single" if kind == "FullyConnected" else "gemmlowp",
+    "builtin": lambda kind: "neon",
+    "xnnpack": lambda kind: "single",
+}
+
+
+def per_op_forward(model, xs, rounding_of):
+    """forward_int8 op by op, each op with the rounding `rounding_of(kind)` (a runtime that
+    rounds differently per op is matched this way); returns the outputs as a list."""
+    values = dict(zip(model.inputs, xs))
+    for op in model.ops:
+        kind = type(op).__name__
+        kwargs = {a: getattr(op, a) for a in ARGS[kind]}
+        first = tuple(op.inputs) if kind in _MULTI else op.inputs[0]
+        fresh = type(op)(first, op.output, **kwargs)
+        ins = list(dict.fromkeys(op.inputs))
+        one = QuantizedModel([model.tensors[t] for t in ins + [op.output]], [fresh], ins,
+                             [op.output])
+        args = [values[t] for t in ins]
+        values[op.output] = one.forward_int8(args if len(args) > 1 else args[0],
+                                             rounding=rounding_of(kind))
+    return [values[t] for t in model.outputs]

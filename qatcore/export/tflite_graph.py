@@ -18,12 +18,22 @@ arithmetic, written as TensorFlow's converter writes a full-integer model:
 * with ``float_io=True`` each graph input gets a QUANTIZE (float32 → int8) and each output
   a DEQUANTIZE (int8 → float32).
 
-Runtimes: TensorFlow Lite Micro (gemmlowp rounding) and LiteRT's reference
-(``BUILTIN_REF``, single rounding) and builtin kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``,
-NEON rounding) run every op; ``forward_int8(x, rounding=...)`` is what each computes
-(tests/test_export_tflite_graph.py).  One exception: TFLM's int8 RELU6 clamps in the
-input's quantization and ignores the output's, so a ``Relu(max_value=6.0)`` whose output
-scale or zero point differs from its input's runs differently there (LiteRT requantizes).
+Runtimes (tests/test_export_tflite_graph.py, measured with tflite-micro 0.dev20261023 and
+ai-edge-litert 2.3): every op runs in TensorFlow Lite Micro and in LiteRT, and
+``forward_int8(x, rounding=...)`` is what they compute, bit for bit:
+
+* TFLM: ``rounding="gemmlowp"`` (double rounding) for every op;
+* LiteRT reference kernels (``BUILTIN_REF``): gemmlowp for every op except
+  FULLY_CONNECTED, which rounds once (``"single"``) -- a graph holding both is matched op
+  by op, not by one ``forward_int8`` call;
+* LiteRT builtin kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``): ``"neon"``, except MEAN
+  with ``keepdims`` and DEPTHWISE_CONV_2D with a depth multiplier and stride 2, one LSB
+  off on some outputs;
+* LiteRT's default XNNPACK delegate: ``"single"`` on every net tested (not guaranteed).
+
+TFLM's int8 RELU6 clamps in the input's quantization and ignores the output's: a
+``Relu(max_value=6.0)`` whose output scale or zero point differs from its input's runs
+differently there (LiteRT requantizes).
 
 The exporter reads the model duck-typed (``tensors``, ``ops``, ``inputs``, ``outputs``,
 ``name``; each op by its class name and documented attributes) and never imports

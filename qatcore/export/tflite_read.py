@@ -16,6 +16,9 @@ existing tensors and operators, quantization arrays their channels.  Nothing is 
 beyond a small multiple of the file's size (weights are read-only views of the file), no
 loop runs longer than a vector of the file, and any defect -- including an operator qatcore
 has no op for, named with its index -- is one ``ValueError``.
+
+Reading needs numpy only (tflite-micro's schema, when installed, names unsupported
+operators).
 """
 
 from __future__ import annotations
@@ -41,6 +44,28 @@ _FLOAT32, _INT32, _INT8, _INT64 = 0, 2, 9, 4
 _TYPE_SIZES = {0: 4, 1: 2, 2: 4, 3: 1, 4: 8, 6: 1, 7: 2, 9: 1, 10: 8, 11: 16, 14: 1, 15: 8,
                16: 4, 17: 2}
 _FUSED = {0: None, 1: "relu", 3: "relu6"}
+
+
+#: BuiltinOperator codes of the operators read (schema.fbs; the reader needs no schema
+#: package).
+_CODES = {"ADD": 0, "AVERAGE_POOL_2D": 1, "CONCATENATION": 2, "CONV_2D": 3,
+          "DEPTHWISE_CONV_2D": 4, "DEQUANTIZE": 6, "FULLY_CONNECTED": 9, "LOGISTIC": 14,
+          "MAX_POOL_2D": 17, "MUL": 18, "RELU": 19, "RELU6": 21, "RESHAPE": 22, "SOFTMAX": 25,
+          "CUSTOM": 32, "PAD": 34, "GATHER": 36, "MEAN": 40, "STRIDED_SLICE": 45, "CAST": 53,
+          "SLICE": 65, "SHAPE": 77, "PACK": 83, "QUANTIZE": 114, "HARD_SWISH": 117}
+
+
+def _op_names() -> Dict[int, str]:
+    """Code -> name of every builtin operator (from tflite-micro's schema when installed,
+    for the message naming an unsupported operator; else of the operators read)."""
+    names = {v: k for k, v in _CODES.items()}
+    try:
+        from tflite_micro.tensorflow.lite.micro.python import schema_py_generated
+    except ImportError:
+        return names
+    names.update({v: k for k, v in vars(schema_py_generated.BuiltinOperator).items()
+                  if not k.startswith("_") and isinstance(v, int)})
+    return names
 
 
 class _Bad(ValueError):
@@ -231,9 +256,7 @@ class _Reader:
         version = root.scalar(0, "u32")
         if version != 3:
             raise ValueError(f"schema version {version} (only 3 is read)")
-        from .tflite import schema
-        names = {v: k for k, v in vars(schema().BuiltinOperator).items()
-                 if not k.startswith("_")}
+        names = _op_names()
         self.opcodes = []
         for c in root.tables(1):
             code = max(c.scalar(0, "u8"), c.scalar(3, "i32"))
