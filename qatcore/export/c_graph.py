@@ -570,7 +570,8 @@ typedef struct {
     int32_t n, input_offset, multiplier, shift, output_offset, act_min, act_max;
 } @P@_relu_t;
 
-/* TFLite ReluQuantized: requantized, clamped to [act_min, act_max]. */
+/* TFLite ReluQuantized (RELU; RELU6 too, as LiteRT: requantized to the output's scale,
+ * clamped to [act_min, act_max]; with equal scales that is TFLM's RELU6 clamp). */
 static void @P@_relu(const @P@_relu_t *p, const int8_t *x, int8_t *y)
 {
     int32_t i;
@@ -579,17 +580,6 @@ static void @P@_relu(const @P@_relu_t *p, const int8_t *x, int8_t *y)
                     + p->output_offset;
         y[i] = @P@_clamp(v, p->act_min, p->act_max);
     }
-}
-""")
-
-_block("relu6", ("clamp",), r"""
-/* TFLM Relu6Quantized: the input codes clamped to [zero, six] of the input's quantization
- * (no requantization: TFLM's RELU6 leaves the output scale aside). */
-static void @P@_relu6(int32_t n, int32_t lo, int32_t hi, const int8_t *x, int8_t *y)
-{
-    int32_t i;
-    for (i = 0; i < n; i++)
-        y[i] = @P@_clamp(x[i], lo, hi);
 }
 """)
 
@@ -1138,9 +1128,10 @@ class _Writer:
             om, oe = _quantize_one(float(hires / np.float32(y.scale)))
             rm, re = _quantize_one(float(hires / (np.float32(3.0) / np.float32(32768.0))))
             return down16(om), oe, down16(rm), re
-        if getattr(op, "output_multiplier_fixedpoint_int16", None) is not None:
-            om, oe = op.output_multiplier_fixedpoint_int16, op.output_multiplier_exponent
-            rm, re = op.reluish_multiplier_fixedpoint_int16, op.reluish_multiplier_exponent
+        if all(getattr(op, a, None) is not None for a in (
+                "output_multiplier", "output_exponent", "reluish_multiplier", "reluish_exponent")):
+            om, oe = op.output_multiplier, op.output_exponent
+            rm, re = op.reluish_multiplier, op.reluish_exponent
         else:
             om, oe, rm, re = compute()
         if oe > 0:
@@ -1156,30 +1147,31 @@ class _Writer:
 
     def _Relu(self, k: int, op: Any) -> None:
         x, y = self.spec(op.inputs[0]), self.spec(op.output)
-        n = _prod(x.shape)
         max_value = getattr(op, "max_value", None)
-        if max_value is not None and float(max_value) == 6.0:
-            # TFLM RELU6: clamp the input codes to [zp, zp + round(6 / s)] of the input
-            q = float(np.float32(6.0) / np.float32(x.scale))
-            six = int(math.floor(q + 0.5)) + x.zero_point      # round(): half away from 0
-            lo, hi = x.zero_point, max(-128, min(127, six))
-            self.use("relu6")
-            self.calls.append(f"    {self.p}_relu6({n}, {lo}, {hi}, {self.src(op.inputs[0])}, "
-                              f"{self.dst(op.output)});  /* op {k}: RELU6 */")
-            return
-        if max_value is not None:
+        if max_value is not None and float(max_value) != 6.0:
             raise ValueError(f"op {k} (Relu): max_value {max_value!r} (TFLite has RELU and "
                              f"RELU6 only)")
-        m = getattr(op, "multiplier", None)
-        s = getattr(op, "shift", None)
-        if m is None or s is None:
-            m, s = _quantize_one(float(np.float32(x.scale) / np.float32(y.scale)))
-        lo, hi = self._act(op, y) if getattr(op, "act_min", None) is not None else \
-            (max(-128, y.zero_point), 127)
+
+        def compute() -> Tuple[int, int, int, int]:
+            # TFLite ReluQuantized with TFLM's CalculateReluOpData (as the engine)
+            f32 = np.float32
+            m, s = _quantize_one(float(f32(x.scale) / f32(y.scale)))
+            lo, hi = max(-128, y.zero_point), 127
+            if max_value is not None:
+                q = f32(6.0) / f32(y.scale)
+                six = np.trunc(q + np.copysign(f32(0.49999997), q))       # roundf
+                hi = min(127, y.zero_point + int(min(float(six), 2.0 ** 31)))
+            return m, s, lo, hi
+        if all(getattr(op, a, None) is not None
+               for a in ("multiplier", "shift", "act_min", "act_max")):
+            m, s, lo, hi = op.multiplier, op.shift, op.act_min, op.act_max
+        else:
+            m, s, lo, hi = compute()
+        kind = "RELU" if max_value is None else "RELU6"
         pre = f"{self.p}_op{k}"
-        self.struct("relu_t", pre, [n, -x.zero_point, int(np.ravel(m)[0]), int(np.ravel(s)[0]),
-                                    y.zero_point, lo, hi],
-                    f"op {k}: RELU {op.inputs[0]} -> {op.output}")
+        self.struct("relu_t", pre, [_prod(x.shape), -x.zero_point, int(np.ravel(m)[0]),
+                                    int(np.ravel(s)[0]), y.zero_point, int(lo), int(hi)],
+                    f"op {k}: {kind} {op.inputs[0]} -> {op.output}")
         self.use("relu")
         self.calls.append(f"    {self.p}_relu(&{pre}, {self.src(op.inputs[0])}, "
                           f"{self.dst(op.output)});")
@@ -1213,8 +1205,9 @@ class _Writer:
         header = f"""/* {p}.h -- integer graph exported by qatcore {_version()} (qatcore.export.c_graph.write_c).
  *
  * {len(self.ops)} int8 ops ({kinds}); integer-only C99 runtime in {p}.c computing
- * what TensorFlow Lite Micro's int8 reference kernels compute, with TFLM's (gemmlowp)
- * double-rounding requantization.
+ * what TensorFlow Lite Micro's int8 reference kernels compute; requantization with
+ * TFLM's gemmlowp double rounding (SaturatingRoundingDoublingHighMul, then
+ * RoundingDivideByPOT), not TFLITE_SINGLE_ROUNDING.
  *
  *   static int8_t scratch[{up}_SCRATCH_BYTES];
  *   int8_t in[{up}_INPUT_SIZE], out[{up}_OUTPUT_SIZE];
