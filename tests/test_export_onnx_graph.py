@@ -149,6 +149,21 @@ def test_single_op_within_one_lsb(op):
         assert exact >= (0.9 if op.startswith(("avgpool", "mean")) else 0.99)
 
 
+@pytest.mark.parametrize("axes,keepdims,shape", [((0, 1, 2), False, (1,)),
+                                                  ((2,), False, (4, 5)),
+                                                  ((2,), True, (4, 5, 1)),
+                                                  ((0,), False, (5, 3))],
+                         ids=["all", "channels", "channels-keepdims", "rows"])
+def test_mean_other_axes(axes, keepdims, shape):
+    """MEAN over axes other than the spatial pair: ReduceMean in NHWC order."""
+    model = G.QuantizedModel([G.TensorSpec("x", (4, 5, 3), 0.05, 3),
+                              G.TensorSpec("y", shape, 0.03, -2)],
+                             [G.Mean("x", "y", axes=axes, keepdims=keepdims)], ["x"], ["y"])
+    xs = G.random_inputs(model, N_OP, 4)
+    (want,), (got,) = oracle(model, xs), run_onnx(model, xs)
+    assert diff(want, got)[0] <= 1
+
+
 # ------------------------------------------------------------------------------ nets
 
 NETS = list(G.NETS) + [f"bench-{m}" for m in CM.MODELS]

@@ -355,7 +355,11 @@ class _Writer:
         else:
             m = self.node("ReduceMean", [xin], f"{y}/mean", axes=onnx_axes, keepdims=keep)
         s, z = self.qparams(y, f"{y}/q")
-        self.from_nhwc(y, self.node("QuantizeLinear", [m, s, z], f"{y}/nhwc_codes"))
+        codes = self.node("QuantizeLinear", [m, s, z], f"{y}/nhwc_codes")
+        # the output's sample shape as the model states it (a mean over every axis is (1,))
+        codes = self.node("Reshape", [codes, self.const(
+            f"{y}/shape", np.array([-1, *self.spec(y).shape], np.int64))], f"{y}/shaped")
+        self.from_nhwc(y, codes)
 
     def _Reshape(self, op: Any, ins: List[str], y: str) -> None:
         x = ins[0]
