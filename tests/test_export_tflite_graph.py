@@ -22,7 +22,7 @@ pytest.importorskip("flatbuffers")
 
 RESOLVERS = {"ref": "BUILTIN_REF", "builtin": "BUILTIN_WITHOUT_DEFAULT_DELEGATES",
              "xnnpack": "AUTO"}
-N_OP, N_NET = 200, 1000          # inputs per single-op model / per net (in one batch)
+N_OP, N_NET = 1000, 1000         # inputs per single-op model / per net (in one batch)
 needs_engine = pytest.mark.skipif(not G.HAVE_ENGINE,
                                   reason="qatcore.model.QuantizedModel.forward_int8 not yet "
                                          "merged (h1-engine)")
@@ -159,10 +159,10 @@ def test_single_op_runs_everywhere(op):
     # Each runtime prepares and runs the op; TFLM (gemmlowp) and LiteRT's reference
     # kernels (single rounding) differ at near-ties only.
     model = build(op)
-    xs = G.random_inputs(model, N_OP, len(op))
+    xs = G.random_inputs(model, 200, len(op))
     outs = {rt: run(rt, model, xs) for rt in ("tflm", "ref", "builtin")}
     for k, t in enumerate(model.outputs):
-        shape = (N_OP, *model.tensors[t].shape)
+        shape = (200, *model.tensors[t].shape)
         for rt, o in outs.items():
             assert o[k].dtype == np.int8 and o[k].shape == shape, rt
         diff = np.abs(outs["tflm"][k].astype(np.int32) - outs["ref"][k])
@@ -172,10 +172,10 @@ def test_single_op_runs_everywhere(op):
 @pytest.mark.parametrize("net", list(G.NETS))
 def test_net_runs_everywhere(net):
     model = build(net)
-    xs = G.random_inputs(model, N_NET, 11)
+    xs = G.random_inputs(model, 300, 11)
     outs = {rt: run(rt, model, xs) for rt in ("tflm", "ref", "builtin")}
     for k, t in enumerate(model.outputs):
-        shape = (N_NET, *model.tensors[t].shape)
+        shape = (300, *model.tensors[t].shape)
         for rt, o in outs.items():
             assert o[k].shape == shape, rt
         diff = np.abs(outs["tflm"][k].astype(np.int32) - outs["ref"][k])

@@ -28,6 +28,9 @@ FIXTURES = {  # name: (ops, float input, float output)
                      "Mean", "FullyConnected", "Softmax"], False, False),
     "keras_resnet": (["Conv2D", "MaxPool2D", "Conv2D", "Conv2D", "Conv2D", "Add", "Mean",
                       "FullyConnected", "FullyConnected"], False, True),
+    # the converter's PAD before a VALID conv becomes the conv's explicit padding
+    "keras_branches": (["Conv2D", "Conv2D", "Conv2D", "Concatenation", "MaxPool2D", "Conv2D",
+                        "Mul", "Mean", "FullyConnected", "Logistic"], False, False),
 }
 N = 1000
 needs_engine = pytest.mark.skipif(not G.HAVE_ENGINE,
@@ -127,6 +130,8 @@ def test_fixture_structure(name):
             n = np.asarray(op.weights_q).shape[3 if type(op).__name__ == "DepthwiseConv2D"
                                                 else 0]
             assert ws.shape in ((n,), (1,)) and (ws > 0).all()
+    if name == "keras_branches":
+        assert tuple(model.ops[0].padding) == (1, 2, 2, 1)      # ZeroPadding2D((1, 2), (2, 1))
     if G.HAVE_ENGINE:
         assert describe(read_tflite(data)) == describe(model)
 
@@ -500,3 +505,30 @@ def test_operator_codes_match_the_schema():
     from qatcore.export.tflite_read import _CODES
     for name, code in _CODES.items():
         assert getattr(S.BuiltinOperator, name) == code, name
+
+
+def test_rank_one_activation_is_one_value_per_sample():
+    # MEAN over every axis: TFLite's output is (batch,), the graph's sample shape (1,)
+    g = G.GraphBuilder(1, (5, 6, 3))
+    y = g._new((1,), 0.03, 2)
+    g.ops.append(G.Rec(G.Mean, "x", y, axes=(0, 1, 2), keepdims=False))
+    model = g.model(y)
+    m = _tree(tflite_bytes(model))
+    m.subgraphs[0].tensors[1].shape = [1]
+    back = read(_pack(m))
+    assert back.tensors["t1"].shape == (1,)
+    if G.HAVE_ENGINE:
+        x = G.random_inputs(model, 300, 1)[0]
+        np.testing.assert_array_equal(back.forward_int8(x), model.forward_int8(x))
+        got = run_tflm_file(_pack(m), x)
+        np.testing.assert_array_equal(got.reshape(-1, 1), model.forward_int8(x))
+
+
+def run_tflm_file(data, x):
+    it = tflm.Interpreter.from_bytes(data, arena_size=1 << 20)
+    out = []
+    for row in x:
+        it.set_input(row[None], 0)
+        it.invoke()
+        out.append(it.get_output(0).reshape(1, -1))
+    return np.concatenate(out)
