@@ -23,7 +23,9 @@ Memory: graph inputs are read from the caller's ``in`` and graph outputs written
 ``NAME_SCRATCH_BYTES`` bytes, planned here by tensor liveness (each tensor lives from the
 op that writes it to the last op that reads it; greedy first fit, largest tensors first, as
 TFLM's ``GreedyMemoryPlanner``).  A RESHAPE whose output is not a graph output is an alias
-(no copy, no memory).  The arena holds int8 only: no alignment needed.
+(no copy, no memory), and an element-wise op (ADD, MUL, RELU, LOGISTIC, HARD_SWISH) writes
+over an input of its size that no later op reads (TFLM does neither).  The arena holds int8
+only: no alignment needed.
 
 Entry points (one sample, NHWC)::
 
@@ -741,6 +743,10 @@ _OPS = ("FullyConnected", "Conv2D", "DepthwiseConv2D", "Add", "Mul", "AveragePoo
         "HardSwish", "Relu")
 
 
+#: Ops whose output element i depends on input element i only: they may write in place.
+_IN_PLACE = ("Add", "Mul", "Relu", "Logistic", "HardSwish")
+
+
 class _Writer:
     def __init__(self, model: Any, name: str) -> None:
         for attr in ("tensors", "ops", "inputs", "outputs"):
@@ -783,16 +789,39 @@ class _Writer:
                                      f"written by an earlier op")
                 if t in produced and produced[t] >= k:
                     raise ValueError(f"op {k}: tensor {t!r} is used before it is written")
-        # alias: a Reshape's output that is not a graph output shares its input's memory
+        # Shared memory: a Reshape's output that is not a graph output is its input's
+        # memory; an element-wise op writes over an input of its size that no later op
+        # reads (each element is read before it is written).  alias: tensor -> the tensor
+        # whose memory it uses (follow to the root).
         self.alias: Dict[str, str] = {}
+        io = set(self.inputs) | set(self.outputs)
+
+        def root(t: str) -> str:
+            while t in self.alias:
+                t = self.alias[t]
+            return t
         for op in self.ops:
             if type(op).__name__ == "Reshape" and op.output not in self.outputs:
-                src = op.inputs[0]
-                self.alias[op.output] = self.alias.get(src, src)
+                self.alias[op.output] = op.inputs[0]
+        direct_last: Dict[str, int] = {}
+        for k, op in enumerate(self.ops):
+            for t in op.inputs:
+                direct_last[t] = k
+        for k, op in enumerate(self.ops):
+            if type(op).__name__ not in _IN_PLACE or op.output in io or op.output in self.alias:
+                continue
+            size = _prod(self.tensors[op.output].shape)
+            for t in op.inputs:
+                r = root(t)
+                if r in io or _prod(self.tensors[r].shape) != size:
+                    continue
+                if max(direct_last.get(m, -1) for m in direct_last if root(m) == r) == k:
+                    self.alias[op.output] = r
+                    break
         last_use: Dict[str, int] = {}
         for k, op in enumerate(self.ops):
             for t in op.inputs:
-                last_use[self.alias.get(t, t)] = k
+                last_use[root(t)] = k
         self.loc: Dict[str, str] = {}
         for i, t in enumerate(self.inputs):
             self.loc[t] = f"in[{i}]"
@@ -809,8 +838,8 @@ class _Writer:
         self.offsets, self.arena = plan_arena(sizes, lifetimes)
         for t, off in self.offsets.items():
             self.loc[t] = f"arena + {off}"
-        for t, src in self.alias.items():
-            self.loc[t] = self.loc[src]
+        for t in self.alias:
+            self.loc[t] = self.loc[root(t)]
 
     def src(self, t: str) -> str:
         return self.loc[t]
