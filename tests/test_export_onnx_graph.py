@@ -272,6 +272,23 @@ def test_float_io_matches_codes(net):
                                       * np.float32(s.scale))
 
 
+@pytest.mark.skipif(not G.HAVE_ENGINE, reason="needs the engine's forward")
+def test_float_io_takes_the_models_input_layout():
+    """input_layout="NCHW" (a model converted from torch): float (batch, C, H, W) in,
+    as QuantizedModel.forward takes it."""
+    src = build("small_cnn")
+    model = G.QuantizedModel(list(src.tensors.values()), [clone(op) for op in src.ops],
+                             src.inputs, src.outputs, input_layout="NCHW")
+    spec = model.tensors[model.inputs[0]]
+    codes = G.random_inputs(model, 50, 3)[0]                       # NHWC int8
+    x = ((codes.astype(np.float32) - spec.zero_point) * np.float32(spec.scale))
+    x_nchw = np.ascontiguousarray(x.transpose(0, 3, 1, 2))
+    (got,) = run_onnx(model, [x_nchw], float_io=True)
+    want = model.forward(x_nchw)
+    out = model.tensors[model.outputs[0]]
+    assert np.abs(got - want).max() <= 2 * np.float32(out.scale) * (1 + 1e-6)
+
+
 def test_to_onnx_writes_atomically(tmp_path):
     model = build("small_cnn")
     path = to_onnx(model, tmp_path / "m.onnx")
@@ -279,6 +296,9 @@ def test_to_onnx_writes_atomically(tmp_path):
     with open(path, "rb") as f:
         assert f.read() == onnx_bytes(model)
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
+    if G.HAVE_ENGINE:                          # the model's own delegate
+        assert model.to_onnx(tmp_path / "d.onnx") == str(tmp_path / "d.onnx")
+        os.remove(tmp_path / "d.onnx")
     with pytest.raises(ValueError, match="does not exist"):
         to_onnx(model, tmp_path / "missing" / "m.onnx")
     with pytest.raises(ValueError, match="directory"):

@@ -42,7 +42,16 @@ convolutions to NHWC and removes them).
 Inputs and outputs: by default int8 codes, named after the model's tensors, ``(batch,
 *shape)`` -- the same arrays ``forward_int8`` takes and returns.  ``float_io=True`` adds a
 ``QuantizeLinear`` after each input and a ``DequantizeLinear`` before each output (float32
-in and out; the input is rounded half to even, ONNX's rule).
+in and out, as ``forward``: the inputs in the model's ``input_layout``, so a model converted
+from torch with ``input_layout="NCHW"`` takes ``(batch, C, H, W)``; the input is rounded
+half to even, ONNX's rule, where ``quantize_input`` rounds half away from zero).
+
+Inside, activations are **uint8** codes with zero point ``zp + 128`` (the same numbers:
+``(q + 128) - (zp + 128) = q - zp``): onnxruntime on x86 fuses QDQ convolutions only with
+uint8 activations and converts int8 ones itself only where a quantizer has a single
+consumer, so an int8 graph would leave residual branches and the first convolution in
+float.  A ``DequantizeLinear`` / ``QuantizeLinear`` pair converts each int8 input (exact:
+``(q - zp) · s / s`` rounds to ``q - zp``) and each output back.
 
 Agreement with ``forward_int8`` (TFLite's arithmetic, ``rounding="gemmlowp"``):
 onnxruntime requantizes every fused op in float (``acc · s_x · s_w / s_y`` in float32,
@@ -443,13 +452,24 @@ def onnx_graph_model(model: Any, *, float_io: bool = False, opset: int = DEFAULT
     INT8, FLOAT = onnx.TensorProto.INT8, onnx.TensorProto.FLOAT
     io_type = FLOAT if float_io else INT8
     graph_inputs = []
+    nchw_in = bool(float_io) and getattr(model, "input_layout", "NHWC") == "NCHW"
     for t in model.inputs:
         spec = w.spec(t)
-        graph_inputs.append(helper.make_tensor_value_info(t, io_type,
-                                                          ["batch", *spec.shape]))
+        shape = tuple(spec.shape)
+        nchw = nchw_in and len(shape) >= 2
+        if nchw:                          # as the model's float entry points take it
+            shape = (shape[-1], *shape[:-1])
+        graph_inputs.append(helper.make_tensor_value_info(t, io_type, ["batch", *shape]))
         if float_io:
             s, z = w.qparams(t, f"{t}/input_q")
-            w.from_nhwc(t, w.node("QuantizeLinear", [t, s, z], f"{t}/codes"))
+            codes = w.node("QuantizeLinear", [t, s, z], f"{t}/codes")
+            if nchw and len(shape) == 3:
+                w.codes[t] = codes        # already ONNX's NCHW
+            elif nchw:
+                perm = [0, *range(2, len(shape) + 1), 1]
+                w.from_nhwc(t, w.node("Transpose", [codes], f"{t}/nhwc", perm=perm))
+            else:
+                w.from_nhwc(t, codes)
             continue
         w.from_nhwc(t, t)
         # int8 codes -> uint8 codes + 128, exactly: (q - zp)·s / s rounds to q - zp
