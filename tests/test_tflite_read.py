@@ -33,17 +33,10 @@ FIXTURES = {  # name: (ops, float input, float output)
                         "Mul", "Mean", "FullyConnected", "Logistic"], False, False),
 }
 N = 1000
-needs_engine = pytest.mark.skipif(not G.HAVE_ENGINE,
-                                  reason="qatcore.model.QuantizedModel.forward_int8 not yet "
-                                         "merged (h1-engine)")
 
 
 def read(data):
-    """read_tflite once qatcore.model has the graph classes; the contract's stand-ins
-    before."""
-    if G.HAVE_ENGINE:
-        return read_tflite(data)
-    return parse_tflite(data, G)[0]
+    return read_tflite(data)
 
 
 def fixture_bytes(name):
@@ -95,9 +88,9 @@ def build(name):
 def test_round_trip(name, float_io):
     model = build(name)
     data = tflite_bytes(model, float_io=float_io, batch_size=3)
-    back, fio = parse_tflite(data, G) if not G.HAVE_ENGINE else (read_tflite(data), None)
-    assert describe(back) == describe(model)
-    assert fio in (None, float_io)
+    back, fio = parse_tflite(data, G)
+    assert describe(back) == describe(model) == describe(read_tflite(data))
+    assert fio == float_io
     # and written again: the same bytes
     assert tflite_bytes(back, float_io=float_io, batch_size=3) == data
 
@@ -105,11 +98,8 @@ def test_round_trip(name, float_io):
 def test_read_from_path(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(tflite_bytes(build("small_cnn")))
-    if G.HAVE_ENGINE:
-        assert describe(read_tflite(path)) == describe(build("small_cnn"))
-        assert describe(read_tflite(str(path))) == describe(build("small_cnn"))
-    else:
-        assert describe(parse_tflite(path, G)[0]) == describe(build("small_cnn"))
+    assert describe(read_tflite(path)) == describe(build("small_cnn"))
+    assert describe(read_tflite(str(path))) == describe(build("small_cnn"))
     with pytest.raises(TypeError):
         read_tflite(12)
 
@@ -132,8 +122,7 @@ def test_fixture_structure(name):
             assert ws.shape in ((n,), (1,)) and (ws > 0).all()
     if name == "keras_branches":
         assert tuple(model.ops[0].padding) == (1, 2, 2, 1)      # ZeroPadding2D((1, 2), (2, 1))
-    if G.HAVE_ENGINE:
-        assert describe(read_tflite(data)) == describe(model)
+    assert describe(read_tflite(data)) == describe(model)
 
 
 def _int8_io(name):
@@ -195,14 +184,12 @@ def litert_on_fixture(name, resolver="BUILTIN_REF"):
     return x, from_output(it.get_tensor(it.get_output_details()[0]["index"]))
 
 
-@needs_engine
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_fixture_bit_exact_tflm(name):
     x, want = tflm_on_fixture(name)
     np.testing.assert_array_equal(read(fixture_bytes(name)).forward_int8(x), want)
 
 
-@needs_engine
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_fixture_bit_exact_litert_ref(name):
     # LiteRT's reference kernels round twice (gemmlowp) except in FULLY_CONNECTED, which
@@ -213,7 +200,6 @@ def test_fixture_bit_exact_litert_ref(name):
     np.testing.assert_array_equal(got, want)
 
 
-@needs_engine
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_fixture_xnnpack_agreement(name, record_property):
     x, want = litert_on_fixture(name, "AUTO")
@@ -257,7 +243,7 @@ def _expect_value_error_or_model(data, seed):
         model = None
     elapsed = time.perf_counter() - t0
     assert elapsed < 2.0, f"{elapsed:.2f} s"
-    if model is not None and G.HAVE_ENGINE:
+    if model is not None:
         # a mutated file that still reads is a valid model: the engine runs it
         xs = G.random_inputs(model, 2, seed)
         model.forward_int8(xs if len(xs) > 1 else xs[0])
@@ -488,7 +474,6 @@ def test_unsupported_op_names_op_and_index():
         read(_pack(m))
 
 
-@needs_engine
 def test_model_methods_delegate(tmp_path):
     model = build("resnet_block")
     path = tmp_path / "m.tflite"
@@ -517,11 +502,10 @@ def test_rank_one_activation_is_one_value_per_sample():
     m.subgraphs[0].tensors[1].shape = [1]
     back = read(_pack(m))
     assert back.tensors["t1"].shape == (1,)
-    if G.HAVE_ENGINE:
-        x = G.random_inputs(model, 300, 1)[0]
-        np.testing.assert_array_equal(back.forward_int8(x), model.forward_int8(x))
-        got = run_tflm_file(_pack(m), x)
-        np.testing.assert_array_equal(got.reshape(-1, 1), model.forward_int8(x))
+    x = G.random_inputs(model, 300, 1)[0]
+    np.testing.assert_array_equal(back.forward_int8(x), model.forward_int8(x))
+    got = run_tflm_file(_pack(m), x)
+    np.testing.assert_array_equal(got.reshape(-1, 1), model.forward_int8(x))
 
 
 def run_tflm_file(data, x):
