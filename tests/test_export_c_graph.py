@@ -352,6 +352,43 @@ def test_extreme_scales_and_zero_points(ratio, zp_in, zp_out, tmp_path):
         assert_equal(got, tflm_run(model, xs), "TFLM")
 
 
+DATA = os.path.join(os.path.dirname(__file__), "data")
+
+
+@pytest.mark.parametrize("fixture", ["keras_cnn", "keras_dscnn", "keras_resnet"])
+def test_converter_made_tflite_compiled_to_c(fixture, tmp_path):
+    """A .tflite from TensorFlow's converter, read by QuantizedModel.from_tflite and
+    exported to C, computes what TFLM computes running the original file (its float
+    QUANTIZE / DEQUANTIZE ends, where it has them, applied around the int8 codes)."""
+    from qatcore.model import QuantizedModel
+    tflm = pytest.importorskip("tflite_micro")
+
+    path = os.path.join(DATA, f"{fixture}.tflite")
+    model = QuantizedModel.from_tflite(path)
+    xs = sample_inputs([model.tensors[t].shape for t in model.inputs], N_OP, 4)
+    got = run(build(model, tmp_path), model, xs, tmp_path)
+    assert_equal(got, forward(model, xs), "forward_int8")
+    it = tflm.runtime.Interpreter.from_file(path, arena_size=1 << 22)
+    spec_in = model.tensors[model.inputs[0]]
+    spec_out = model.tensors[model.outputs[0]]
+    float_in = it.get_input_details(0)["dtype"] == np.float32
+    float_out = it.get_output_details(0)["dtype"] == np.float32
+    want = []
+    for x in xs[0]:
+        x = x[None]
+        if float_in:
+            x = (x.astype(np.float32) - np.float32(spec_in.zero_point)) * np.float32(spec_in.scale)
+        it.set_input(x, 0)
+        it.invoke()
+        want.append(np.asarray(it.get_output(0)).reshape(got[0].shape[1:]))
+    want = np.stack(want)
+    mine = got[0]
+    if float_out:
+        mine = (mine.astype(np.float32) - np.float32(spec_out.zero_point)) * np.float32(
+            spec_out.scale)
+    assert_equal([mine], [want], f"TFLM running {fixture}.tflite")
+
+
 # ------------------------------------------------------------------------- embedded
 
 def _tflm_min_arena(data, xs):
@@ -434,6 +471,7 @@ def test_arena_plan_never_overlaps_live_tensors(key, whole):
     sizes = {t: int(np.prod(s.shape)) for t, s in model.tensors.items()}
     total = sum(sizes[op.output] for op in model.ops if op.output not in model.outputs)
     assert size < total                 # reuse happens
+    assert size <= model.arena_bytes(1)   # the engine's plan (graph outputs included)
 
 
 def test_plan_arena_first_fit():
