@@ -12,15 +12,16 @@ every runtime runs the same graph: the .tflite from ``qatcore.export.tflite_grap
 .onnx from ``qatcore.export.onnx_graph``, the C from ``qatcore.export.c_graph``.  Figures
 are µs per sample (batch 64: the batch's time / 64), the fastest of repeated runs after a
 warm-up (``--stat median_s`` for the median; on shared cores the fastest is the figure
-least disturbed by other processes).  The C export is one sample per call on one thread (batch 64 = 64 calls; its
-driver is compiled with ``gcc -O2|-O3 -march=native -std=c99``).  TFLM runs batch 1 on
+least disturbed by other processes).  The C export is one sample per call on one thread
+(batch 64 = 64 calls; its driver is compiled with ``gcc -O2|-O3 -march=native -std=c99``).  TFLM runs batch 1 on
 one thread.  "× XNNPACK" = qatcore time / LiteRT XNNPACK time (< 1: qatcore faster);
 "TFLM ×" = TFLM time / qatcore time.  Each runtime's outputs are compared with
 ``forward_int8`` (max |diff| in codes; "=" when equal).
 
 ``--profile`` adds qatcore's time per op (each op run alone on the codes the model feeds
-it) and, for each convolution, the int8 GEMM alone on the same (M, K, N) through
-``QuantizedLinear.forward_quantized``-free kernels: what im2col and requantization add.
+it) and, for each convolution and FC, the int8 GEMM alone on the same (M, K, N) through
+``QuantizedLinear.forward_quantized`` (the same GEMM kernel): what im2col, requantization
+and scratch handling add.
 """
 
 from __future__ import annotations

@@ -1,11 +1,9 @@
 """ONNX (QDQ) export of the integer graph (qatcore.export.onnx_graph), run in a real
 onnxruntime session (CPU EP, default graph optimizations: the fused QLinear* kernels).
 
-The oracle is ``forward_int8`` (TFLite's arithmetic, gemmlowp rounding) once the engine is
-merged; until then TensorFlow Lite Micro running the same graph written by
-``qatcore.export.tflite_graph`` (TFLM *is* that arithmetic; the engine's tests hold it bit
-for bit), except for a rescaling RELU6, which TFLM does not requantize (LiteRT's reference
-kernels, single rounding, there).
+The oracle is ``forward_int8``: TFLite's arithmetic, with TFLM's gemmlowp rounding (the
+engine's and the .tflite writer's tests hold it bit for bit against TFLM), single rounding
+for a rescaling RELU6 (TFLM does not requantize there; LiteRT's reference kernels do).
 
 What is asserted:
 
@@ -37,9 +35,6 @@ from qatcore.export.onnx_graph import onnx_bytes, onnx_graph_model, to_onnx
 
 ort = pytest.importorskip("onnxruntime")
 onnx = pytest.importorskip("onnx")
-tflm = pytest.importorskip("tflite_micro").runtime
-litert = pytest.importorskip("ai_edge_litert.interpreter")
-from qatcore.export.tflite_graph import tflite_bytes  # noqa: E402  (needs flatbuffers)
 
 N_OP, N_NET = 300, 1000
 DATA = os.path.join(os.path.dirname(os.path.abspath(__file__)), "data")
@@ -63,34 +58,12 @@ def run_onnx(model, xs, **kwargs):
     return session(model, **kwargs).run(None, dict(zip(model.inputs, xs)))
 
 
-def run_tflm(model, xs):
-    it = tflm.Interpreter.from_bytes(tflite_bytes(model, batch_size=len(xs[0])),
-                                     arena_size=1 << 26)
-    for i, x in enumerate(xs):
-        it.set_input(x, i)
-    it.invoke()
-    return [it.get_output(i) for i in range(len(model.outputs))]
-
-
-def run_litert_ref(model, xs):
-    it = litert.Interpreter(model_content=tflite_bytes(model, batch_size=len(xs[0])),
-                            experimental_op_resolver_type=litert.OpResolverType.BUILTIN_REF)
-    it.allocate_tensors()
-    for d, x in zip(it.get_input_details(), xs):
-        it.set_tensor(d["index"], x)
-    it.invoke()
-    return [it.get_tensor(d["index"]) for d in it.get_output_details()]
-
-
 def oracle(model, xs, rescaling_relu6=False):
-    """TFLite's arithmetic: forward_int8 when the engine is there, else TFLM."""
-    if G.HAVE_ENGINE:
-        rounding = "single" if rescaling_relu6 else "gemmlowp"
-        out = model.forward_int8(xs if len(xs) > 1 else xs[0], rounding=rounding)
-        return list(out) if isinstance(out, (list, tuple)) else [out]
-    if rescaling_relu6:
-        return run_litert_ref(model, xs)
-    return run_tflm(model, xs)
+    """TFLite's arithmetic: forward_int8 with TFLM's rounding (LiteRT's reference kernels'
+    for a rescaling RELU6, which TFLM does not requantize)."""
+    out = model.forward_int8(xs if len(xs) > 1 else xs[0],
+                             rounding="single" if rescaling_relu6 else "gemmlowp")
+    return list(out) if isinstance(out, (list, tuple)) else [out]
 
 
 def diff(a, b):
@@ -101,8 +74,6 @@ def diff(a, b):
 
 def clone(op):
     """A fresh op with `op`'s constructor arguments (the engine binds an op to one graph)."""
-    if not G.HAVE_ENGINE:
-        return op
     params, arrays = op._describe()
     io = {"inputs": op.inputs} if op._MULTI_INPUT else {"input": op.inputs[0]}
     params = {k: tuple(v) if isinstance(v, list) else v for k, v in params.items()}
@@ -129,11 +100,9 @@ def build(name):
         if name in G.NETS:
             _cache[name] = G.NETS[name](7)
         elif name.startswith("tflite-"):
-            if not G.HAVE_ENGINE:
-                pytest.skip("reading .tflite files needs the engine")
             _cache[name] = G.QuantizedModel.from_tflite(os.path.join(DATA, name[7:] + ".tflite"))
         elif name.startswith("bench-"):
-            _cache[name] = CM.build(name[6:], seed=3, classes=None if G.HAVE_ENGINE else G)
+            _cache[name] = CM.build(name[6:], seed=3)
         else:
             _cache[name] = G._single(name)(7)
     return _cache[name]
@@ -272,7 +241,6 @@ def test_float_io_matches_codes(net):
                                       * np.float32(s.scale))
 
 
-@pytest.mark.skipif(not G.HAVE_ENGINE, reason="needs the engine's forward")
 def test_float_io_takes_the_models_input_layout():
     """input_layout="NCHW" (a model converted from torch): float (batch, C, H, W) in,
     as QuantizedModel.forward takes it."""
@@ -296,9 +264,8 @@ def test_to_onnx_writes_atomically(tmp_path):
     with open(path, "rb") as f:
         assert f.read() == onnx_bytes(model)
     assert sorted(os.listdir(tmp_path)) == ["m.onnx"]
-    if G.HAVE_ENGINE:                          # the model's own delegate
-        assert model.to_onnx(tmp_path / "d.onnx") == str(tmp_path / "d.onnx")
-        os.remove(tmp_path / "d.onnx")
+    assert model.to_onnx(tmp_path / "d.onnx") == str(tmp_path / "d.onnx")   # the delegate
+    os.remove(tmp_path / "d.onnx")
     with pytest.raises(ValueError, match="does not exist"):
         to_onnx(model, tmp_path / "missing" / "m.onnx")
     with pytest.raises(ValueError, match="directory"):
@@ -334,7 +301,7 @@ def test_covers_the_tflite_writers_ops():
 def test_bench_models_tiny_export_and_run():
     """The benchmark graphs at smoke-test size run in onnxruntime, TFLM and agree."""
     for name in [*CM.MODELS, *CM.OPS]:
-        model = CM.build(name, tiny=True, classes=None if G.HAVE_ENGINE else G)
+        model = CM.build(name, tiny=True)
         xs = [CM.random_codes(model, 4, 1)]
         (got,) = run_onnx(model, xs)
         (want,) = oracle(model, xs)

@@ -18,8 +18,9 @@ weights (the accumulator's standard deviation, tracked layer by layer from the c
 so activations use the int8 range without saturating: ReLU / ReLU6 outputs at zero point
 -128 over [0, 4σ] (ReLU6 at 6/255, as a converter writes a saturated ReLU6), linear
 outputs at zero point 0 over ±4σ; ReLU6 layers and the logits get weight scales that give
-them a spread of 1.5 (4σ = 6) and 2 (a softmax that is not one-hot).  The fused activations' clamps are then the int8 range,
-as in models TensorFlow's converter writes from calibrated ranges.
+them a spread of 1.5 (4σ = 6) and 2 (a softmax that is not one-hot).  The fused
+activations' clamps are then the int8 range, as in models TensorFlow's converter writes
+from calibrated ranges.
 
 :func:`runner` gives a one-argument callable (int8 NHWC codes in, int8 codes out) for
 qatcore and each peer runtime, shared by ``bench/bench_cnn.py`` and ``qatcore bench``.

@@ -204,9 +204,9 @@ def onnx_model(model: Any, *, opset: int = DEFAULT_OPSET) -> Any:
     return proto
 
 
-def check_onnx_path(path: Any) -> str:
-    """`path` as a str: a file path (not a directory) in an existing, writable directory
-    (shared with :mod:`qatcore.export.onnx_graph`)."""
+def check_onnx_path(path: Any) -> Any:
+    """``os.fspath(path)``, checked: a file path (not a directory) in an existing, writable
+    directory (shared with :mod:`qatcore.export.onnx_graph`)."""
     if not isinstance(path, (str, os.PathLike)):
         raise TypeError(f"path must be a path, got {type(path).__name__}")
     path = os.fspath(path)
@@ -217,7 +217,7 @@ def check_onnx_path(path: Any) -> str:
         raise ValueError(f"path {path!r}: directory {parent!r} does not exist")
     if not os.access(parent, os.W_OK | os.X_OK):
         raise ValueError(f"path {path!r}: directory {parent!r} is not writable")
-    return str(path)
+    return path
 
 
 def to_onnx(model: Any, path: PathLike, *, opset: int = DEFAULT_OPSET) -> str:

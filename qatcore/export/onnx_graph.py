@@ -18,7 +18,7 @@ FullyConnected       ``Gemm(transB=1)`` (an image input is put back in NHWC orde
                      and flattened first, as TFLite flattens)
 Add / Mul            ``Add`` / ``Mul``                                           QLinearAdd/Mul
 AveragePool2D        ``AveragePool(count_include_pad=0)``                        QLinearAveragePool
-Mean (spatial)       ``GlobalAveragePool`` (others ``ReduceMean``)               QLinearGlobalAveragePool
+Mean (spatial)       ``GlobalAveragePool`` (others: ``ReduceMean``)  QLinearGlobalAveragePool
 Softmax              ``Softmax`` on the channel axis (``Mul`` by beta first)     QLinearSoftmax
 Logistic             ``Sigmoid``                                                 QLinearSigmoid
 HardSwish            ``HardSwish`` (opset >= 14)                                 --
@@ -74,7 +74,6 @@ imports :mod:`qatcore.model`.
 
 from __future__ import annotations
 
-import os
 from typing import Any, Dict, List, Optional, Sequence, Tuple
 
 import numpy as np
@@ -422,7 +421,6 @@ class _Writer:
     def _Relu(self, op: Any, ins: List[str], y: str) -> None:
         x = ins[0]
         max_value = getattr(op, "max_value", None)
-        spec = self.spec(y)
         if self.same_qparams(x, y) and max_value in (None, 6.0):
             # TFLite's RELU / RELU6 with equal scales: the clamp of the codes, exactly
             self.codes[y] = self.codes[x]
@@ -435,7 +433,6 @@ class _Writer:
                                    self.const(f"{y}/max", np.array(max_value, _F32))],
                           f"{y}/clip")
         self.q(r, y)
-        del spec
 
 
 def onnx_graph_model(model: Any, *, float_io: bool = False, opset: int = DEFAULT_OPSET
