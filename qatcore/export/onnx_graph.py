@@ -1,36 +1,30 @@
 """ONNX export of a :class:`qatcore.QuantizedModel` (the integer graph) in QDQ form.
 
-Every activation tensor of the graph is an int8 tensor of the ONNX graph, holding the same
-codes.  Each arithmetic op is written as onnxruntime's own quantizer writes it --
+Every activation tensor of the graph is a tensor of the ONNX graph holding the same codes
+(as uint8, see below).  Each arithmetic op is written as onnxruntime's own quantizer writes it --
 ``DequantizeLinear`` on its inputs, the float op, ``QuantizeLinear`` to the output's
 ``(scale, zero_point)`` -- so that onnxruntime's CPU execution provider fuses it into the
 integer kernel:
 
-===================  ==========================================================  ==========
-graph op             ONNX (between DequantizeLinear and QuantizeLinear)          fused into
-===================  ==========================================================  ==========
-Conv2D               ``Conv`` (explicit ``pads``, ``group``), ``DequantizeLinear``  QLinearConv
-                     of the int8 OIHW weights (per-channel scales, axis 0) and
-                     of the int32 bias at ``s_x · s_w`` (axis 0)
-DepthwiseConv2D      ``Conv`` with ``group = C``, weights ``(1, KH, KW, C·M)``    QLinearConv
-                     reshaped to ``(C·M, 1, KH, KW)``
-FullyConnected       ``Gemm(transB=1)`` (an image input is put back in NHWC order  QGemm
-                     and flattened first, as TFLite flattens)
-Add / Mul            ``Add`` / ``Mul``                                           QLinearAdd/Mul
-AveragePool2D        ``AveragePool(count_include_pad=0)``                        QLinearAveragePool
-Mean (spatial)       ``GlobalAveragePool`` (others: ``ReduceMean``)  QLinearGlobalAveragePool
-Softmax              ``Softmax`` on the channel axis (``Mul`` by beta first)     QLinearSoftmax
-Logistic             ``Sigmoid``                                                 QLinearSigmoid
-HardSwish            ``HardSwish`` (opset >= 14)                                 --
-Relu (rescaling)     ``Relu`` / ``Clip(0, max_value)``                           --
-===================  ==========================================================  ==========
+* Conv2D: ``Conv`` (explicit ``pads``, ``group``) on the DequantizeLinear of the int8 OIHW
+  weights (per-channel scales, axis 0) and of the int32 bias at ``s_x · s_w`` (axis 0)
+  → QLinearConv;
+* DepthwiseConv2D: the same with ``group = C``, weights ``(1, KH, KW, C·M)`` reshaped to
+  ``(C·M, 1, KH, KW)`` → QLinearConv;
+* FullyConnected: ``Gemm(transB=1)`` (an image input is put back in NHWC order and
+  flattened first, as TFLite flattens) → QGemm;
+* Add / Mul → QLinearAdd / QLinearMul; AveragePool2D: ``AveragePool(count_include_pad=0)``
+  → QLinearAveragePool; Mean over the spatial axes: ``GlobalAveragePool`` →
+  QLinearGlobalAveragePool (other axes: ``ReduceMean``, float);
+* Softmax: ``Softmax`` on the channel axis (a ``Mul`` by beta first) → QLinearSoftmax;
+  Logistic: ``Sigmoid`` → QLinearSigmoid; HardSwish: ``HardSwish`` (opset >= 14, float);
+  a Relu that changes the scale: ``Relu`` / ``Clip(0, max_value)`` (float).
 
-Ops that move or select codes run on the int8 tensors themselves, exactly: ``MaxPool2D``
-(int8 ``MaxPool``), ``Reshape`` (``Reshape``, with ``Transpose`` where the NCHW order
-differs from NHWC's), ``Pad`` (int8 ``Pad`` filled with the zero point), ``Concatenation``
-(int8 ``Concat`` when every input has the output's scale and zero point), ``Relu`` that
-keeps its scale (int8 ``Clip``).  A fused activation (``relu`` / ``relu6``) is the int8
-``Clip`` of the output codes to TFLite's activation range (``qatcore.linear.
+Ops that move or select codes run on the codes themselves, exactly: ``MaxPool2D``
+(``MaxPool``), ``Reshape`` (``Reshape``, with ``Transpose`` where the NCHW order differs
+from NHWC's), ``Pad`` (``Pad`` filled with the zero point), ``Concatenation`` (``Concat``
+when every input has the output's scale and zero point), ``Relu`` that keeps its scale
+(``Clip``).  A fused activation (``relu`` / ``relu6``) is the ``Clip`` of the output codes to TFLite's activation range (``qatcore.linear.
 activation_range``), written only when that range is narrower than [-128, 127] (a ReLU into
 a zero point of -128 -- what a calibrated model has -- needs nothing).
 
