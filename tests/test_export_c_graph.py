@@ -597,3 +597,32 @@ def test_overwrites_atomically(tmp_path):
     write_c(G.resnet_block(1), tmp_path, "m")
     assert (tmp_path / "m.c").read_text() != first
     assert sorted(p.name for p in tmp_path.iterdir()) == ["m.c", "m.h"]
+
+
+def test_tensor_names_cannot_break_the_source(tmp_path):
+    """Names come from files: comment delimiters and control characters in them never
+    reach the C text."""
+    name = "x */ int evil; /* \n\u00e9"
+    g = G.GraphBuilder(0, (6, 6, 2), name=name)
+    y = g.conv(name, 3)
+    model = g.model(g.softmax(g.fc(y, 4)), calibrate=False)
+    header, source = c_sources(model, "m")
+    assert "evil" in source and "*/ int evil" not in source + header
+    xs = G.random_inputs(model, 50, 0)
+    assert_equal(run(build(model, tmp_path), model, xs, tmp_path), forward(model, xs),
+                 "forward_int8")
+
+
+def test_inconsistent_shapes_refused(tmp_path):
+    """A duck-typed model whose tensor shapes disagree with its ops is refused (the C
+    loops would index out of bounds)."""
+    model = G.small_cnn(0)
+
+    class Fake:
+        tensors = dict(model.tensors)
+        ops, inputs, outputs = model.ops, model.inputs, model.outputs
+    t = model.ops[1].output
+    Fake.tensors[t] = G.TensorSpec(t, (13, 12, 8), 0.1, 0)
+    with pytest.raises(ValueError, match=r"op 1 \(DepthwiseConv2D\): the shapes"):
+        write_c(Fake(), tmp_path, "m")
+    assert list(tmp_path.iterdir()) == []

@@ -42,13 +42,9 @@ __all__ = ["write_c", "write_tflite_c_array", "c_sources"]
 
 _INT32_MIN = -(1 << 31)
 
-# The runtime, with @P@ for the lower-case prefix and @M@ for the upper-case one.
-_RUNTIME = r"""
-/* ------------------------------------------------------------------ runtime
- * Integer only (no float, no malloc).  gemmlowp fixed-point arithmetic as TFLite's
- * reference MultiplyByQuantizedMultiplier (Jacob et al. 2018): double rounding. */
-
-/* SaturatingRoundingDoublingHighMul(a, b): round(a * b / 2^31), ties away from zero. */
+# gemmlowp helpers shared with the graph export (qatcore.export.c_graph), with @P@ for the
+# lower-case prefix and @M@ for the upper-case one.
+C_SRDHM = r"""/* SaturatingRoundingDoublingHighMul(a, b): round(a * b / 2^31), ties away from zero. */
 static int32_t @P@_srdhm(int32_t a, int32_t b)
 {
     int64_t ab, nudge;
@@ -59,13 +55,17 @@ static int32_t @P@_srdhm(int32_t a, int32_t b)
     return (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C99 division truncates */
 }
 
-/* floor(x / 2^e): C99 leaves >> of a negative value implementation-defined. */
+"""
+
+C_FLOOR_SHIFT = r"""/* floor(x / 2^e): C99 leaves >> of a negative value implementation-defined. */
 static int32_t @P@_floor_shift(int32_t x, int e)
 {
     return x >= 0 ? (x >> e) : ~((~x) >> e);
 }
 
-/* RoundingDivideByPOT(x, e): x / 2^e rounded to nearest, ties away from zero. */
+"""
+
+C_RDBPOT = r"""/* RoundingDivideByPOT(x, e): x / 2^e rounded to nearest, ties away from zero. */
 static int32_t @P@_rdbpot(int32_t x, int e)
 {
     int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
@@ -74,7 +74,9 @@ static int32_t @P@_rdbpot(int32_t x, int e)
     return @P@_floor_shift(x, e) + (remainder > threshold ? 1 : 0);
 }
 
-/* MultiplyByQuantizedMultiplier; the left shift saturates to int32 (shift <= 30). */
+"""
+
+C_REQUANTIZE = r"""/* MultiplyByQuantizedMultiplier; the left shift saturates to int32 (shift <= 30). */
 static int32_t @P@_requantize(int32_t x, int32_t multiplier, int32_t shift)
 {
     int left = shift > 0 ? (int)shift : 0, right = shift > 0 ? 0 : (int)-shift;
@@ -86,7 +88,16 @@ static int32_t @P@_requantize(int32_t x, int32_t multiplier, int32_t shift)
     return @P@_rdbpot(@P@_srdhm((int32_t)v, multiplier), right);
 }
 
-/* y[o] = clamp(requantize(sum_i w[o, i] * x[i] + acc_offset[o]) + zp, act_min, act_max) */
+"""
+
+# The runtime.
+_RUNTIME = (r"""
+/* ------------------------------------------------------------------ runtime
+ * Integer only (no float, no malloc).  gemmlowp fixed-point arithmetic as TFLite's
+ * reference MultiplyByQuantizedMultiplier (Jacob et al. 2018): double rounding. */
+
+"""
+            + C_SRDHM + C_FLOOR_SHIFT + C_RDBPOT + C_REQUANTIZE + r"""/* y[o] = clamp(requantize(sum_i w[o, i] * x[i] + acc_offset[o]) + zp, act_min, act_max) */
 static void @P@_fully_connected(const @P@_layer_t *layer, const int8_t *x, int8_t *y)
 {
     int32_t o, i;
@@ -121,7 +132,7 @@ int @P@_invoke(const int8_t *in, int8_t *out, void *scratch)
     }
     return 0;
 }
-"""
+""")
 
 _ALIGN = r"""/* 16-byte alignment for the parameter arrays: C11 _Alignas, else the compiler's own
  * spelling (accepted by gcc/clang with -std=c99 -pedantic), else none. */

@@ -52,7 +52,7 @@ import numpy as np
 from .._files import write_files_atomic
 from ..linear import activation_range, quantize_multiplier, requant_real_multiplier
 from ._common import PathLike, check_directory, check_name
-from .c import _ALIGN, _sub, _version
+from .c import C_FLOOR_SHIFT, C_RDBPOT, C_REQUANTIZE, C_SRDHM, _ALIGN, _sub, _version
 
 __all__ = ["c_sources", "write_c", "plan_arena"]
 
@@ -70,45 +70,12 @@ def _block(name: str, deps: Tuple[str, ...], text: str) -> None:
     _C[name] = (deps, text)
 
 
-_block("srdhm", (), r"""
-/* gemmlowp SaturatingRoundingDoublingHighMul: round(a * b / 2^31), ties away from zero. */
-static int32_t @P@_srdhm(int32_t a, int32_t b)
-{
-    int64_t ab, nudge;
-    if (a == b && a == INT32_MIN)
-        return INT32_MAX;
-    ab = (int64_t)a * (int64_t)b;
-    nudge = ab >= 0 ? ((int64_t)1 << 30) : (1 - ((int64_t)1 << 30));
-    return (int32_t)((ab + nudge) / ((int64_t)1 << 31)); /* C99 division truncates */
-}
-""")
-
-_block("rdbpot", (), r"""
-/* gemmlowp RoundingDivideByPOT: x / 2^e (0 <= e <= 31), ties away from zero.  floor(x / 2^e)
- * without >> of a negative value (implementation-defined in C99). */
-static int32_t @P@_rdbpot(int32_t x, int e)
-{
-    int32_t mask = (int32_t)(((int64_t)1 << e) - 1);
-    int32_t remainder = x & mask;
-    int32_t threshold = (mask >> 1) + (x < 0 ? 1 : 0);
-    int32_t floor = x >= 0 ? (x >> e) : ~((~x) >> e);
-    return floor + (remainder > threshold ? 1 : 0);
-}
-""")
-
-_block("requantize", ("srdhm", "rdbpot"), r"""
-/* TFLite MultiplyByQuantizedMultiplier (double rounding); the left shift saturates. */
-static int32_t @P@_requantize(int32_t x, int32_t multiplier, int32_t shift)
-{
-    int left = shift > 0 ? (int)shift : 0, right = shift > 0 ? 0 : (int)-shift;
-    int64_t v = (int64_t)x * ((int64_t)1 << left);
-    if (v > INT32_MAX)
-        v = INT32_MAX;
-    if (v < INT32_MIN)
-        v = INT32_MIN;
-    return @P@_rdbpot(@P@_srdhm((int32_t)v, multiplier), right);
-}
-""")
+# gemmlowp's SaturatingRoundingDoublingHighMul, RoundingDivideByPOT and TFLite's
+# MultiplyByQuantizedMultiplier: the chain export's own text (qatcore.export.c).
+_block("srdhm", (), C_SRDHM)
+_block("floor_shift", (), C_FLOOR_SHIFT)
+_block("rdbpot", ("floor_shift",), C_RDBPOT)
+_block("requantize", ("srdhm", "rdbpot"), C_REQUANTIZE)
 
 _block("clamp", (), r"""
 static int8_t @P@_clamp(int32_t v, int32_t lo, int32_t hi)
@@ -698,6 +665,15 @@ def _quantize_exact(real: float) -> Tuple[int, int]:
     return int(q_fixed), int(e)
 
 
+def _safe(text: str) -> str:
+    """Text for a C comment: printable ASCII only, no comment delimiters (tensor names come
+    from files and may hold anything)."""
+    text = "".join(c if 32 <= ord(c) < 127 else "_" for c in str(text))
+    while "*/" in text or "/*" in text:
+        text = text.replace("*/", "*_/").replace("/*", "/_*")
+    return text
+
+
 def _collapse(dims: Sequence[int], flags: Sequence[bool]) -> Tuple[List[int], List[bool]]:
     """Merge neighbouring axes of the same kind (and drop size-1 axes)."""
     out_d: List[int] = []
@@ -872,15 +848,70 @@ class _Writer:
                 return "{" + ", ".join(fmt(x) for x in v) + "}"
             return _c_int(v)
         body = ", ".join(fmt(v) for v in fields)
-        self.data.append(f"/* {comment} */\nstatic const {self.p}_{ctype} {cname} = "
+        self.data.append(f"/* {_safe(comment)} */\nstatic const {self.p}_{ctype} {cname} = "
                          f"{{{body}}};\n\n")
         return cname
 
     def spec(self, t: str) -> Any:
         return self.tensors[t]
 
+    def check_shapes(self, k: int, op: Any) -> None:
+        """The shapes the C loops index by: a model that is not what its op says would
+        read or write out of bounds, so it is refused here (the engine checks the same)."""
+        kind = type(op).__name__
+        ins = [tuple(int(d) for d in self.spec(t).shape) for t in op.inputs]
+        out = tuple(int(d) for d in self.spec(op.output).shape)
+        ok = True
+        if kind in ("Conv2D", "DepthwiseConv2D", "AveragePool2D", "MaxPool2D"):
+            ok = len(ins) == 1 and len(ins[0]) == 3 and len(out) == 3
+            if ok:
+                h, w, c = ins[0]
+                if kind in ("Conv2D", "DepthwiseConv2D"):
+                    wq = np.asarray(op.weights_q)
+                    kh, kw = int(wq.shape[1]), int(wq.shape[2])
+                    dh, dw = (int(v) for v in op.dilation)
+                    if kind == "Conv2D":
+                        ok = (wq.shape[0] == out[2] and c % wq.shape[3] == 0
+                              and out[2] % (c // wq.shape[3]) == 0)
+                    else:
+                        ok = wq.shape[0] == 1 and wq.shape[3] == out[2] and out[2] % c == 0
+                else:
+                    kh, kw = (int(v) for v in op.pool)
+                    dh = dw = 1
+                    ok = out[2] == c and max(op.padding[:2]) < kh and max(op.padding[2:]) < kw
+                sh, sw = (int(v) for v in op.stride)
+                top, bottom, left, right = (int(v) for v in op.padding)
+                ok = ok and min(sh, sw, dh, dw) >= 1 and min(top, bottom, left, right) >= 0
+                ok = ok and out[:2] == ((h + top + bottom - (kh - 1) * dh - 1) // sh + 1,
+                                        (w + left + right - (kw - 1) * dw - 1) // sw + 1)
+        elif kind in ("Add", "Mul"):
+            ok = len(ins) == 2 and ins[0] == ins[1] == out
+        elif kind in ("Relu", "Logistic", "HardSwish", "Softmax"):
+            ok = len(ins) == 1 and ins[0] == out and len(out) >= 1
+        elif kind == "Reshape":
+            ok = len(ins) == 1 and _prod(ins[0]) == _prod(out)
+        elif kind == "Pad":
+            ok = (len(ins) == 1 and len(op.paddings) == len(ins[0]) == len(out)
+                  and all(min(int(a), int(b)) >= 0 and d + int(a) + int(b) == o
+                          for d, (a, b), o in zip(ins[0], op.paddings, out)))
+        elif kind == "Concatenation":
+            rank = len(out)
+            axis = int(op.axis) % rank if rank else 0
+            ok = (rank >= 1 and all(len(i) == rank and all(i[a] == out[a] for a in range(rank)
+                                                          if a != axis) for i in ins)
+                  and sum(i[axis] for i in ins) == out[axis])
+        elif kind == "Mean":
+            rank = len(ins[0])
+            axes = {int(a) % rank for a in op.axes} if rank else set()
+            ok = len(ins) == 1 and _prod(out) == _prod(d for a, d in enumerate(ins[0])
+                                                       if a not in axes)
+        if not ok:
+            raise ValueError(f"op {k} ({kind}): the shapes {ins} -> {out} do not match the "
+                             f"op's parameters")
+
     def emit(self) -> None:
         for k, op in enumerate(self.ops):
+            self.check_shapes(k, op)
             getattr(self, f"_{type(op).__name__}")(k, op)
         # outputs listed twice, or a graph output that is a graph input
         for i, t in enumerate(self.outputs):
@@ -1070,8 +1101,8 @@ class _Writer:
 
     def _Reshape(self, k: int, op: Any) -> None:
         if op.output in self.alias:
-            self.calls.append(f"    /* op {k}: RESHAPE {op.inputs[0]} -> {op.output}: "
-                              f"same memory */")
+            self.calls.append(f"    /* op {k}: RESHAPE {_safe(op.inputs[0])} -> "
+                              f"{_safe(op.output)}: same memory */")
             return
         self.use("copy")
         self.calls.append(f"    {self.p}_copy({_prod(self.spec(op.output).shape)}, "
@@ -1085,7 +1116,7 @@ class _Writer:
         outer = _prod(y.shape[:axis])
         inner = [_prod(self.spec(t).shape[axis:]) for t in op.inputs]
         pre = f"{self.p}_op{k}"
-        self.data.append(f"/* op {k}: CONCATENATION on axis {axis} -> {op.output} */\n")
+        self.data.append(f"/* op {k}: CONCATENATION on axis {axis} -> {_safe(op.output)} */\n")
         iname = self.array("int32_t", f"{pre}_inner", inner, 8)
         self.use("concat")
         ptrs = ", ".join(self.src(t) for t in op.inputs)
@@ -1221,7 +1252,7 @@ class _Writer:
             for i, (t, size) in enumerate(zip(names, sizes)):
                 s = self.spec(t)
                 shape = ", ".join(str(int(d)) for d in s.shape)
-                macros.append(f"/* {what.lower()} {i}: {t!r}, shape ({shape}) */")
+                macros.append(f"/* {what.lower()} {i}: {_safe(repr(t))}, shape ({shape}) */")
                 macros.append(f"#define {up}_{what}_{i}_SIZE {size}")
                 macros.append(f"#define {up}_{what}_{i}_OFFSET {offset}")
                 macros.append(f"#define {up}_{what}_{i}_ZERO_POINT {_macro_int(s.zero_point)}")
