@@ -201,6 +201,7 @@ class Suite:
         self.limits: List[dict] = []
         self.gemm: List[dict] = []
         self.gemm_peak: Optional[dict] = None
+        self.cnn: List[dict] = []
         self._rust_cache: Dict[tuple, Optional[dict]] = {}
         self._np_cache: Dict[tuple, Dict[str, dict]] = {}
 
@@ -491,6 +492,44 @@ class Suite:
                              med=_us(rec["median_s"]), lo=_us(rec["min_s"]),
                              hi=_us(rec["max_s"]), gops=float(rec.get("gops", float("nan")))))
 
+    # -- integer CNNs (qatcore.bench.cnn_models; bench/bench_cnn.py has the full table)
+    def bench_cnn(self):
+        try:
+            from qatcore.bench import cnn_models
+            cnn_models.build("ds_cnn", tiny=True)
+        except (ImportError, AttributeError) as exc:
+            self.log(f"  (integer graph not available: {exc}; skipped)")
+            return
+        names = ["ds_cnn"] if self.quick else list(cnn_models.MODELS)
+        batches = [1, 4] if self.quick else [1, 64]
+        rep = self.repeat_override or (3 if self.quick else 9)
+        tmin = 5e-4 if self.quick else 0.05
+        for name in names:
+            for batch in batches:
+                for nt in self.threads:
+                    model = cnn_models.build(name, tiny=self.quick)
+                    x = cnn_models.random_codes(model, batch)
+                    base = None
+                    for impl in cnn_models.RUNTIMES:
+                        try:
+                            fn = cnn_models.runner(impl, model, batch, nt)
+                            m = measure(lambda: fn(x), rep, warmup=1, min_sample_s=tmin)
+                        except ValueError:      # a case the runtime does not run
+                            continue
+                        except Exception as exc:  # a missing or failing peer: skip it
+                            self.log(f"  cnn {name} b{batch} {nt}t {impl}: "
+                                     f"{type(exc).__name__}: {exc}")
+                            continue
+                        rec = dict(m, model=name, batch=batch, threads=nt, impl=impl,
+                                   tiny=self.quick, per_sample_s=m["median_s"] / batch)
+                        if impl == "qatcore":
+                            base = m["median_s"]
+                        rec["ratio"] = m["median_s"] / base if base else float("nan")
+                        self.cnn.append(rec)
+                        self.log(f"  cnn {name:<17} b{batch:<3} {nt}t {impl:<15} "
+                                 f"{_us(rec['per_sample_s']):>9} µs/sample  "
+                                 f"×{rec['ratio']:.2f}")
+
     def machine(self) -> dict:
         info = {
             "platform": platform.platform(),
@@ -584,6 +623,36 @@ def format_table(rows: List[dict]) -> str:
     lines.append(fmt(hdr))
     lines.append("  ".join("-" * w for w in widths))
     lines.extend(fmt(c) for c in table)
+    return "\n".join(lines)
+
+
+def format_cnn_table(recs: List[dict]) -> str:
+    """One line per (model, batch, threads), one column per runtime: 'µs (×ratio)'."""
+    impls: List[str] = []
+    keys: List[tuple] = []
+    for r in recs:
+        if r["impl"] not in impls:
+            impls.append(r["impl"])
+        key = (r["model"] + (" (tiny)" if r.get("tiny") else ""), r["batch"], r["threads"])
+        if key not in keys:
+            keys.append(key)
+    hdr = ["model", "batch", "thr"] + impls
+    table = []
+    for key in keys:
+        cells = [key[0], str(key[1]), str(key[2])]
+        for impl in impls:
+            hit = [r for r in recs if (r["model"] + (" (tiny)" if r.get("tiny") else ""),
+                                       r["batch"], r["threads"]) == key and r["impl"] == impl]
+            if not hit:
+                cells.append("–")
+            elif impl == "qatcore":
+                cells.append(_us(hit[0]["per_sample_s"]))
+            else:
+                cells.append(f"{_us(hit[0]['per_sample_s'])} (×{hit[0]['ratio']:.2f})")
+        table.append(cells)
+    widths = [max(len(h), *(len(t[i]) for t in table)) for i, h in enumerate(hdr)]
+    lines = ["  ".join(h.ljust(w) for h, w in zip(hdr, widths))]
+    lines += ["  ".join(c.ljust(w) for c, w in zip(t, widths)) for t in table]
     return "\n".join(lines)
 
 
@@ -701,11 +770,12 @@ def build_parser() -> argparse.ArgumentParser:
                    help="timed runs per figure (default: 25 at 2^20, 9 at 2^24, 7 quick)")
     p.add_argument("--no-torch", action="store_true", help="skip the torch columns")
     p.add_argument("--only", default=None, metavar="PART[,PART...]",
-                   help="run only some parts: limits, observe, fake_quantize, small, gemm")
+                   help="run only some parts: limits, observe, fake_quantize, small, gemm, "
+                        "cnn")
     return p
 
 
-PARTS = ("limits", "observe", "fake_quantize", "small", "gemm")
+PARTS = ("limits", "observe", "fake_quantize", "small", "gemm", "cnn")
 
 
 def run(quick: bool = False, threads: Optional[List[int]] = None, repeat: Optional[int] = None,
@@ -745,7 +815,8 @@ def run(quick: bool = False, threads: Optional[List[int]] = None, repeat: Option
         _run_parts(suite, parts, log)
     return {"machine": m, "quick": quick, "threads": threads, "limits": suite.limits,
             "rows": suite.rows, "skipped": suite.skipped, "gemm": suite.gemm,
-            "gemm_peak": suite.gemm_peak, "elapsed_s": time.perf_counter() - t0}
+            "gemm_peak": suite.gemm_peak, "cnn": suite.cnn,
+            "elapsed_s": time.perf_counter() - t0}
 
 
 def _run_parts(suite: "Suite", parts, log) -> None:
@@ -764,6 +835,10 @@ def _run_parts(suite: "Suite", parts, log) -> None:
     if "gemm" in parts:
         log("int8 GEMM:")
         suite.bench_gemm()
+    if "cnn" in parts:
+        log("integer CNNs (forward_int8 vs LiteRT, TFLM, onnxruntime; "
+            "bench/bench_cnn.py for the full table):")
+        suite.bench_cnn()
 
 
 def main(argv=None) -> int:
@@ -805,6 +880,10 @@ def main(argv=None) -> int:
         print()
         print("int8 GEMM (median µs, spread, GOPS = 2·M·K·N / median):")
         print(format_gemm_table(result["gemm"]))
+    if result["cnn"]:
+        print()
+        print("integer CNNs (median µs per sample; × = runtime time / qatcore time):")
+        print(format_cnn_table(result["cnn"]))
     if args.json:
         tmp = args.json + ".tmp"
         with open(tmp, "w") as fh:

@@ -204,6 +204,22 @@ def onnx_model(model: Any, *, opset: int = DEFAULT_OPSET) -> Any:
     return proto
 
 
+def check_onnx_path(path: Any) -> Any:
+    """``os.fspath(path)``, checked: a file path (not a directory) in an existing, writable
+    directory (shared with :mod:`qatcore.export.onnx_graph`)."""
+    if not isinstance(path, (str, os.PathLike)):
+        raise TypeError(f"path must be a path, got {type(path).__name__}")
+    path = os.fspath(path)
+    parent = os.path.dirname(os.path.abspath(path))
+    if os.path.isdir(path):
+        raise ValueError(f"path {path!r} is a directory")
+    if not os.path.isdir(parent):
+        raise ValueError(f"path {path!r}: directory {parent!r} does not exist")
+    if not os.access(parent, os.W_OK | os.X_OK):
+        raise ValueError(f"path {path!r}: directory {parent!r} is not writable")
+    return path
+
+
 def to_onnx(model: Any, path: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
     """Write `model` as an ONNX file in the QDQ form (see the module docstring).
 
@@ -253,16 +269,7 @@ def to_onnx(model: Any, path: PathLike, *, opset: int = DEFAULT_OPSET) -> str:
     ...     os.path.getsize(path) > 0
     True
     """
-    if not isinstance(path, (str, os.PathLike)):
-        raise TypeError(f"path must be a path, got {type(path).__name__}")
-    path = os.fspath(path)
-    parent = os.path.dirname(os.path.abspath(path))
-    if os.path.isdir(path):
-        raise ValueError(f"path {path!r} is a directory")
-    if not os.path.isdir(parent):
-        raise ValueError(f"path {path!r}: directory {parent!r} does not exist")
-    if not os.access(parent, os.W_OK | os.X_OK):
-        raise ValueError(f"path {path!r}: directory {parent!r} is not writable")
+    path = check_onnx_path(path)
     proto = onnx_model(model, opset=opset)
     write_files_atomic([(path, proto.SerializeToString())])
     return path
