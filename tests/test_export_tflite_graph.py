@@ -371,3 +371,17 @@ def test_exporter_does_not_import_the_model_package():
             assert "model" not in (node.module or "").split("."), node.module
         elif isinstance(node, ast.Import):
             assert not any("qatcore.model" in a.name for a in node.names)
+
+
+@pytest.mark.parametrize("net", list(G.NETS))
+def test_litert_ref_rounding_is_one_call(net):
+    """forward_int8(rounding="litert_ref") is LiteRT's BUILTIN_REF in one call, on nets
+    that mix CONV_2D (double rounding there) and FULLY_CONNECTED (single)."""
+    model = build(net)
+    xs = G.random_inputs(model, N_NET, 17)
+    got = run("ref", model, xs)
+    want_ = forward(model, xs, "litert_ref")
+    for g, w in zip(got, want_):
+        np.testing.assert_array_equal(g, w)
+    assert [np.array_equal(a, b) for a, b in zip(want_, G.per_op_forward(
+        model, xs, G.RUNTIME_ROUNDING["ref"]))] == [True] * len(want_)

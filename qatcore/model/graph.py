@@ -30,6 +30,9 @@ from .sequential import quantize_codes
 
 __all__ = ["TensorSpec", "QuantizedModel", "MAX_TENSORS", "MAX_OPS", "MAX_FILE_BYTES"]
 
+#: The ``rounding="litert_ref"`` code: per op, 1 (single) for FULLY_CONNECTED, else 0.
+LITERT_REF = 3
+
 PathLike = Union[str, "os.PathLike[str]"]
 #: Bounds of a graph (and of the files :meth:`QuantizedModel.load` accepts).
 MAX_TENSORS = 4096
@@ -147,7 +150,10 @@ class _Plan:
         values = self.template.copy()
         values[:len(xs)] = xs
         for op, ins, out in self.steps:
-            op._run([values[i] for i in ins], values[out], rounding, n_threads)
+            r = rounding
+            if r == LITERT_REF:     # LiteRT's reference kernels: FC rounds once, the rest twice
+                r = 1 if type(op).__name__ == "FullyConnected" else 0
+            op._run([values[i] for i in ins], values[out], r, n_threads)
         return [values[t].copy() for t in self.outputs]
 
 
@@ -336,11 +342,15 @@ class QuantizedModel:
         ----------
         x_q : ndarray of int8, shape (batch, *input shape), or a list of them
             One per graph input, in the inputs' quantization.
-        rounding : {"gemmlowp", "single", "neon"}
+        rounding : {"gemmlowp", "single", "neon", "litert_ref"}
             How ``MultiplyByQuantizedMultiplier`` rounds: TFLite's default double rounding
-            (TFLM), ``TFLITE_SINGLE_ROUNDING`` (LiteRT's reference kernels), or the NEON
-            GEMM epilogue of LiteRT's optimized kernels (conv, depthwise, fully connected;
-            the other ops compute the double rounding then; see each op's module).
+            (TFLM), ``TFLITE_SINGLE_ROUNDING`` everywhere, the NEON GEMM epilogue of
+            LiteRT's optimized kernels (``BUILTIN_WITHOUT_DEFAULT_DELEGATES``; conv,
+            depthwise, fully connected; the other ops compute the double rounding then),
+            or ``"litert_ref"``: what ai-edge-litert 2.3's reference kernels
+            (``BUILTIN_REF``) compute, single rounding in FULLY_CONNECTED and double
+            rounding in every other op (measured: their conv, depthwise, add, mul and mean
+            round twice).
 
         Returns
         -------
@@ -351,7 +361,7 @@ class QuantizedModel:
         TypeError, ValueError
             Not int8, a wrong shape, an unknown `rounding`.
         """
-        r = rounding_code(rounding)
+        r = LITERT_REF if rounding == "litert_ref" else rounding_code(rounding)
         xs = self._codes(x_q)
         batch = xs[0].shape[0]
         if batch == 0:
