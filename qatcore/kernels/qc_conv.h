@@ -247,9 +247,23 @@ static inline void qc_pool_tap(int32_t *restrict acc, const int8_t *restrict x, 
     }
 }
 
+/* Output columns [ox0, ox1) whose tap at kernel column kx (dilation dw, stride sw, left
+   padding pl) lies inside the image's w columns: ix = ox * sw - pl + kx * dw in [0, w). */
+static inline void qc_valid_cols(ptrdiff_t ow, ptrdiff_t w, int sw, int pl, ptrdiff_t off_k,
+                                 ptrdiff_t *ox0, ptrdiff_t *ox1) {
+    ptrdiff_t lo_num = pl - off_k, hi_num = w - 1 + pl - off_k;   /* ox*sw in [lo, hi] */
+    ptrdiff_t a = lo_num <= 0 ? 0 : (lo_num + sw - 1) / sw;
+    ptrdiff_t b = hi_num < 0 ? 0 : hi_num / sw + 1;
+    *ox0 = a;
+    *ox1 = b < ow ? b : ow;
+}
+
 /* Rows [r0, r1) of the (n * oh) output rows.  weights (kh, kw, c * mult) int8; bias
    (c * mult) int32 or NULL; output channel oc = ic * mult + j reads input channel ic
-   (TFLite: m + ic * depth_multiplier).  acc is scratch of c * mult int32. */
+   (TFLite: m + ic * depth_multiplier).  acc is scratch of ow * c * mult int32: a whole
+   output row is accumulated tap by tap (the in-image columns of each tap found once, no
+   per-pixel bounds test) and requantized in one pass.  Out-of-image taps contribute
+   nothing, as TFLite's in-bounds test. */
 static void qc_depthwise_rows(const int8_t *x, const qc_window_t *g, int mult,
                               const int8_t *weights, const int32_t *bias,
                               int32_t input_offset, const int32_t *multiplier,
@@ -261,34 +275,36 @@ static void qc_depthwise_rows(const int8_t *x, const qc_window_t *g, int mult,
     for (r = r0; r < r1; r++) {
         ptrdiff_t b = r / g->oh, oy = r % g->oh;
         const int8_t *img = x + b * g->h * g->w * g->c;
-        for (ox = 0; ox < g->ow; ox++) {
+        for (ox = 0; ox < g->ow; ox++)
             for (oc = 0; oc < cm; oc++)
-                acc[oc] = bias ? bias[oc] : 0;
-            for (ky = 0; ky < g->kh; ky++) {
-                ptrdiff_t iy = oy * g->sh - g->pt + (ptrdiff_t)ky * g->dh;
-                if (iy < 0 || iy >= g->h)
-                    continue;
-                for (kx = 0; kx < g->kw; kx++) {
-                    ptrdiff_t ix = ox * g->sw - g->pl + (ptrdiff_t)kx * g->dw;
-                    const int8_t *xi, *wt;
-                    if (ix < 0 || ix >= g->w)
-                        continue;
-                    xi = img + (iy * g->w + ix) * g->c;
-                    wt = weights + ((ptrdiff_t)ky * g->kw + kx) * cm;
+                acc[ox * cm + oc] = bias ? bias[oc] : 0;
+        for (ky = 0; ky < g->kh; ky++) {
+            ptrdiff_t iy = oy * g->sh - g->pt + (ptrdiff_t)ky * g->dh;
+            const int8_t *row;
+            if (iy < 0 || iy >= g->h)
+                continue;
+            row = img + iy * g->w * g->c;
+            for (kx = 0; kx < g->kw; kx++) {
+                ptrdiff_t off_k = (ptrdiff_t)kx * g->dw, ox0, ox1;
+                const int8_t *wt = weights + ((ptrdiff_t)ky * g->kw + kx) * cm;
+                qc_valid_cols(g->ow, g->w, g->sw, g->pl, off_k, &ox0, &ox1);
+                for (ox = ox0; ox < ox1; ox++) {
+                    const int8_t *xi = row + (ox * g->sw - g->pl + off_k) * g->c;
+                    int32_t *a = acc + ox * cm;
                     if (mult == 1) {
-                        qc_dw_tap(acc, xi, wt, cm, input_offset);
+                        qc_dw_tap(a, xi, wt, cm, input_offset);
                     } else {
                         for (ic = 0; ic < g->c; ic++) {
                             int32_t v = (int32_t)xi[ic] + input_offset;
                             for (j = 0; j < mult; j++)
-                                acc[ic * mult + j] += (int32_t)wt[ic * mult + j] * v;
+                                a[ic * mult + j] += (int32_t)wt[ic * mult + j] * v;
                         }
                     }
                 }
             }
-            qc_requantize_rows_r(acc, 1, cm, multiplier, shift, out_zp, qmin, qmax, rounding,
-                                 out + (r * g->ow + ox) * cm, cm);
         }
+        qc_requantize_rows_r(acc, g->ow, cm, multiplier, shift, out_zp, qmin, qmax, rounding,
+                             out + r * g->ow * cm, cm);
     }
 }
 
@@ -298,10 +314,11 @@ static int qc_depthwise_i8(const int8_t *x, const qc_window_t *g, int mult,
                            int32_t qmin, int32_t qmax, int rounding, int8_t *out,
                            int n_threads) {
     ptrdiff_t rows = g->n * g->oh, cm = g->c * mult;
-    size_t acc_bytes = sizeof(int32_t) * (size_t)(cm > 0 ? cm : 1);
+    size_t acc_bytes;
     int status = 0;
     if (rows <= 0 || g->ow <= 0 || cm <= 0)
         return 0;
+    acc_bytes = sizeof(int32_t) * (size_t)g->ow * (size_t)cm;   /* one output row */
     if (n_threads <= 1 || rows < 2 || !qc_openmp_enabled()
             || rows * g->ow * cm * g->kh * g->kw < ((ptrdiff_t)1 << 16)) {
         int32_t *acc = (int32_t *)malloc(acc_bytes);
