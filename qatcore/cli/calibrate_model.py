@@ -42,6 +42,17 @@ def _parser():
     p.add_argument("--image-std", type=float, nargs=3, default=(0.5, 0.5, 0.5))
     p.add_argument("--json", dest="json_path", metavar="FILE", help="write the calibration JSON")
     p.add_argument("--qdq", dest="qdq_path", metavar="OUT.onnx", help="write the QDQ int8 model")
+    p.add_argument("--qdq-writer", choices=("qatcore", "onnxruntime"), default="qatcore",
+                   help="qatcore: its own placement (quantizers where an int8 runtime reads "
+                        "codes; default); onnxruntime: quantize_static fed these ranges")
+    p.add_argument("--preset", choices=("auto", "cnn", "transformer"), default="auto",
+                   help="placement preset of the qatcore writer (auto: transformer when the "
+                        "graph has attention, else cnn)")
+    p.add_argument("--quantize-fragile", action="store_true",
+                   help="also quantize Softmax/Sigmoid/HardSigmoid inputs and the model output")
+    p.add_argument("--max-clip", type=float, default=0.001, metavar="SHARE",
+                   help="share of observed values a range may clip before a clipping method "
+                        "falls back to the 99.99th percentile (default 0.001)")
     p.add_argument("--per-tensor-weights", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
     p.add_argument("--no-preprocess", action="store_true",
@@ -122,7 +133,9 @@ def main(argv=None) -> int:
             image_mean=tuple(args.image_mean), image_std=tuple(args.image_std),
             json_path=tmps["json_path"], qdq_path=tmps["qdq_path"],
             per_channel=not args.per_tensor_weights, preprocess=not args.no_preprocess,
-            progress=not args.quiet and sys.stderr.isatty())
+            progress=not args.quiet and sys.stderr.isatty(), max_clip=args.max_clip,
+            qdq_writer=args.qdq_writer, preset=args.preset,
+            quantize_fragile=args.quantize_fragile, warn=False)
         mask = os.umask(0)
         os.umask(mask)
         for key, tmp in tmps.items():
@@ -148,6 +161,8 @@ def main(argv=None) -> int:
                     os.unlink(tmp)
                 except OSError:
                     pass
+    for text in result.warnings:
+        print(f"qatcore: warning: {text}", file=sys.stderr)
     if not args.quiet:
         print(f"calibrated {len(result)} tensors of {args.model} over {result.batches} batches "
               f"({result.samples} samples) with {args.method} in {result.seconds:.2f} s")
@@ -155,6 +170,8 @@ def main(argv=None) -> int:
             print(f"ranges: {args.json_path}")
         if args.qdq_path:
             print(f"QDQ model: {args.qdq_path}")
+            if result.placement is not None:
+                print(f"placement: {result.placement.summary()}")
         if not args.json_path and not args.qdq_path:
             json.dump(result.to_json()["tensors"], sys.stdout, indent=1)
             print()

@@ -27,13 +27,22 @@ from typing import Dict, Iterator, Mapping, Tuple
 import numpy as np
 
 from ..config import ObserverMethod
-from ..histogram import HistogramObserver
+from ..histogram import HistogramObserver, percentile_threshold
 from ..observer import QuantObserver
 
-__all__ = ["calibrate_model", "CalibrationResult", "METHODS", "iter_inputs"]
+__all__ = ["calibrate_model", "CalibrationResult", "CalibrationWarning", "METHODS",
+           "iter_inputs", "preprocess_model", "write_qdq", "write_qdq_onnxruntime"]
 
 #: Calibration methods of :func:`calibrate_model`.
-METHODS = ("min_max", "mean_std", "percentile", "entropy", "entropy_signed", "mse")
+METHODS = ("min_max", "mean_min_max", "mean_std", "percentile", "entropy", "entropy_signed",
+           "mse")
+
+#: Methods whose range may cut deep into the observed values (a search over the histogram,
+#: or a statistic); they fall back when they do (see ``max_clip``).
+CLIPPING_METHODS = ("entropy", "entropy_signed", "mse", "mean_std", "mean_min_max")
+
+#: Fallback percentile (per side) of a method that clipped too much.
+FALLBACK_PERCENTILE = 99.99
 
 _IMAGE_EXT = (".png", ".jpg", ".jpeg", ".bmp", ".gif", ".tif", ".tiff", ".webp")
 _MAX_FILE_BYTES = 1 << 30          # calibration files are read whole: refuse anything huge
@@ -60,15 +69,68 @@ class CalibrationResult(dict):
     seconds: float = 0.0
     model: str = ""
     options: dict = {}
+    #: tensor -> why a search method's range fell back to a percentile
+    fallbacks: dict = {}
+    #: tensor -> ((lo, hi) of the method, (lo, hi) held inside what its op can output)
+    held: dict = {}
+    #: tensor -> share of the observed values outside the range (where a histogram exists)
+    clipped: dict = {}
+    #: what the caller should know (also emitted as CalibrationWarning)
+    warnings: list = []
+    #: tensor -> (counts, edges) when keep_histograms
+    histograms: dict = {}
+    #: the qatcore QDQ writer's Placement, when it wrote one
+    placement = None
 
     def to_json(self) -> dict:
         """The calibration JSON (format ``qatcore-calibration/1``)."""
-        return {"format": "qatcore-calibration/1", "model": self.model, "method": self.method,
-                "options": self.options, "batches": self.batches, "samples": self.samples,
-                "tensors": {k: {"min": v[0], "max": v[1]} for k, v in sorted(self.items())}}
+        doc = {"format": "qatcore-calibration/1", "model": self.model, "method": self.method,
+               "options": self.options, "batches": self.batches, "samples": self.samples,
+               "tensors": {k: {"min": v[0], "max": v[1]} for k, v in sorted(self.items())}}
+        if self.fallbacks:
+            doc["fallbacks"] = dict(sorted(self.fallbacks.items()))
+        if self.held:
+            doc["held_to_op_range"] = {k: {"method": list(a), "held": list(b)}
+                                       for k, (a, b) in sorted(self.held.items())}
+        if self.warnings:
+            doc["warnings"] = list(self.warnings)
+        return doc
+
+
+class CalibrationWarning(UserWarning):
+    """A calibration range clips much of what was observed, or the model's output."""
+
+
+class MeanMinMaxObserver:
+    """The mean over batches of each batch's min and max (NNCF's ``MEAN_MINMAX``; less
+    swayed by one batch's outlier than the global min/max)."""
+
+    __slots__ = ("_batch", "_lo", "_hi", "_n")
+
+    def __init__(self):
+        self._batch = QuantObserver(ObserverMethod.MIN_MAX)
+        self._lo = self._hi = 0.0
+        self._n = 0
+
+    def observe(self, x) -> None:
+        if np.size(x) == 0:
+            return
+        self._batch.observe(x)
+        lo, hi = self._batch.range()
+        self._batch.reset()
+        self._lo += float(lo)
+        self._hi += float(hi)
+        self._n += 1
+
+    def range(self):
+        if self._n == 0:
+            return math.inf, -math.inf
+        return self._lo / self._n, self._hi / self._n
 
 
 def _make_observer(method, percentile, symmetric, bins):
+    if method == "mean_min_max":
+        return MeanMinMaxObserver()
     if method == "min_max":
         return QuantObserver(ObserverMethod.MIN_MAX)
     if method == "mean_std":
@@ -195,7 +257,9 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
                     bins=2048, op_types=None, image_size=None, image_mean=(0.5, 0.5, 0.5),
                     image_std=(0.5, 0.5, 0.5), json_path=None, qdq_path=None,
                     per_channel=True, preprocess=True, progress=False,
-                    providers=None, session_options=None) -> CalibrationResult:
+                    providers=None, session_options=None, max_clip=0.001,
+                    qdq_writer="qatcore", preset="auto", quantize_fragile=False,
+                    keep_float=(), keep_histograms=False, warn=True) -> CalibrationResult:
     """Calibrate every activation of an ONNX model over `data`; optionally write QDQ.
 
     Parameters
@@ -213,9 +277,10 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
         0.5 by default), NCHW.
     method : str, default "min_max"
         One of :data:`METHODS`: ``min_max`` / ``mean_std`` (:class:`QuantObserver`),
-        ``percentile``, ``entropy`` (TensorRT / ModelOpt KL on ``|x|``),
-        ``entropy_signed`` (onnxruntime's KL), ``mse`` (ModelOpt) — the histogram methods
-        use :class:`HistogramObserver` with `bins`.
+        ``mean_min_max`` (the mean of each batch's min and max), ``percentile``,
+        ``entropy`` (TensorRT / ModelOpt KL on ``|x|``), ``entropy_signed``
+        (onnxruntime's KL), ``mse`` (ModelOpt) — the histogram methods use
+        :class:`HistogramObserver` with `bins`.
     percentile : float, default 99.999
         For ``percentile`` (onnxruntime's default).
     symmetric : bool, default False
@@ -227,9 +292,29 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
     json_path : path, optional
         Write the calibration JSON there.
     qdq_path : path, optional
-        Write the statically quantized QDQ model there (onnxruntime ``quantize_static``
-        fed these ranges as its calibration cache; weights int8 per channel when
-        `per_channel`, activations int8 per tensor, bias int32).
+        Write the statically quantized QDQ model there (see `qdq_writer`).
+    max_clip : float, default 0.001
+        The share of a tensor's observed values a range may leave outside. A search method
+        (``entropy``, ``entropy_signed``, ``mse``) whose cut drops more, or lands at or
+        below the tensor's own smallest magnitude, falls back to the 99.99th percentile per
+        side (``result.fallbacks`` says which tensors and why); any method that still
+        clips more than this, or that clips the model's output, is reported in
+        ``result.warnings`` and as a :class:`CalibrationWarning` (when `warn`).
+    qdq_writer : {"qatcore", "onnxruntime"}, default "qatcore"
+        ``qatcore``: :func:`qatcore.onnx.qdq.write_qdq` with the placement `preset`
+        (quantizers where an integer runtime consumes int8; see
+        :mod:`qatcore.onnx.placement`); ``onnxruntime``: onnxruntime's ``quantize_static``
+        fed these ranges as its calibration cache (Q/DQ on every tensor it knows).
+    preset : {"auto", "cnn", "transformer"}, default "auto"
+        Placement preset of the qatcore writer (``auto``: ``transformer`` when the graph
+        has attention, a Softmax feeding a MatMul; else ``cnn``).
+    quantize_fragile : bool, default False
+        qatcore writer: also quantize Softmax / Sigmoid / HardSigmoid inputs and the
+        model's outputs.
+    keep_float : sequence of str
+        qatcore writer: names of nodes to leave float (e.g. from a sensitivity ranking).
+    keep_histograms : bool, default False
+        Keep a histogram of every tensor in ``result.histograms`` (for a report).
     preprocess : bool, default True
         First run onnxruntime's ``quant_pre_process`` (graph optimizations: constants
         folded into initializers, BatchNorm fused into Conv; symbolic shape inference
@@ -247,6 +332,11 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
         optimizations on; onnxruntime's own calibrators turn them off, which changes
         activations in the last float digits).
 
+    Every range is held inside what its producing op can output (ReLU ``>= 0``, Clip /
+    ReLU6 its ``[min, max]``, Sigmoid / HardSigmoid / Softmax ``[0, 1]``, carried through
+    pooling and reshapes): ``result.held`` lists the ranges that moved. The model's
+    inputs are observed in every batch.
+
     Returns
     -------
     CalibrationResult
@@ -261,22 +351,45 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
     onnx, ort = _require()
     if method not in METHODS:
         raise ValueError(f"method must be one of {METHODS}, got {method!r}")
+    if qdq_writer not in ("qatcore", "onnxruntime"):
+        raise ValueError(f"qdq_writer must be 'qatcore' or 'onnxruntime', got {qdq_writer!r}")
+    if not (isinstance(max_clip, (int, float)) and 0.0 <= max_clip <= 1.0):
+        raise ValueError(f"max_clip must be a share in [0, 1], got {max_clip!r}")
+    from .placement import PRESETS
+    if preset not in PRESETS + ("auto",):
+        raise ValueError(f"preset must be one of {PRESETS + ('auto',)}, got {preset!r}")
     _make_observer(method, percentile, symmetric, bins)          # check options early
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ValueError(f"model_path: {model_path} is not a file")
+    opts = dict(method=method, percentile=percentile, symmetric=symmetric, bins=bins,
+                op_types=op_types, image_size=image_size, image_mean=image_mean,
+                image_std=image_std, json_path=json_path, qdq_path=qdq_path,
+                per_channel=per_channel, progress=progress, providers=providers,
+                session_options=session_options, max_clip=float(max_clip),
+                qdq_writer=qdq_writer, preset=preset, quantize_fragile=quantize_fragile,
+                keep_float=tuple(keep_float), keep_histograms=keep_histograms, warn=warn)
     if preprocess:
-        from onnxruntime.quantization.shape_inference import quant_pre_process
         with tempfile.TemporaryDirectory(prefix="qatcore.pre.") as tmp:
             pre = Path(tmp) / "pre.onnx"
-            quant_pre_process(str(model_path), str(pre), skip_symbolic_shape=True)
-            _raise_opset(onnx, pre)
-            return _calibrate(onnx, ort, pre, model_path, data, method, percentile, symmetric,
-                              bins, op_types, image_size, image_mean, image_std, json_path,
-                              qdq_path, per_channel, progress, providers, session_options)
-    return _calibrate(onnx, ort, model_path, model_path, data, method, percentile, symmetric,
-                      bins, op_types, image_size, image_mean, image_std, json_path, qdq_path,
-                      per_channel, progress, providers, session_options)
+            preprocess_model(model_path, pre)
+            return _calibrate(onnx, ort, pre, model_path, data, **opts)
+    return _calibrate(onnx, ort, model_path, model_path, data, **opts)
+
+
+def preprocess_model(model_path, out_path) -> None:
+    """onnxruntime's ``quant_pre_process`` (symbolic shape inference skipped) and opset
+    raised to 13: what :func:`calibrate_model` does first when `preprocess`."""
+    onnx, _ = _require()
+    import logging
+    from onnxruntime.quantization.shape_inference import quant_pre_process
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        quant_pre_process(str(model_path), str(out_path), skip_symbolic_shape=True)
+    finally:
+        logging.disable(previous)
+    _raise_opset(onnx, out_path)
 
 
 class _Runner:
@@ -329,14 +442,49 @@ def _raise_opset(onnx, path, opset=13):
         onnx.save(onnx.version_converter.convert_version(model, opset), str(path))
 
 
-def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, symmetric, bins,
-               op_types, image_size, image_mean, image_std, json_path, qdq_path, per_channel,
-               progress, providers, session_options):
+def _clipped_share(hist_obs, lo, hi) -> float:
+    """Share of the observed values outside ``[lo, hi]`` (to one histogram bin)."""
+    counts, edges = hist_obs.histogram(False)
+    n = counts.sum()
+    if n == 0:
+        return 0.0
+    out = counts[edges[1:] <= lo].sum() + counts[edges[:-1] > hi].sum()
+    return float(out) / float(n)
+
+
+def _observed_extent(hist_obs):
+    """(lowest, highest) observed value, to one bin, from a histogram."""
+    counts, edges = hist_obs.histogram(False)
+    nz = np.flatnonzero(counts)
+    if nz.size == 0:
+        return 0.0, 0.0
+    return float(edges[nz[0]]), float(edges[nz[-1] + 1])
+
+
+def _smallest_magnitude_cut(hist_obs, lo, hi) -> bool:
+    """True when a cut lands at or below the tensor's own smallest magnitude: every value
+    of one sign lies at or beyond it (a saturated gate cut at its minimum)."""
+    counts, edges = hist_obs.histogram(False)
+    nz = np.flatnonzero(counts)
+    if nz.size == 0:
+        return False
+    low, high = edges[nz[0]], edges[nz[-1] + 1]
+    return bool((low >= 0 and hi <= low and high > 0) or (high <= 0 and lo >= high and low < 0))
+
+
+def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, symmetric,
+               bins, op_types, image_size, image_mean, image_std, json_path, qdq_path,
+               per_channel, progress, providers, session_options, max_clip, qdq_writer,
+               preset, quantize_fragile, keep_float, keep_histograms, warn):
+    from .graph import GraphIndex, hold_to_op_bounds, op_output_bounds
+
     model = onnx.load(str(model_path))
+    index = GraphIndex(model)
     names, value_infos = tensors_to_calibrate(model, op_types)
+    graph_inputs = set(index.graph_inputs)
     outputs_now = {o.name for o in model.graph.output}
     for n in names:
-        if n not in outputs_now:
+        if n not in outputs_now and n not in graph_inputs:
             model.graph.output.append(value_infos[n])
 
     input_names = [i.name for i in model.graph.input
@@ -350,10 +498,20 @@ def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, sym
     so.log_severity_level = 3
     sess = ort.InferenceSession(model.SerializeToString(), so,
                                 providers=providers or ["CPUExecutionProvider"])
-    del model
     out_names = [o.name for o in sess.get_outputs()]
-    wanted = [n for n in out_names if n in set(names)]
-    observers = {n: _make_observer(method, percentile, symmetric, bins) for n in wanted}
+    name_set = set(names)
+    # The model's inputs are read from the feed, never from the session: onnxruntime
+    # hands a graph input exposed as an output back from its first batch's buffer when
+    # outputs are bound (I/O binding), which kept only the first batch's input range.
+    fed = [n for n in names if n in graph_inputs]
+    wanted = [n for n in out_names if n in name_set and n not in graph_inputs]
+    observers = {n: _make_observer(method, percentile, symmetric, bins) for n in fed + wanted}
+    # A histogram beside the observers that keep none: to measure what a range clips
+    # (mean_std, mean_min_max) and for a report.
+    companions = {}
+    if method in ("mean_std", "mean_min_max") or (keep_histograms and method == "min_max"):
+        companions = {n: HistogramObserver("percentile", bins=min(bins, 512))
+                      for n in fed + wanted}
 
     total = len(data) if hasattr(data, "__len__") and not isinstance(data, (str, os.PathLike, np.ndarray, Mapping)) else None
     if isinstance(data, (str, os.PathLike)) and Path(data).is_dir():
@@ -362,20 +520,28 @@ def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, sym
     stream = sys.stderr
     t0 = time.perf_counter()
     batches = samples = 0
+
+    def observe(name, value):
+        try:
+            observers[name].observe(value)
+            if companions:
+                companions[name].observe(value)
+        except ValueError as exc:
+            raise ValueError(f"tensor {name!r} in batch {batches}: {exc}") from None
+
     for feed in iter_inputs(data, input_names, image_size, image_mean, image_std):
         feed = {k: np.ascontiguousarray(v, dtype=np.float32) if v.dtype.kind == "f" else v
                 for k, v in feed.items()}
         _check_finite_inputs(feed, batches)
+        for name in fed:
+            observe(name, feed[name])
         try:
-            values = runner.run(feed)
+            values = runner.run(feed) if wanted else []
         except Exception as exc:   # onnxruntime raises its own exception types
             raise ValueError(f"data batch {batches}: onnxruntime could not run the model on "
                              f"it ({type(exc).__name__}: {exc})") from None
         for name, value in zip(wanted, values):
-            try:
-                observers[name].observe(value)
-            except ValueError as exc:
-                raise ValueError(f"tensor {name!r} in batch {batches}: {exc}") from None
+            observe(name, value)
         del values                   # memory stays at one batch's activations (+ the reused buffers)
         batches += 1
         first = next(iter(feed.values()))
@@ -389,23 +555,97 @@ def _calibrate(onnx, ort, model_path, source_path, data, method, percentile, sym
         raise ValueError("data: no calibration batches")
 
     result = CalibrationResult()
-    for name in wanted:
-        lo, hi = observers[name].range()
-        result[name] = (float(lo), float(hi))
+    result.fallbacks, result.held, result.clipped, result.warnings = {}, {}, {}, []
+    result.histograms = {}
+    model_outputs = set(index.graph_outputs)
+    for name in fed + wanted:
+        obs = observers[name]
+        lo, hi = (float(v) for v in obs.range())
+        hist = obs if isinstance(obs, HistogramObserver) else companions.get(name)
+        if hist is not None and method in CLIPPING_METHODS:
+            share = _clipped_share(hist, lo, hi)
+            at_min = _smallest_magnitude_cut(hist, lo, hi)
+            if share > max_clip or at_min:
+                why = ("cut at the tensor's own smallest magnitude" if at_min else
+                       f"left {100 * share:.2f} % of the values outside (> {100 * max_clip:g} %)")
+                counts, edges = hist.histogram(False)
+                flo, fhi = percentile_threshold(counts, edges, FALLBACK_PERCENTILE, False)
+                o_lo, o_hi = _observed_extent(hist)
+                flo, fhi = max(float(flo), min(o_lo, 0.0)), min(float(fhi), max(o_hi, 0.0))
+                result.fallbacks[name] = (f"{method} {why}; fell back to percentile "
+                                          f"{FALLBACK_PERCENTILE} per side")
+                lo, hi = flo, fhi
+        bounds = op_output_bounds(index, name)
+        new = hold_to_op_bounds(lo, hi, bounds)
+        if new != (lo, hi):
+            result.held[name] = ((lo, hi), new)
+            lo, hi = new
+        result[name] = (lo, hi)
+        if hist is not None:
+            share = _clipped_share(hist, lo, hi)
+            result.clipped[name] = share
+            if keep_histograms:
+                result.histograms[name] = hist.histogram(False)
+            if name in model_outputs:
+                o_lo, o_hi = _observed_extent(hist)
+                span = max(o_hi - o_lo, 1e-30)
+                if share > 0 or (o_hi - hi) > 0.01 * span or (lo - o_lo) > 0.01 * span:
+                    result.warnings.append(
+                        f"{method} clips the model output {name!r} to [{lo:.4g}, {hi:.4g}] "
+                        f"(observed about [{o_lo:.4g}, {o_hi:.4g}], {100 * share:.2f} % of "
+                        f"the values outside)")
+    heavy = sorted(((s, n) for n, s in result.clipped.items()
+                    if s > max_clip and n not in model_outputs), reverse=True)
+    if heavy:
+        worst = ", ".join(f"{n!r} {100 * s:.2f} %" for s, n in heavy[:4])
+        result.warnings.append(
+            f"{method} leaves more than {100 * max_clip:g} % of the observed values outside "
+            f"the range of {len(heavy)} tensors (worst: {worst}{', …' if len(heavy) > 4 else ''})")
+    if result.fallbacks:
+        first = ", ".join(repr(n) for n in list(result.fallbacks)[:4])
+        result.warnings.append(
+            f"{method}: {len(result.fallbacks)} tensors fell back to percentile "
+            f"{FALLBACK_PERCENTILE} per side ({first}{', …' if len(result.fallbacks) > 4 else ''}; "
+            f"result.fallbacks says why)")
     result.method, result.batches, result.samples = method, batches, samples
     result.model = str(source_path)
-    result.options = {"percentile": percentile, "symmetric": symmetric, "bins": bins}
+    result.options = {"percentile": percentile, "symmetric": symmetric, "bins": bins,
+                      "max_clip": max_clip}
     result.seconds = time.perf_counter() - t0
+    if warn:
+        import warnings
+        for text in result.warnings:
+            warnings.warn(text, CalibrationWarning, stacklevel=3)
     if json_path is not None:
         Path(json_path).write_text(json.dumps(result.to_json(), indent=1))
     if qdq_path is not None:
-        write_qdq(model_path, result, qdq_path, per_channel=per_channel)
+        if qdq_writer == "onnxruntime":
+            write_qdq_onnxruntime(model_path, result, qdq_path, per_channel=per_channel)
+        else:
+            from .qdq import write_qdq as write_own
+            result.placement = write_own(model_path, result, qdq_path, preset=preset,
+                                         per_channel=per_channel,
+                                         quantize_fragile=quantize_fragile,
+                                         keep_float=keep_float)
     return result
 
 
 def write_qdq(model_path, ranges: Mapping[str, Tuple[float, float]], qdq_path, *,
-              per_channel=True) -> None:
-    """Write the QDQ model of `model_path` quantized with `ranges` ({tensor: (lo, hi)}).
+              per_channel=True, writer="qatcore", **options):
+    """Write the QDQ model of `model_path` quantized with `ranges` ({tensor: (lo, hi)}):
+    qatcore's writer and placement (:func:`qatcore.onnx.qdq.write_qdq`, `options` go to
+    it) or, with ``writer="onnxruntime"``, onnxruntime's ``quantize_static``."""
+    if writer == "onnxruntime":
+        return write_qdq_onnxruntime(model_path, ranges, qdq_path, per_channel=per_channel)
+    if writer != "qatcore":
+        raise ValueError(f"writer must be 'qatcore' or 'onnxruntime', got {writer!r}")
+    from .qdq import write_qdq as write_own
+    return write_own(model_path, ranges, qdq_path, per_channel=per_channel, **options)
+
+
+def write_qdq_onnxruntime(model_path, ranges: Mapping[str, Tuple[float, float]], qdq_path, *,
+                          per_channel=True) -> None:
+    """Write the QDQ model of `model_path` quantized with `ranges` by onnxruntime.
 
     onnxruntime's ``quantize_static`` does the rewriting: the ranges are handed to it as a
     calibration cache (``calibration_cache_path``), which makes it skip its own
