@@ -81,6 +81,10 @@ class CalibrationResult(dict):
     histograms: dict = {}
     #: the qatcore QDQ writer's Placement, when it wrote one
     placement = None
+    #: [(layer, op type, output SQNR dB with only that layer quantized)], worst first
+    sensitivity: list = []
+    #: layer -> per-channel bias shift applied (bias_correction)
+    bias_shift: dict = {}
 
     def to_json(self) -> dict:
         """The calibration JSON (format ``qatcore-calibration/1``)."""
@@ -259,7 +263,8 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
                     per_channel=True, preprocess=True, progress=False,
                     providers=None, session_options=None, max_clip=0.001,
                     qdq_writer="qatcore", preset="auto", quantize_fragile=False,
-                    keep_float=(), keep_histograms=False, warn=True) -> CalibrationResult:
+                    keep_float=(), keep_histograms=False, warn=True, bias_correction=False,
+                    sensitivity=False, keep_float_worst=0) -> CalibrationResult:
     """Calibrate every activation of an ONNX model over `data`; optionally write QDQ.
 
     Parameters
@@ -315,6 +320,16 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
         qatcore writer: names of nodes to leave float (e.g. from a sensitivity ranking).
     keep_histograms : bool, default False
         Keep a histogram of every tensor in ``result.histograms`` (for a report).
+    bias_correction : bool, default False
+        qatcore writer: shift each quantized Conv / Gemm bias by the mean output error per
+        channel that the QDQ model shows on `data` (:func:`qatcore.onnx.tune.bias_correction`;
+        one more pass over `data`, so it must be re-readable: a path or a list).
+    sensitivity : bool, default False
+        Rank the quantized layers by the output SQNR each costs alone
+        (``result.sensitivity``, worst first; :func:`qatcore.onnx.tune.sensitivity`, on
+        the first two batches of `data`).
+    keep_float_worst : int, default 0
+        qatcore writer: leave the k layers that cost the most (by `sensitivity`) float.
     preprocess : bool, default True
         First run onnxruntime's ``quant_pre_process`` (graph optimizations: constants
         folded into initializers, BatchNorm fused into Conv; symbolic shape inference
@@ -359,6 +374,13 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
     if preset not in PRESETS + ("auto",):
         raise ValueError(f"preset must be one of {PRESETS + ('auto',)}, got {preset!r}")
     _make_observer(method, percentile, symmetric, bins)          # check options early
+    if (bias_correction or sensitivity or keep_float_worst) and not isinstance(
+            data, (str, os.PathLike, np.ndarray, Mapping, list, tuple)):
+        raise ValueError("bias_correction / sensitivity / keep_float_worst read the data "
+                         "again: give a path or a list of batches, not an iterator")
+    if (bias_correction or sensitivity or keep_float_worst) and qdq_writer != "qatcore":
+        raise ValueError("bias_correction / sensitivity / keep_float_worst need "
+                         "qdq_writer='qatcore'")
     model_path = Path(model_path)
     if not model_path.is_file():
         raise ValueError(f"model_path: {model_path} is not a file")
@@ -368,7 +390,9 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
                 per_channel=per_channel, progress=progress, providers=providers,
                 session_options=session_options, max_clip=float(max_clip),
                 qdq_writer=qdq_writer, preset=preset, quantize_fragile=quantize_fragile,
-                keep_float=tuple(keep_float), keep_histograms=keep_histograms, warn=warn)
+                keep_float=tuple(keep_float), keep_histograms=keep_histograms, warn=warn,
+                bias_correction=bias_correction, sensitivity=sensitivity,
+                keep_float_worst=int(keep_float_worst))
     if preprocess:
         with tempfile.TemporaryDirectory(prefix="qatcore.pre.") as tmp:
             pre = Path(tmp) / "pre.onnx"
@@ -475,7 +499,8 @@ def _smallest_magnitude_cut(hist_obs, lo, hi) -> bool:
 def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, symmetric,
                bins, op_types, image_size, image_mean, image_std, json_path, qdq_path,
                per_channel, progress, providers, session_options, max_clip, qdq_writer,
-               preset, quantize_fragile, keep_float, keep_histograms, warn):
+               preset, quantize_fragile, keep_float, keep_histograms, warn, bias_correction,
+               sensitivity, keep_float_worst):
     from .graph import GraphIndex, hold_to_op_bounds, op_output_bounds
 
     model = onnx.load(str(model_path))
@@ -618,15 +643,32 @@ def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, 
             warnings.warn(text, CalibrationWarning, stacklevel=3)
     if json_path is not None:
         Path(json_path).write_text(json.dumps(result.to_json(), indent=1))
-    if qdq_path is not None:
-        if qdq_writer == "onnxruntime":
+    if qdq_writer == "onnxruntime":
+        if qdq_path is not None:
             write_qdq_onnxruntime(model_path, result, qdq_path, per_channel=per_channel)
-        else:
-            from .qdq import write_qdq as write_own
-            result.placement = write_own(model_path, result, qdq_path, preset=preset,
-                                         per_channel=per_channel,
-                                         quantize_fragile=quantize_fragile,
-                                         keep_float=keep_float)
+        return result
+    wopts = dict(preset=preset, per_channel=per_channel, quantize_fragile=quantize_fragile,
+                 keep_float=tuple(keep_float))
+    result.sensitivity, result.bias_shift = [], {}
+    if sensitivity or keep_float_worst or bias_correction:
+        from . import tune
+        fmodel = onnx.load(str(model_path))
+        if max((o.version for o in fmodel.opset_import if o.domain in ("", "ai.onnx")), default=13) < 13:
+            fmodel = onnx.version_converter.convert_version(fmodel, 13)
+        iter_kw = dict(image_size=image_size, image_mean=image_mean, image_std=image_std)
+        if sensitivity or keep_float_worst:
+            result.sensitivity = tune.sensitivity(fmodel, result, data, writer_options=wopts,
+                                                  iter_kw=iter_kw)
+            if keep_float_worst:
+                wopts["keep_float"] += tuple(k for k, _, _ in result.sensitivity[:keep_float_worst])
+        if bias_correction and qdq_path is not None:
+            result.bias_shift = tune.bias_correction(fmodel, result, data, writer_options=wopts,
+                                                     iter_kw=iter_kw)
+        del fmodel
+    if qdq_path is not None:
+        from .qdq import write_qdq as write_own
+        result.placement = write_own(model_path, result, qdq_path, bias_shift=result.bias_shift,
+                                     **wopts)
     return result
 
 

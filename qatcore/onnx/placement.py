@@ -34,7 +34,7 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .graph import GraphIndex
 
-__all__ = ["PRESETS", "Placement", "plan", "choose_preset"]
+__all__ = ["PRESETS", "COMPUTE", "Placement", "plan", "choose_preset", "node_key"]
 
 PRESETS = ("cnn", "transformer")
 
@@ -77,6 +77,11 @@ class Placement:
                 "biases": len(self.biases), "left_float": dict(sorted(self.left_float.items()))}
 
 
+def node_key(node) -> str:
+    """A node's name for keep_float / only / bias corrections: its first output."""
+    return node.output[0]
+
+
 def _reaches_matmul(index: GraphIndex, name: str, depth=0) -> bool:
     if depth > 8:
         return False
@@ -116,8 +121,12 @@ def _weight_axis(index: GraphIndex, node, per_channel: bool) -> Optional[int]:
 
 
 def plan(index: GraphIndex, ranges, *, preset="auto", per_channel=True,
-         quantize_fragile=False, keep_float: Sequence[str] = ()) -> Placement:
-    """Where Q/DQ go in the graph of `index`, given the calibrated `ranges`."""
+         quantize_fragile=False, keep_float: Sequence[str] = (),
+         only: Optional[Sequence[str]] = None) -> Placement:
+    """Where Q/DQ go in the graph of `index`, given the calibrated `ranges`.
+
+    `keep_float`: nodes (by name or first output) left float; `only`: when given,
+    quantize the inputs of these nodes only (a sensitivity probe: one layer at a time)."""
     if preset == "auto":
         preset, reason = choose_preset(index)
     elif preset in PRESETS:
@@ -126,6 +135,7 @@ def plan(index: GraphIndex, ranges, *, preset="auto", per_channel=True,
         raise ValueError(f"preset must be one of {PRESETS + ('auto',)}, got {preset!r}")
     p = Placement(preset, reason)
     keep = set(keep_float)
+    only = None if only is None else set(only)
 
     def want(name, n_idx, i_idx):
         if not index.is_activation(name):
@@ -138,6 +148,8 @@ def plan(index: GraphIndex, ranges, *, preset="auto", per_channel=True,
     for k, node in enumerate(index.nodes):
         op = node.op_type
         if node.domain not in ("", "ai.onnx"):
+            continue
+        if only is not None and node_key(node) not in only and node.name not in only:
             continue
         if (node.name and node.name in keep) or any(o in keep for o in node.output):
             for name in node.input:

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import math
 from pathlib import Path
-from typing import Mapping, Sequence, Tuple
+from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np
 
@@ -81,13 +81,18 @@ def _topological(nodes, graph_inputs):
 
 def quantize_model(model, ranges: Mapping[str, Tuple[float, float]], *, preset="auto",
                    per_channel=True, quantize_fragile=False,
-                   keep_float: Sequence[str] = ()) -> Placement:
-    """Rewrite `model` (an ``onnx.ModelProto``, opset ≥ 13) in place into QDQ form."""
+                   keep_float: Sequence[str] = (), only=None,
+                   bias_shift: Optional[Mapping[str, np.ndarray]] = None) -> Placement:
+    """Rewrite `model` (an ``onnx.ModelProto``, opset ≥ 13) in place into QDQ form.
+
+    `bias_shift`: ``{node's first output: per-channel shift}`` subtracted from that
+    node's float bias before it is quantized (bias correction)."""
     from onnx import TensorProto, helper, numpy_helper
 
     index = GraphIndex(model)
     placement = plan(index, ranges, preset=preset, per_channel=per_channel,
-                     quantize_fragile=quantize_fragile, keep_float=keep_float)
+                     quantize_fragile=quantize_fragile, keep_float=keep_float, only=only)
+    bias_shift = dict(bias_shift or {})
     g = model.graph
     nodes = list(g.node)
     new_nodes = []
@@ -166,6 +171,8 @@ def quantize_model(model, ranges: Mapping[str, Tuple[float, float]], *, preset="
             continue
         b_name = node.input[b_idx]
         b = index.constant(b_name)
+        if b is not None and node.output[0] in bias_shift:
+            b = (b - np.asarray(bias_shift[node.output[0]], np.float32).reshape(b.shape)).astype(np.float32)
         x_tensor = next((t for t, edges in placement.activations.items() if (n_idx, 0) in edges), None)
         if b is None or x_tensor is None:
             continue
@@ -206,7 +213,7 @@ def quantize_model(model, ranges: Mapping[str, Tuple[float, float]], *, preset="
 
 def write_qdq(model_path, ranges: Mapping[str, Tuple[float, float]], qdq_path, *,
               preset="auto", per_channel=True, quantize_fragile=False,
-              keep_float: Sequence[str] = ()) -> Placement:
+              keep_float: Sequence[str] = (), only=None, bias_shift=None) -> Placement:
     """Write the QDQ model of `model_path` quantized with `ranges` ``{tensor: (lo, hi)}``.
 
     Parameters
@@ -225,6 +232,11 @@ def write_qdq(model_path, ranges: Mapping[str, Tuple[float, float]], qdq_path, *
         Also quantize Softmax / Sigmoid / HardSigmoid inputs and the model's outputs.
     keep_float : sequence of str
         Node names (or output tensor names) to leave float.
+    only : sequence of str, optional
+        Quantize the inputs of these nodes only (by name or first output).
+    bias_shift : mapping, optional
+        ``{node's first output: per-channel shift}`` taken off the float bias before it
+        is quantized (:func:`qatcore.onnx.tune.bias_correction`).
 
     Returns
     -------
@@ -241,6 +253,7 @@ def write_qdq(model_path, ranges: Mapping[str, Tuple[float, float]], qdq_path, *
         if not (math.isfinite(float(lo)) and math.isfinite(float(hi))) or float(lo) > float(hi):
             raise ValueError(f"ranges: tensor {name!r} has no valid range ({lo}, {hi})")
     placement = quantize_model(model, ranges, preset=preset, per_channel=per_channel,
-                               quantize_fragile=quantize_fragile, keep_float=keep_float)
+                               quantize_fragile=quantize_fragile, keep_float=keep_float,
+                               only=only, bias_shift=bias_shift)
     onnx.save(model, str(qdq_path))
     return placement
