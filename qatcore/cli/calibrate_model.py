@@ -53,6 +53,17 @@ def _parser():
     p.add_argument("--max-clip", type=float, default=0.001, metavar="SHARE",
                    help="share of observed values a range may clip before a clipping method "
                         "falls back to the 99.99th percentile (default 0.001)")
+    p.add_argument("--bias-correction", action="store_true",
+                   help="shift each quantized conv/gemm bias by its mean output error per "
+                        "channel on the calibration data (one more pass)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="rank the quantized layers by the output SQNR each costs alone")
+    p.add_argument("--keep-float-worst", type=int, default=0, metavar="K",
+                   help="leave the K layers that cost the most float (implies --sensitivity)")
+    p.add_argument("--report", metavar="DIR",
+                   help="write DIR/index.html: per-layer SQNR bars, histograms with the "
+                        "chosen ranges, what was left float and why (needs matplotlib: "
+                        "pip install 'qatcore[report]')")
     p.add_argument("--per-tensor-weights", action="store_true",
                    help="one weight scale per tensor instead of per output channel")
     p.add_argument("--no-preprocess", action="store_true",
@@ -135,7 +146,13 @@ def main(argv=None) -> int:
             per_channel=not args.per_tensor_weights, preprocess=not args.no_preprocess,
             progress=not args.quiet and sys.stderr.isatty(), max_clip=args.max_clip,
             qdq_writer=args.qdq_writer, preset=args.preset,
-            quantize_fragile=args.quantize_fragile, warn=False)
+            quantize_fragile=args.quantize_fragile, warn=False,
+            bias_correction=args.bias_correction,
+            sensitivity=args.sensitivity or (args.report is not None and args.qdq_path is not None),
+            keep_float_worst=args.keep_float_worst, keep_histograms=args.report is not None)
+        if args.report is not None:
+            from ..onnx.report import write_report
+            page = write_report(result, args.report)
         mask = os.umask(0)
         os.umask(mask)
         for key, tmp in tmps.items():
@@ -172,7 +189,12 @@ def main(argv=None) -> int:
             print(f"QDQ model: {args.qdq_path}")
             if result.placement is not None:
                 print(f"placement: {result.placement.summary()}")
-        if not args.json_path and not args.qdq_path:
+        if result.sensitivity:
+            worst = ", ".join(f"{k} {v:.1f} dB" for k, _, v in result.sensitivity[:5])
+            print(f"most sensitive layers (output SQNR with only that layer quantized): {worst}")
+        if args.report is not None:
+            print(f"report: {page}")
+        if not args.json_path and not args.qdq_path and args.report is None:
             json.dump(result.to_json()["tensors"], sys.stdout, indent=1)
             print()
     return EXIT_OK

@@ -27,7 +27,7 @@ from typing import Dict, Iterator, Mapping, Tuple
 import numpy as np
 
 from ..config import ObserverMethod
-from ..histogram import HistogramObserver, percentile_threshold
+from ..histogram import ChannelObserver, HistogramObserver, percentile_threshold
 from ..observer import QuantObserver
 
 __all__ = ["calibrate_model", "CalibrationResult", "CalibrationWarning", "METHODS",
@@ -77,6 +77,8 @@ class CalibrationResult(dict):
     clipped: dict = {}
     #: what the caller should know (also emitted as CalibrationWarning)
     warnings: list = []
+    #: tensor -> (C, 2) per-channel min/max of depthwise Conv inputs
+    channel_ranges: dict = {}
     #: tensor -> (counts, edges) when keep_histograms
     histograms: dict = {}
     #: the qatcore QDQ writer's Placement, when it wrote one
@@ -533,6 +535,11 @@ def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, 
     observers = {n: _make_observer(method, percentile, symmetric, bins) for n in fed + wanted}
     # A histogram beside the observers that keep none: to measure what a range clips
     # (mean_std, mean_min_max) and for a report.
+    # Per-channel ranges of depthwise Conv inputs (min/max per channel, held later inside
+    # the method's per-tensor range): the writer gives them one scale per channel.
+    from .placement import depthwise_inputs
+    channel_obs = {n: ChannelObserver("min_max", axis=1)
+                   for n in depthwise_inputs(index) if n in observers}
     companions = {}
     if method in ("mean_std", "mean_min_max") or (keep_histograms and method == "min_max"):
         companions = {n: HistogramObserver("percentile", bins=min(bins, 512))
@@ -549,6 +556,8 @@ def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, 
     def observe(name, value):
         try:
             observers[name].observe(value)
+            if name in channel_obs:
+                channel_obs[name].observe(value)
             if companions:
                 companions[name].observe(value)
         except ValueError as exc:
@@ -632,6 +641,7 @@ def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, 
             f"{method}: {len(result.fallbacks)} tensors fell back to percentile "
             f"{FALLBACK_PERCENTILE} per side ({first}{', …' if len(result.fallbacks) > 4 else ''}; "
             f"result.fallbacks says why)")
+    result.channel_ranges = {n: o.ranges() for n, o in channel_obs.items()}
     result.method, result.batches, result.samples = method, batches, samples
     result.model = str(source_path)
     result.options = {"percentile": percentile, "symmetric": symmetric, "bins": bins,

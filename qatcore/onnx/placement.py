@@ -34,7 +34,8 @@ from typing import Dict, List, Optional, Sequence, Tuple
 
 from .graph import GraphIndex
 
-__all__ = ["PRESETS", "COMPUTE", "Placement", "plan", "choose_preset", "node_key"]
+__all__ = ["PRESETS", "COMPUTE", "Placement", "plan", "choose_preset", "node_key",
+           "is_depthwise", "depthwise_inputs"]
 
 PRESETS = ("cnn", "transformer")
 
@@ -65,6 +66,9 @@ class Placement:
     left_float: Dict[str, str] = field(default_factory=dict)
     #: the graph outputs to quantize (quantize_fragile)
     outputs: List[str] = field(default_factory=list)
+    #: tensor -> (C, 2) per-channel ranges: codes per channel along axis 1 (every reader
+    #: is a depthwise Conv)
+    per_channel: Dict[str, object] = field(default_factory=dict)
 
     def summary(self) -> str:
         return (f"preset {self.preset} ({self.reason}): {len(self.activations)} activation "
@@ -75,6 +79,23 @@ class Placement:
         return {"preset": self.preset, "reason": self.reason,
                 "activations": sorted(self.activations), "weights": len(self.weights),
                 "biases": len(self.biases), "left_float": dict(sorted(self.left_float.items()))}
+
+
+def is_depthwise(index: GraphIndex, node) -> bool:
+    """A Conv with one input channel per group (each output channel reads one input
+    channel): its input can carry one scale per channel, which folds into the weights'
+    per-channel scales (NNCF quantizes these inputs per channel too)."""
+    if node.op_type != "Conv" or len(node.input) < 2:
+        return False
+    group = int(index.attr(node, "group", 1))
+    w = index.constant(node.input[1])
+    return group > 1 and w is not None and w.ndim >= 2 and w.shape[1] == 1
+
+
+def depthwise_inputs(index: GraphIndex):
+    """Tensors read as input 0 by a depthwise Conv (candidates for per-channel codes)."""
+    return {node.input[0] for node in index.nodes
+            if is_depthwise(index, node) and index.is_activation(node.input[0])}
 
 
 def node_key(node) -> str:
@@ -206,4 +227,9 @@ def plan(index: GraphIndex, ranges, *, preset="auto", per_channel=True,
                                     if out in ranges else "model output, no range")
     for name in p.activations:
         p.left_float.pop(name, None)
+    channel_ranges = getattr(ranges, "channel_ranges", None) or {}
+    for name, edges in p.activations.items():
+        if name in channel_ranges and all(
+                i == 0 and is_depthwise(index, index.nodes[k]) for k, i in edges):
+            p.per_channel[name] = channel_ranges[name]
     return p

@@ -35,6 +35,19 @@ def activation_qparams(lo: float, hi: float) -> Tuple[np.float32, np.int8]:
     return np.float32(scale), np.int8(zp)
 
 
+def channel_qparams(ranges: np.ndarray, lo: float, hi: float):
+    """Per-channel int8 ``(scales, zero_points)`` of ``(C, 2)`` ranges, each held inside
+    the tensor's own ``[lo, hi]`` and widened to hold 0."""
+    r = np.asarray(ranges, np.float64)
+    c_lo = np.minimum(np.maximum(r[:, 0], float(lo)), 0.0)
+    c_hi = np.maximum(np.minimum(r[:, 1], float(hi)), 0.0)
+    scale = (c_hi - c_lo) / 255.0
+    ok = np.isfinite(scale) & (scale > 0)
+    scale = np.where(ok, scale, 1.0)
+    zp = np.where(ok, np.clip(np.rint(-128.0 - c_lo / scale), -128, 127), 0)
+    return scale.astype(np.float32), zp.astype(np.int8)
+
+
 def _weight_codes(w: np.ndarray, axis):
     w = w.astype(np.float32)
     if axis is None:
@@ -109,10 +122,11 @@ def quantize_model(model, ranges: Mapping[str, Tuple[float, float]], *, preset="
         s_name = add_init(f"{base}_scale", s)
         zp_name = add_init(f"{base}_zero_point", zp)
         q_name = f"{tensor}_QuantizeLinear"
+        attrs = {"axis": 1} if np.ndim(s) else {}
         new_nodes.append(helper.make_node("QuantizeLinear", [tensor, s_name, zp_name],
-                                          [q_name], name=f"{base}_QuantizeLinear"))
+                                          [q_name], name=f"{base}_QuantizeLinear", **attrs))
         new_nodes.append(helper.make_node("DequantizeLinear", [q_name, s_name, zp_name],
-                                          [dq_name], name=f"{base}_DequantizeLinear"))
+                                          [dq_name], name=f"{base}_DequantizeLinear", **attrs))
 
     # model outputs quantized (quantize_fragile): the producer writes `<out>_float`
     renamed = {}
@@ -129,7 +143,10 @@ def quantize_model(model, ranges: Mapping[str, Tuple[float, float]], *, preset="
 
     for tensor, edges in placement.activations.items():
         lo, hi = ranges[tensor]
-        act_params[tensor] = activation_qparams(lo, hi)
+        if tensor in placement.per_channel:
+            act_params[tensor] = channel_qparams(placement.per_channel[tensor], lo, hi)
+        else:
+            act_params[tensor] = activation_qparams(lo, hi)
         src = renamed.get(tensor, tensor)
         act_params[src] = act_params[tensor]
         dq = f"{src}_DequantizeLinear_Output"
@@ -176,9 +193,11 @@ def quantize_model(model, ranges: Mapping[str, Tuple[float, float]], *, preset="
         x_tensor = next((t for t, edges in placement.activations.items() if (n_idx, 0) in edges), None)
         if b is None or x_tensor is None:
             continue
-        s_x = float(act_params[x_tensor][0])
+        s_x = np.asarray(act_params[x_tensor][0], np.float32)
         s_w, axis = w_scales[n_idx]
-        s_b = (np.float32(s_x) * np.asarray(s_w, np.float32)).astype(np.float32)
+        if s_x.size > 1 and np.size(s_w) != s_x.size:
+            continue
+        s_b = (s_x * np.asarray(s_w, np.float32)).astype(np.float32)
         if s_b.size not in (1, b.size) or not np.all(s_b > 0):
             continue
         codes = np.rint(b.astype(np.float64) / s_b.astype(np.float64))
