@@ -4,10 +4,12 @@
 exposed as extra graph outputs (the tensors onnxruntime's own calibrators select), feeds
 each activation of each batch to its qatcore observer and drops it, so memory stays at
 one batch's activations whatever the number of inputs (onnxruntime's calibrators keep
-every batch's outputs until the end: microsoft/onnxruntime#10503, #11020).  The ranges go
-to a calibration JSON and, with ``qdq_path``, into onnxruntime's own QDQ quantizer
-(``quantize_static`` reading them as its calibration cache, so no second calibration
-runs): int8 weights per output channel, int8 activations per tensor, int32 bias.
+every batch's outputs until the end: microsoft/onnxruntime#10503, #11020).  Each range is
+held inside what its producing op can output and, for the methods that clip, to a floor of
+the observed mass (:mod:`qatcore.onnx.graph`, ``max_clip``).  The ranges go to a
+calibration JSON and, with ``qdq_path``, into qatcore's QDQ writer (:mod:`qatcore.onnx.qdq`,
+placement in :mod:`qatcore.onnx.placement`) or onnxruntime's ``quantize_static`` (reading
+them as its calibration cache, so no second calibration runs).
 
 Needs ``pip install "qatcore[onnx]"`` (onnx, onnxruntime); Pillow only for image folders.
 """
