@@ -37,7 +37,7 @@ __all__ = ["calibrate_model", "CalibrationResult", "CalibrationWarning", "METHOD
 
 #: Calibration methods of :func:`calibrate_model`.
 METHODS = ("min_max", "mean_min_max", "mean_std", "percentile", "entropy", "entropy_signed",
-           "mse")
+           "mse", "auto")
 
 #: Methods whose range may cut deep into the observed values (a search over the histogram,
 #: or a statistic); they fall back when they do (see ``max_clip``).
@@ -136,7 +136,44 @@ class MeanMinMaxObserver:
         return self._lo / self._n, self._hi / self._n
 
 
+class AutoRangeObserver:
+    """Per tensor, the candidate range of least expected int8 error on the tensor's own
+    histogram: the observed min/max or the 99.9 / 99.99 / 99.999th percentile per side;
+    the error of a candidate is ``scale²/12`` for each value inside and the squared
+    distance to the range for each value outside (``scale = (hi − lo) / 255``)."""
+
+    CANDIDATES = (None, 99.9, 99.99, 99.999)
+
+    def __init__(self, bins=2048):
+        self.hist = HistogramObserver("percentile", bins=bins, symmetric=False)
+        self.choice = None
+
+    def observe(self, x) -> None:
+        self.hist.observe(x)
+
+    def range(self):
+        counts, edges = self.hist.histogram(False)
+        if counts.sum() == 0:
+            return self.hist.range()
+        centers = (edges[:-1] + edges[1:]) / 2
+        nz = np.flatnonzero(counts)
+        obs = (float(edges[nz[0]]), float(edges[nz[-1] + 1]))
+        best = None
+        for p in self.CANDIDATES:
+            lo, hi = obs if p is None else (float(v) for v in percentile_threshold(counts, edges, p, False))
+            lo, hi = max(min(lo, 0.0), obs[0]), min(max(hi, 0.0), obs[1])
+            scale = (hi - lo) / 255.0
+            outside = np.clip(centers, lo, hi) - centers
+            err = float((counts * outside ** 2).sum() + counts[outside == 0].sum() * scale ** 2 / 12)
+            if best is None or err < best[0]:
+                best = (err, lo, hi, p)
+        self.choice = "min_max" if best[3] is None else f"percentile {best[3]}"
+        return best[1], best[2]
+
+
 def _make_observer(method, percentile, symmetric, bins):
+    if method == "auto":
+        return AutoRangeObserver(bins)
     if method == "mean_min_max":
         return MeanMinMaxObserver()
     if method == "min_max":
@@ -289,7 +326,9 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
         ``mean_min_max`` (the mean of each batch's min and max), ``percentile``,
         ``entropy`` (TensorRT / ModelOpt KL on ``|x|``), ``entropy_signed``
         (onnxruntime's KL), ``mse`` (ModelOpt) — the histogram methods use
-        :class:`HistogramObserver` with `bins`.
+        :class:`HistogramObserver` with `bins` — or ``auto`` (per tensor, the min/max or
+        99.9 / 99.99 / 99.999th percentile range of least expected int8 error:
+        :class:`AutoRangeObserver`).
     percentile : float, default 99.999
         For ``percentile`` (onnxruntime's default).
     symmetric : bool, default False
@@ -597,7 +636,8 @@ def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, 
     for name in fed + wanted:
         obs = observers[name]
         lo, hi = (float(v) for v in obs.range())
-        hist = obs if isinstance(obs, HistogramObserver) else companions.get(name)
+        hist = (obs if isinstance(obs, HistogramObserver) else
+                obs.hist if isinstance(obs, AutoRangeObserver) else companions.get(name))
         if hist is not None and method in CLIPPING_METHODS:
             share = _clipped_share(hist, lo, hi)
             at_min = _smallest_magnitude_cut(hist, lo, hi)
