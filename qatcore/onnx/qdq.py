@@ -12,7 +12,6 @@ onnxruntime's CPU provider fuses ``DQ → Conv → Q`` and friends into QLinear 
 from __future__ import annotations
 
 import math
-from pathlib import Path
 from typing import Mapping, Optional, Sequence, Tuple
 
 import numpy as np

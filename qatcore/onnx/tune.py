@@ -20,7 +20,7 @@ SQNR is not met.
 from __future__ import annotations
 
 import copy
-from typing import Dict, List, Mapping, Optional, Sequence, Tuple
+from typing import Dict, List, Mapping, Optional, Tuple
 
 import numpy as np
 
@@ -47,7 +47,7 @@ def _expose(model, names):
 
 
 def _batches(data, input_names, max_batches, iter_kw):
-    from .calibrate import iter_inputs
+    from .inputs import iter_inputs
     for i, feed in enumerate(iter_inputs(data, input_names, **iter_kw)):
         if max_batches is not None and i >= max_batches:
             return
