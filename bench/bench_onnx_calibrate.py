@@ -170,7 +170,7 @@ def compare_child(args):
     extra = {}
     if tool == "qatcore":
         from qatcore.onnx import calibrate_model
-        opts = {"bins": 2048}
+        opts = {"bins": 2048, "bias_correction": False}
         for flag in cfg.split("@")[1:]:     # @bc: bias correction, @k3: keep 3 worst float
             if flag == "bc":
                 opts["bias_correction"] = True

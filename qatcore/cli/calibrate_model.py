@@ -53,9 +53,10 @@ def _parser():
     p.add_argument("--max-clip", type=float, default=0.001, metavar="SHARE",
                    help="share of observed values a range may clip before a clipping method "
                         "falls back to the 99.99th percentile (default 0.001)")
-    p.add_argument("--bias-correction", action="store_true",
+    p.add_argument("--bias-correction", action=argparse.BooleanOptionalAction, default=None,
                    help="shift each quantized conv/gemm bias by its mean output error per "
-                        "channel on the calibration data (one more pass)")
+                        "channel on the calibration data (one more pass; default: on with "
+                        "--qdq and the qatcore writer)")
     p.add_argument("--sensitivity", action="store_true",
                    help="rank the quantized layers by the output SQNR each costs alone")
     p.add_argument("--keep-float-worst", type=int, default=0, metavar="K",
@@ -147,7 +148,7 @@ def main(argv=None) -> int:
             progress=not args.quiet and sys.stderr.isatty(), max_clip=args.max_clip,
             qdq_writer=args.qdq_writer, preset=args.preset,
             quantize_fragile=args.quantize_fragile, warn=False,
-            bias_correction=args.bias_correction,
+            bias_correction="auto" if args.bias_correction is None else args.bias_correction,
             sensitivity=args.sensitivity or (args.report is not None and args.qdq_path is not None),
             keep_float_worst=args.keep_float_worst, keep_histograms=args.report is not None)
         if args.report is not None:

@@ -229,7 +229,7 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
                     per_channel=True, preprocess=True, progress=False,
                     providers=None, session_options=None, max_clip=0.001,
                     qdq_writer="qatcore", preset="auto", quantize_fragile=False,
-                    keep_float=(), keep_histograms=False, warn=True, bias_correction=False,
+                    keep_float=(), keep_histograms=False, warn=True, bias_correction="auto",
                     sensitivity=False, keep_float_worst=0) -> CalibrationResult:
     """Calibrate every activation of an ONNX model over `data`; optionally write QDQ.
 
@@ -288,10 +288,11 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
         qatcore writer: names of nodes to leave float (e.g. from a sensitivity ranking).
     keep_histograms : bool, default False
         Keep a histogram of every tensor in ``result.histograms`` (for a report).
-    bias_correction : bool, default False
-        qatcore writer: shift each quantized Conv / Gemm bias by the mean output error per
-        channel that the QDQ model shows on `data` (:func:`qatcore.onnx.tune.bias_correction`;
-        one more pass over `data`, so it must be re-readable: a path or a list).
+    bias_correction : bool or "auto", default "auto"
+        qatcore writer: shift each quantized Conv / Gemm bias by its mean output error per
+        channel on `data` (:func:`qatcore.onnx.tune.bias_correction`; one more pass over
+        `data`, so it must be re-readable: a path, an array or a list). ``"auto"``: on
+        when a QDQ model is written by the qatcore writer and `data` is re-readable.
     sensitivity : bool, default False
         Rank the quantized layers by the output SQNR each costs alone
         (``result.sensitivity``, worst first; :func:`qatcore.onnx.tune.sensitivity`, on
@@ -342,8 +343,12 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
     if preset not in PRESETS + ("auto",):
         raise ValueError(f"preset must be one of {PRESETS + ('auto',)}, got {preset!r}")
     _make_observer(method, percentile, symmetric, bins)          # check options early
-    if (bias_correction or sensitivity or keep_float_worst) and not isinstance(
-            data, (str, os.PathLike, np.ndarray, Mapping, list, tuple)):
+    rereadable = isinstance(data, (str, os.PathLike, np.ndarray, Mapping, list, tuple))
+    if bias_correction == "auto":
+        bias_correction = qdq_path is not None and qdq_writer == "qatcore" and rereadable
+    elif not isinstance(bias_correction, (bool, np.bool_)):
+        raise ValueError(f"bias_correction must be True, False or 'auto', got {bias_correction!r}")
+    if (bias_correction or sensitivity or keep_float_worst) and not rereadable:
         raise ValueError("bias_correction / sensitivity / keep_float_worst read the data "
                          "again: give a path or a list of batches, not an iterator")
     if (bias_correction or sensitivity or keep_float_worst) and qdq_writer != "qatcore":
