@@ -188,3 +188,19 @@ def test_relu_model_matches_float(tmp_path):
     assert set(r.placement.activations) == {"x", "f"}          # Conv and Gemm inputs
     a, b = _run(model, x), _run(out, x)
     assert (a.argmax(1) == b.argmax(1)).all() and _sqnr(a, b) >= 30
+
+
+def test_compare_bench_smoke():
+    """bench/bench_onnx_calibrate.py --compare runs end to end (tiny; figures unchecked)."""
+    import subprocess
+    import sys
+    bench = Path(__file__).parents[1] / "bench" / "bench_onnx_calibrate.py"
+    out = subprocess.run([sys.executable, str(bench), "--compare", "--model", "cls",
+                          "--n-cal", "8", "--n-eval", "8", "--configs", "qatcore:min_max",
+                          "ort:MinMax", "nncf:default"],
+                         capture_output=True, text=True, timeout=300)
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = {line.split()[0]: line for line in out.stdout.splitlines() if "|" in line}
+    assert "error" not in rows["qatcore:min_max"] and "QuantizeLinear" in rows["qatcore:min_max"]
+    assert "error" not in rows["ort:MinMax"]
+    assert "skipped" in rows["nncf:default"]            # no --nncf-python given
