@@ -31,8 +31,9 @@ def _parser():
                     "and/or the static int8 QDQ model.")
     p.add_argument("model", help="the float ONNX model")
     p.add_argument("--data", required=True, metavar="PATH", help="folder or .npy/.npz file")
-    p.add_argument("--method", default="min_max", choices=METHODS,
-                   help="range method (default: min_max)")
+    p.add_argument("--method", default="auto", choices=METHODS,
+                   help="range method (default: auto: per tensor, the min/max or percentile "
+                        "range of least int8 error)")
     p.add_argument("--percentile", type=float, default=99.999, help="for --method percentile")
     p.add_argument("--symmetric", action="store_true",
                    help="percentile of |x| (default: one cut per side)")

@@ -223,7 +223,7 @@ def _progress(i, total, t0, stream):
 
 
 # --- the API ------------------------------------------------------------------------------------
-def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, symmetric=False,
+def calibrate_model(model_path, data, *, method="auto", percentile=99.999, symmetric=False,
                     bins=2048, op_types=None, image_size=None, image_mean=(0.5, 0.5, 0.5),
                     image_std=(0.5, 0.5, 0.5), json_path=None, qdq_path=None,
                     per_channel=True, preprocess=True, progress=False,
@@ -246,7 +246,7 @@ def calibrate_model(model_path, data, *, method="min_max", percentile=99.999, sy
         `image_size` ``(H, W)`` bilinear (default: the model's fixed input size), scaled
         to [0, 1], then ``(x - image_mean) / image_std`` per channel (PaddleOCR's 0.5 /
         0.5 by default), NCHW.
-    method : str, default "min_max"
+    method : str, default "auto"
         One of :data:`METHODS`: ``min_max`` / ``mean_std`` (:class:`QuantObserver`),
         ``mean_min_max`` (the mean of each batch's min and max), ``percentile``,
         ``entropy`` (TensorRT / ModelOpt KL on ``|x|``), ``entropy_signed``
