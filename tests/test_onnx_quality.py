@@ -159,3 +159,23 @@ def test_gate_model_every_method_close_to_min_max(tmp_path):
         _quiet_calibrate(model, cal, method=method, qdq_path=tmp_path / "q.onnx", preprocess=False)
         scores[method] = _sqnr(ref, _run(tmp_path / "q.onnx", ev))
     assert all(v >= scores["min_max"] - 3.0 for v in scores.values()), scores
+
+
+@pytest.mark.parametrize("writer, fragile", [("qatcore", False), ("qatcore", True),
+                                             ("onnxruntime", False)])
+def test_sigmoid_probability_map_not_capped(tmp_path, writer, fragile):
+    """Issue 23: entropy_signed cut the detector's output Sigmoid to [0, 0.032], so every
+    probability sat below the 0.3 threshold (IoU 0). Now no method caps the map: its
+    range reaches 1 and the > 0.3 map of the QDQ model matches the float one."""
+    model = onnx_models.conv_sigmoid_output(tmp_path / "s.onnx")
+    rng = np.random.default_rng(5)
+    cal = [rng.normal(0, 1, (4, 1, 16, 16)).astype(np.float32) for _ in range(4)]
+    ev = rng.normal(0, 1, (32, 1, 16, 16)).astype(np.float32)
+    ref = _run(model, ev) > 0.3
+    for method in ("entropy_signed", "entropy", "mse", "mean_std", "auto"):
+        r, _ = _quiet_calibrate(model, cal, method=method, preprocess=False,
+                                qdq_path=tmp_path / "q.onnx", qdq_writer=writer,
+                                quantize_fragile=fragile)
+        assert r["y"][1] >= 0.99, (method, r["y"])
+        got = _run(tmp_path / "q.onnx", ev) > 0.3
+        assert (ref & got).sum() / (ref | got).sum() >= 0.95, method
