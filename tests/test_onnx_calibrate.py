@@ -77,7 +77,8 @@ def test_qdq_model_stays_close_to_float(lines, tmp_path, method, opts, min_top1,
 
 
 def test_qdq_form(lines, tmp_path):
-    """int8 weights per output channel, int8 activations per tensor, int32 bias."""
+    """int8 weights per output channel, int8 activations per tensor (per channel at the
+    input of a depthwise Conv, whose scales fold into its weights'), int32 bias."""
     cal, _, _ = lines
     qdq = tmp_path / "q.onnx"
     calibrate_model(MODEL, cal[:8], qdq_path=qdq)
@@ -94,7 +95,9 @@ def test_qdq_form(lines, tmp_path):
         assert w.data_type == tp.INT8
         w_scale = onnx.numpy_helper.to_array(inits[dq_w.input[1]])
         assert w_scale.shape == (w.dims[0],)                       # per output channel
-        assert onnx.numpy_helper.to_array(inits[dq_x.input[1]]).shape == ()   # per tensor
+        group = next((a.i for a in conv.attribute if a.name == "group"), 1)
+        x_shape = () if group == 1 else (group,)          # per tensor / per channel
+        assert onnx.numpy_helper.to_array(inits[dq_x.input[1]]).shape == x_shape
         x_codes = producers[dq_x.input[0]]
         assert x_codes.op_type == "QuantizeLinear"
         assert onnx.numpy_helper.to_array(inits[x_codes.input[2]]).dtype == np.int8
