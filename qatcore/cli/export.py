@@ -1,5 +1,7 @@
-"""``qatcore export``: a saved :class:`qatcore.QuantizedSequential` to ``.tflite``, C or
-ONNX; and what ``qatcore inspect`` prints for such a file.
+"""``qatcore export``: an integer model -- a saved :class:`qatcore.QuantizedSequential` or
+:class:`qatcore.QuantizedModel` (``.npz``), or any int8 ``.tflite`` (TensorFlow's
+converter's or qatcore's) -- to ``.tflite``, C or ONNX; and what ``qatcore inspect``
+prints for such a file.
 
 Errors are one line on stderr with exit status 2, and nothing is half-written: every
 file goes to a temporary name in the target directory first and is renamed into place
@@ -23,8 +25,10 @@ examples:
   qatcore export mlp.npz --to tflite --float-io --out mlp_float.tflite
   qatcore export mlp.npz --to c --out firmware/ --name mlp   # firmware/mlp.h, mlp.c, ...
   qatcore export mlp.npz --to onnx --out mlp.onnx
+  qatcore export kws.tflite --to c --out firmware/ --name kws   # a converter's int8 .tflite
 
-MODEL is a QuantizedSequential saved with .save(path) (see `qatcore inspect MODEL`).
+MODEL is a QuantizedSequential or QuantizedModel saved with .save(path), or an int8
+.tflite (see `qatcore inspect MODEL`).
 needs: pip install "qatcore[export]" (.tflite), "qatcore[onnx]" (ONNX).
 Exit status: 0 ok, 2 bad usage, bad model or failed export (nothing written), 130
 interrupted."""
@@ -38,10 +42,11 @@ def _parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(
         prog="qatcore export", epilog=_EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
-        description="Export an integer model (a QuantizedSequential .npz) for deployment: a "
+        description="Export an integer model (a saved .npz or an int8 .tflite) for deployment: a "
                     ".tflite for LiteRT / TensorFlow Lite Micro, C99 source for "
                     "microcontrollers, or an ONNX QDQ model for onnxruntime.")
-    p.add_argument("model", metavar="MODEL", help="a QuantizedSequential saved as .npz")
+    p.add_argument("model", metavar="MODEL",
+                   help="a QuantizedSequential / QuantizedModel saved as .npz, or an int8 .tflite")
     p.add_argument("--to", required=True, choices=("tflite", "c", "onnx"), dest="fmt",
                    help="output format")
     p.add_argument("--out", default=None, metavar="PATH",
@@ -60,24 +65,53 @@ def _error(msg) -> None:
     print(f"qatcore: error: export: {' '.join(str(msg).split())}", file=sys.stderr, flush=True)
 
 
+def _kind(path: str) -> str:
+    """"tflite" (the flatbuffer identifier TFL3 at byte 4), "graph" (a QuantizedModel
+    .npz: a ``graph`` member) or "sequential"."""
+    import zipfile
+
+    with open(path, "rb") as f:
+        head = f.read(8)
+    if head[4:8] == b"TFL3":
+        return "tflite"
+    if head[:4] == b"PK\x03\x04":
+        try:
+            with zipfile.ZipFile(path) as z:
+                if "graph.npy" in z.namelist():
+                    return "graph"
+        except (zipfile.BadZipFile, OSError):
+            pass
+    return "sequential"
+
+
 def _load(path: str):
-    from ..model import QuantizedSequential
+    from ..model import QuantizedModel, QuantizedSequential
 
     if not os.path.exists(path):
         raise _Fail(f"{show(path)}: no such file")
     if os.path.isdir(path):
         raise _Fail(f"{show(path)}: is a directory")
     try:
+        kind = _kind(path)
+        if kind == "tflite":
+            return QuantizedModel.from_tflite(path)
+        if kind == "graph":
+            return QuantizedModel.load(path)
         return QuantizedSequential.load(path)
     except ValueError as exc:
-        raise _Fail(f"not a valid QuantizedSequential: {exc}") from None
+        what = {"tflite": "an int8 .tflite qatcore can run", "graph": "a valid QuantizedModel",
+                "sequential": "a valid QuantizedSequential"}[kind]
+        raise _Fail(f"not {what}: {exc}") from None
     except OSError as exc:
         raise _Fail(f"{show(path)}: cannot read: {exc.strerror or exc}") from None
 
 
 def _stem(path: str) -> str:
     base = os.path.basename(path)
-    return base[:-4] if base.lower().endswith(".npz") else base
+    for suffix in (".npz", ".tflite"):
+        if base.lower().endswith(suffix):
+            return base[:-len(suffix)]
+    return base
 
 
 def _c_name(text: str) -> str:
@@ -96,27 +130,27 @@ def _check_parent(target: str) -> None:
 
 # Every exporter writes its files atomically itself (qatcore._files: temporary files in
 # the target folder, renamed into place only when all are complete).
+# Both model classes delegate to the exporter of their kind (qatcore.export).
 def _export_c(model, out_dir: str, name: str) -> list:
-    from ..export.c import write_c
+    import importlib
+
+    for module in ("c", "c_graph"):          # a missing exporter fails before the mkdir
+        importlib.import_module(f"qatcore.export.{module}")
 
     if not os.path.isdir(out_dir):
         _check_parent(out_dir)
         os.mkdir(out_dir)
-    return list(write_c(model, out_dir, name))
+    return list(model.to_c(out_dir, name))
 
 
 def _export_onnx(model, target: str) -> None:
-    from ..export.onnx import to_onnx
-
     _check_parent(target)
-    to_onnx(model, target)
+    model.to_onnx(target)
 
 
 def _export_tflite(model, target: str, float_io: bool) -> None:
-    from ..export.tflite import write_tflite
-
     _check_parent(target)
-    write_tflite(model, target, float_io=float_io)
+    model.to_tflite(target, float_io=float_io)
 
 
 def main(argv=None) -> int:
@@ -214,6 +248,39 @@ def inspect_sequential(path: str) -> None:
         print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
     print(f"  parameters: {params} bytes (int8 weights + int32 biases); export with "
           f"`qatcore export {os.path.basename(path)} --to tflite|c|onnx`")
+
+
+def inspect_graph(path: str) -> None:
+    """Print a QuantizedModel saved as .npz, or an int8 .tflite read as one (``qatcore
+    inspect MODEL``); ValueError when the file does not validate."""
+    import numpy as np
+
+    from ..model import QuantizedModel
+
+    model = (QuantizedModel.from_tflite(path) if _kind(path) == "tflite"
+             else QuantizedModel.load(path))
+    f32 = lambda v: str(np.float32(v))       # noqa: E731
+    print(f"QuantizedModel {model.name!r}  {show(path)}")
+    for what, names in (("input", model.inputs), ("output", model.outputs)):
+        for n in names:
+            t = model.tensors[n]
+            print(f"  {what} {n!r}: int8 {(None, *t.shape)}, scale {f32(t.scale)} "
+                  f"zero point {t.zero_point}")
+    def short(name: str, width: int = 32) -> str:     # converter names run to 200 chars
+        return name if len(name) <= width else name[:width - 13] + "..." + name[-10:]
+
+    head = ["#", "op", "inputs", "output", "shape", "scale", "zp"]
+    rows = []
+    for i, op in enumerate(model.ops):
+        t = model.tensors[op.output]
+        rows.append([str(i), op.op_type, ", ".join(short(n) for n in op.inputs),
+                     short(op.output), str(t.shape), f32(t.scale), str(t.zero_point)])
+    widths = [max(len(h), *(len(r[k]) for r in rows)) for k, h in enumerate(head)]
+    print("  " + "  ".join(h.ljust(w) for h, w in zip(head, widths)))
+    for r in rows:
+        print("  " + "  ".join(c.ljust(w) for c, w in zip(r, widths)))
+    print(f"  {len(model.ops)} ops, activation arena {model.arena_bytes(1)} bytes at batch 1; "
+          f"export with `qatcore export {os.path.basename(path)} --to tflite|c|onnx`")
 
 
 if __name__ == "__main__":

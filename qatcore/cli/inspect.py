@@ -34,13 +34,20 @@ def _cmd_inspect(args) -> int:
         low = path.lower()
         if low.endswith(".json"):
             _inspect_json(path)
+        elif low.endswith(".tflite"):
+            from .export import inspect_graph
+            try:
+                inspect_graph(path)
+            except ValueError as exc:
+                raise _Fail(f"{_show(path)}: {exc}") from None
         elif low.endswith((".npz", ".npy", ".safetensors")):
             import numpy as np
 
             with np.errstate(all="ignore"):
                 _inspect_tensors(path, args.bins)
         else:
-            raise _Fail(f"{_show(path)}: not a calibration .json, a QuantizedLinear .npz or a tensor file")
+            raise _Fail(f"{_show(path)}: not a calibration .json, a saved model (.npz, "
+                        f".tflite) or a tensor file")
     except _Fail as exc:
         _error(str(exc))
         return EXIT_USAGE
@@ -208,6 +215,13 @@ def _inspect_tensors(path: str, bins: int) -> None:
     members = {r.name.rsplit(":", 1)[-1] if r.name != path else os.path.basename(path): r for r in refs}
     if "weights_q" in members and "weight_scale" in members:
         _inspect_linear(path, members, bins)
+        return
+    if "graph" in members and "tensor_scales" in members:    # a QuantizedModel
+        from .export import inspect_graph
+        try:
+            inspect_graph(path)
+        except ValueError as exc:
+            raise _Fail(str(exc)) from None
         return
     if "format" in members and "activations" in members:     # a QuantizedSequential
         from .export import inspect_sequential
