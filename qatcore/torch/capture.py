@@ -18,10 +18,13 @@ What :func:`prepare_graph` inserts (the integer graph's quantization points, not
 else): a fake quantizer on each model input, after each convolution / Linear (BatchNorm
 folded, ReLU / ReLU6 / Hardtanh(0, 6) fused), each add (fused ReLU), concatenation
 (inputs and output share one quantizer: TFLite's int8 CONCATENATION does not rescale),
-mean / global average pool, Hardswish, Sigmoid and Softmax (fixed 1/256, zero point
--128). Reshape / flatten / view, max pooling, average pooling, standalone ReLU, Dropout
-and Identity keep their input's qparams (the average pool rounds its result to the
-input's grid the way TFLite does). Weights are fake-quantized per output channel by
+Hardswish, Sigmoid and Softmax (fixed 1/256, zero point -128). Reshape / flatten / view,
+max pooling, average pooling, standalone ReLU, Dropout and Identity keep their input's
+qparams. A global mean (``adaptive_avg_pool2d(x, 1)``, ``mean(dim=(2, 3))``) becomes a
+global AVERAGE_POOL_2D, not a MEAN: its arithmetic (sum of codes, divide, round half
+away) is exact and the QAT layer computes it bit for bit, where MEAN's requantization
+would add a quantizer and an off-by-one now and then. Average pools round their result
+to the input's grid the way TFLite does. Weights are fake-quantized per output channel by
 the QAT layers (:mod:`qatcore.torch.layers`), biases to int32 codes at ``s_in · s_w``.
 """
 
@@ -57,10 +60,10 @@ _META_FUNCS = {getattr, operator.getitem, operator.mul, operator.floordiv, opera
                operator.add, len}
 
 #: Kinds after which the integer graph stores a new activation tensor (a quantizer).
-QUANTIZING_KINDS = frozenset({"input", "conv", "linear", "add", "cat", "mean", "hardswish",
+QUANTIZING_KINDS = frozenset({"input", "conv", "linear", "add", "cat", "hardswish",
                               "sigmoid", "softmax", "relu6"})
-#: Kinds that keep their input's qparams.
-PASSTHROUGH_KINDS = frozenset({"reshape", "maxpool", "avgpool", "identity", "relu"})
+#: Kinds that keep their input's qparams (a global mean is a global AVERAGE_POOL_2D).
+PASSTHROUGH_KINDS = frozenset({"reshape", "maxpool", "avgpool", "mean", "identity", "relu"})
 
 
 def _arg(node: fx.Node, i: int, name: str, default=None):
@@ -274,6 +277,19 @@ def _avgpool_params(node: fx.Node, modules) -> Optional[tuple]:
     return k, s, p
 
 
+def _mean_keepdim(node: fx.Node, modules) -> Optional[bool]:
+    """keepdim of a global spatial mean (adaptive pool to 1: True), None for other means."""
+    if node.op == "call_module" or node.target is F.adaptive_avg_pool2d:
+        return True
+    dims = _arg(node, 1, "dim")
+    dims = tuple(dims) if isinstance(dims, (tuple, list)) else (dims,)
+    if any(not isinstance(d, int) for d in dims) or sorted(d % 4 for d in dims) != [2, 3]:
+        return None
+    if _arg(node, 3, "dtype", None) is not None:
+        return None
+    return bool(_arg(node, 2, "keepdim", False))
+
+
 def prepare_graph(model: nn.Module, example_inputs: Optional[Sequence] = None,
                   activation: Optional[FakeQuantConfig] = None,
                   weight: Optional[FakeQuantConfig] = None, *, inplace: bool = False,
@@ -354,7 +370,7 @@ def prepare_graph(model: nn.Module, example_inputs: Optional[Sequence] = None,
                     domain[n] = dom.new()
                 quantize_after.append(n)
             continue
-        if k in ("input", "conv", "linear", "add", "mean", "hardswish"):
+        if k in ("input", "conv", "linear", "add", "hardswish"):
             domain[n] = dom.new()
             quantize_after.append(n)
         elif k in ("sigmoid", "softmax"):
@@ -373,6 +389,14 @@ def prepare_graph(model: nn.Module, example_inputs: Optional[Sequence] = None,
                 kinds[n] = "float"
                 left_float.append(describe(n, modules) + ": ceil_mode, divisor_override "
                                   "or count_include_pad with padding")
+                domain[n] = None
+                continue
+            domain[n] = src_domain(n)
+        elif k == "mean":
+            if _mean_keepdim(n, modules) is None:
+                kinds[n] = "float"
+                left_float.append(describe(n, modules) + ": a mean over other dims than "
+                                  "the spatial (2, 3)")
                 domain[n] = None
                 continue
             domain[n] = src_domain(n)
@@ -423,9 +447,13 @@ def prepare_graph(model: nn.Module, example_inputs: Optional[Sequence] = None,
         k = kinds.get(n)
         if k in ("conv", "linear"):
             modules[n.target].set_input_quantizer(input_fq(n))
-        elif k == "avgpool":
-            kernel, stride, padding = _avgpool_params(n, modules)
-            pool = QATAvgPool2d(kernel, stride, padding)
+            modules[n.target].set_output_quantizer(fq_of_root[dom.find(domain[n])][1])
+        elif k in ("avgpool", "mean"):
+            if k == "avgpool":
+                kernel, stride, padding = _avgpool_params(n, modules)
+                pool = QATAvgPool2d(kernel, stride, padding)
+            else:
+                pool = QATAvgPool2d(None, None, (0, 0), _mean_keepdim(n, modules))
             pool.set_input_quantizer(input_fq(n))
             if n.op == "call_module":
                 _set_module(gm, n.target, pool)

@@ -26,6 +26,22 @@ __all__ = ["QATConvBn2d", "QATLinearBn", "QATAvgPool2d", "FixedQParamsFakeQuanti
 _INT32_MAX = float(2 ** 31 - 1)
 
 
+def multiply_by_quantized_multiplier(x: Tensor, multiplier: Tensor, shift: Tensor) -> Tensor:
+    """TFLite ``MultiplyByQuantizedMultiplier`` (gemmlowp: SaturatingRoundingDoublingHighMul
+    then RoundingDivideByPOT) on int64 tensors holding int32 values, broadcasting."""
+    i32_min, i32_max = -(1 << 31), (1 << 31) - 1
+    left = torch.clamp(shift, min=0)
+    right = torch.clamp(-shift, min=0)
+    v = torch.clamp(x << left, i32_min, i32_max)
+    ab = v * multiplier
+    num = ab + torch.where(ab >= 0, 1 << 30, 1 - (1 << 30))
+    high = torch.where(num >= 0, num >> 31, -((-num) >> 31))
+    mask = (torch.ones_like(right) << right) - 1
+    rem = high & mask
+    thr = (mask >> 1) + (high < 0).to(torch.int64)
+    return (high >> right) + (rem > thr).to(torch.int64)
+
+
 def _fq_qparams(fq: FakeQuantize):
     """(scale, zero point, shift to int8 codes) tensors of a per-tensor quantizer as its
     forward uses them."""
@@ -58,9 +74,15 @@ class _QATWeighted(nn.Module):
         out = layer.weight.shape[0]
         self.weight_fq = FakeQuantize(weight, axis=0, num_channels=out)
         self.register_buffer("bn_frozen", torch.zeros((), dtype=torch.bool))
-        # The input activation quantizer (a module of the graph, not registered here):
-        # the bias is quantized at its scale times the weight scales.
+        # The input and output activation quantizers (modules of the graph, not
+        # registered here): the bias is quantized at s_in times the weight scales, and the
+        # integer evaluation requantizes to the output's qparams.
         self._input_fq: Optional[FakeQuantize] = None
+        self._output_fq: Optional[FakeQuantize] = None
+        #: In eval mode with frozen quantizers, compute the layer as the integer graph
+        #: does (int32 accumulators, TFLite's fixed-point requantization): the
+        #: fake-quant model then gives the integer model's codes, not only nearly.
+        self.integer_eval = True
 
     # --- folding -------------------------------------------------------------------------
     def _bn_factor(self):
@@ -116,7 +138,51 @@ class _QATWeighted(nn.Module):
     def _op(self, x: Tensor, w: Tensor, b: Optional[Tensor]) -> Tensor:
         raise NotImplementedError
 
+    def _can_integer_eval(self) -> bool:
+        ins, outs = self._input_fq, self._output_fq
+        return (self.integer_eval and not self.training and ins is not None
+                and outs is not None and not ins.calibrating and not outs.calibrating
+                and not self.weight_fq.calibrating and ins.config.bits <= 8
+                and outs.config.bits <= 8)
+
+    def _integer_forward(self, x: Tensor) -> Tensor:
+        """The integer graph's computation of this layer on a fake-quantized input:
+        exact int32 accumulators (float64 arithmetic on integer values), TFLite's
+        per-channel multiplier and shift, gemmlowp rounding, + zero point, clamp to int8;
+        returned dequantized (on the output quantizer's grid)."""
+        from ..linear import quantize_multiplier, requant_real_multiplier
+
+        with torch.no_grad():
+            s_in, _, _ = _fq_qparams(self._input_fq)
+            s_out, z_out, shift = _fq_qparams(self._output_fq)
+            zp = int(z_out) - shift
+            w, b = self.folded()
+            ws = _scale_forward(self.weight_fq.scale)
+            wq = self.weight_fq(w.detach().float().contiguous())
+            wc = torch.round(wq / ws.reshape(self._shape(wq.dim(), 0))).double()
+            xc = torch.round(x.detach() * (1.0 / s_in)).double()      # codes minus zp
+            acc = self._op(xc, wc, None)
+            if b is not None:
+                acc = acc + self.bias_codes(b).double().reshape(self._shape(acc.dim(), 1))
+            m, sh = quantize_multiplier(requant_real_multiplier(ws.numpy(), float(s_in),
+                                                                float(s_out)))
+            if m.size == 1:
+                m, sh = np.repeat(m, acc.shape[1]), np.repeat(sh, acc.shape[1])
+            shape = self._shape(acc.dim(), 1)
+            q = multiply_by_quantized_multiplier(
+                acc.to(torch.int64), torch.from_numpy(m.astype(np.int64)).reshape(shape),
+                torch.from_numpy(sh.astype(np.int64)).reshape(shape))
+            q = torch.clamp(q + zp, -128, 127)
+            return (q - zp).to(torch.float32) * s_out
+
     def forward(self, x: Tensor) -> Tensor:
+        if self._can_integer_eval():
+            y_int = self._integer_forward(x)
+            if not torch.is_grad_enabled():
+                return _clamp_activation(y_int, self.activation)
+            w, b = self.folded()
+            y = self._op(x, self.weight_fq(w), self._quantize_bias(b))
+            return _clamp_activation(y + (y_int - y).detach(), self.activation)
         if self.bn is not None and self.training and not bool(self.bn_frozen):
             # torch.ao _ConvBnNd._forward_approximate: the folded weight (running std) is
             # fake-quantized, the conv runs without bias, is scaled back, and the real
@@ -161,6 +227,10 @@ class _QATWeighted(nn.Module):
         kept as a plain reference, not a submodule (it belongs to the graph)."""
         object.__setattr__(self, "_input_fq", fq)
 
+    def set_output_quantizer(self, fq: Optional[FakeQuantize]) -> None:
+        """The quantizer of this layer's output (integer evaluation); a plain reference."""
+        object.__setattr__(self, "_output_fq", fq)
+
     def freeze_bn_stats(self, frozen: bool = True) -> None:
         """Train with the running statistics (folded weights as inference sees them)."""
         self.bn_frozen.fill_(bool(frozen))
@@ -200,11 +270,17 @@ class QATAvgPool2d(nn.Module):
     """Average pooling whose output is what TFLite's int8 AVERAGE_POOL_2D writes: the sum
     of the in-bounds int8 codes divided by their count, rounded half away from raw 0
     (``(acc ± n/2) / n``), in the input's scale and zero point (straight-through gradient
-    to the float average)."""
+    to the float average).
 
-    def __init__(self, kernel_size, stride, padding):
+    ``kernel_size=None`` is a global pool (``adaptive_avg_pool2d(x, 1)``, ``mean(dim=(2,
+    3))``): the kernel is the input's spatial size and, with ``keepdim=False``, the
+    output is ``(N, C)``.
+    """
+
+    def __init__(self, kernel_size=None, stride=None, padding=(0, 0), keepdim: bool = True):
         super().__init__()
         self.kernel_size, self.stride, self.padding = kernel_size, stride, padding
+        self.keepdim = keepdim
         self._input_fq: Optional[FakeQuantize] = None
 
     def set_input_quantizer(self, fq: Optional[FakeQuantize]) -> None:
@@ -212,27 +288,30 @@ class QATAvgPool2d(nn.Module):
         object.__setattr__(self, "_input_fq", fq)
 
     def forward(self, x: Tensor) -> Tensor:
-        y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
-                         count_include_pad=False)
+        k = tuple(x.shape[2:]) if self.kernel_size is None else self.kernel_size
+        st = k if self.stride is None else self.stride
+        y = F.avg_pool2d(x, k, st, self.padding, count_include_pad=False)
         fq = self._input_fq
-        if fq is None:
-            return y
-        with torch.no_grad():
-            s, z, shift = _fq_qparams(fq)
-            codes = torch.round(x.detach() * (1.0 / s)) + (z - shift)      # raw int8 codes
-            acc = torch.round(F.avg_pool2d(codes, self.kernel_size, self.stride, self.padding,
-                                           divisor_override=1)).to(torch.int64)
-            ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
-            n = torch.round(F.avg_pool2d(ones, self.kernel_size, self.stride, self.padding,
-                                         divisor_override=1)).to(torch.int64)
-            half = torch.div(n, 2, rounding_mode="floor")
-            r = torch.div(torch.where(acc > 0, acc + half, acc - half), n,
-                          rounding_mode="trunc")
-            yq = (r.to(torch.float32) - (z - shift)) * s
-        return y + (yq - y).detach()
+        if fq is not None:
+            with torch.no_grad():
+                s, z, shift = _fq_qparams(fq)
+                codes = torch.round(x.detach() * (1.0 / s)) + (z - shift)   # raw int8 codes
+                acc = torch.round(F.avg_pool2d(codes, k, st, self.padding,
+                                               divisor_override=1)).to(torch.int64)
+                ones = torch.ones((1, 1) + tuple(x.shape[2:]), dtype=x.dtype)
+                n = torch.round(F.avg_pool2d(ones, k, st, self.padding,
+                                             divisor_override=1)).to(torch.int64)
+                half = torch.div(n, 2, rounding_mode="floor")
+                r = torch.div(torch.where(acc > 0, acc + half, acc - half), n,
+                              rounding_mode="trunc")
+                yq = (r.to(torch.float32) - (z - shift)) * s
+            y = y + (yq - y).detach()
+        return y if self.keepdim else y.flatten(1)
 
     def extra_repr(self) -> str:
-        return f"kernel_size={self.kernel_size}, stride={self.stride}, padding={self.padding}"
+        k = "global" if self.kernel_size is None else self.kernel_size
+        return (f"kernel_size={k}, stride={self.stride}, padding={self.padding}, "
+                f"keepdim={self.keepdim}")
 
 
 class FixedQParamsFakeQuantize(FakeQuantize):

@@ -200,13 +200,25 @@ def lower(gm: fx.GraphModule, example_inputs=None, name: str = "model") -> Graph
                 t = tensor(inputs_of(n)[0])
                 if len(t.torch_shape) != 3:
                     fail(n, "pooling needs an NCHW input")
-                kh, kw = m.kernel_size
-                sh, sw = m.stride
-                ph, pw = m.padding
-                out = add_tensor(n.name, shape(n), t.scale, t.zero_point)
+                if m.kernel_size is None:                  # global
+                    kh, kw = t.torch_shape[1:]
+                    sh, sw = 1, 1
+                    ph = pw = 0
+                    pooled = (t.torch_shape[0], 1, 1)
+                else:
+                    kh, kw = m.kernel_size
+                    sh, sw = m.stride
+                    ph, pw = m.padding
+                    pooled = shape(n)
+                out = add_tensor(n.name if m.keepdim else n.name + "_pool", pooled, t.scale,
+                                 t.zero_point)
                 spec.ops.append(("AveragePool2D", dict(input=t.name, output=out.name,
                                                        pool=(kh, kw), stride=(sh, sw),
                                                        padding=(ph, ph, pw, pw))))
+                if not m.keepdim:
+                    flat = add_tensor(n.name, shape(n), t.scale, t.zero_point)
+                    spec.ops.append(("Reshape", dict(input=out.name, output=flat.name)))
+                    out = flat
                 env[n] = out
                 return
             fail(n)
