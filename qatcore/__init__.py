@@ -31,7 +31,7 @@ from .fake_quantize import (FakeQuantize, Module, fake_quantize_array, lsq_backw
 from .histogram import ChannelObserver, HistogramObserver
 from .linear import QuantizedLinear
 from .mixed_precision import MixedPrecision
-from .model import QuantizedSequential
+from .model import QuantizedModel, QuantizedSequential
 from .observer import QuantObserver
 
 __version__ = "0.1.0"
@@ -47,6 +47,7 @@ __all__ = [
     "ObserverMethod",
     "QuantObserver",
     "QuantizedLinear",
+    "QuantizedModel",
     "QuantizedSequential",
     "fake_quantize_array",
     "lsq_backward_array",

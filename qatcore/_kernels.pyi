@@ -93,6 +93,45 @@ def requantize_fixed_point(acc: npt.NDArray[np.int32],         # const int32_t[:
                            out: npt.NDArray[np.int8],          # int8_t[:, ::1]
                            n_threads: int = 1) -> None: ...
 
+# --- integer CNN ops (_k_conv.pxi, qc_conv.h; rounding 0 gemmlowp, 1 single, 2 neon) -----
+Shape4 = Tuple[int, int, int, int]
+Pair = Tuple[int, int]
+def conv2d_i8(x: npt.NDArray[np.int8],             # ndarray, C-contiguous int8 (N, H, W, C)
+              out: npt.NDArray[np.int8],           # ndarray, writable int8 (N, OH, OW, COUT)
+              in_shape: Shape4, out_hw: Pair, kernel: Pair, stride: Pair, dilation: Pair,
+              pad_tl: Pair, groups: int,
+              packed: npt.NDArray[np.int8],        # ndarray, groups x packed_size(COUT/groups, K)
+              wsum: npt.NDArray[np.int32],         # ndarray, int32 (COUT,)
+              col_offset: npt.NDArray[np.int32],   # ndarray, int32 (COUT,)
+              multiplier: npt.NDArray[np.int32],   # ndarray, int32 (COUT,)
+              shift: npt.NDArray[np.int32],        # ndarray, int32 (COUT,)
+              out_zp: int, qmin: int, qmax: int, pad_value: int, direct: bool,
+              rounding: int, n_threads: int = 1) -> int:
+    """0, or -1 when scratch memory could not be allocated."""
+def depthwise_conv2d_i8(x: npt.NDArray[np.int8],           # ndarray, int8 (N, H, W, C)
+                        out: npt.NDArray[np.int8],         # ndarray, writable int8 (N, OH, OW, C*M)
+                        in_shape: Shape4, out_hw: Pair, kernel: Pair, stride: Pair,
+                        dilation: Pair, pad_tl: Pair, depth_multiplier: int,
+                        weights: npt.NDArray[np.int8],     # ndarray, int8 (KH, KW, C*M)
+                        bias: Optional[npt.NDArray[np.int32]],  # ndarray, int32 (C*M,) or None
+                        input_offset: int,
+                        multiplier: npt.NDArray[np.int32],  # ndarray, int32 (C*M,)
+                        shift: npt.NDArray[np.int32],       # ndarray, int32 (C*M,)
+                        out_zp: int, qmin: int, qmax: int, rounding: int,
+                        n_threads: int = 1) -> int:
+    """0, or -1 when scratch memory could not be allocated."""
+def pool2d_i8(x: npt.NDArray[np.int8],      # ndarray, int8 (N, H, W, C)
+              out: npt.NDArray[np.int8],    # ndarray, writable int8 (N, OH, OW, C)
+              in_shape: Shape4, out_hw: Pair, kernel: Pair, stride: Pair, pad_tl: Pair,
+              is_max: bool, qmin: int, qmax: int, n_threads: int = 1) -> int:
+    """0, or -1 when scratch memory could not be allocated."""
+def requantize_rows(acc: npt.NDArray[np.int32],         # ndarray, int32 (M, N)
+                    multiplier: npt.NDArray[np.int32],  # ndarray, int32 (N,)
+                    shift: npt.NDArray[np.int32],       # ndarray, int32 (N,)
+                    zero_point: int, qmin: int, qmax: int, rounding: int,
+                    out: npt.NDArray[np.int8]           # ndarray, writable int8 (M, N)
+                    ) -> None: ...
+
 # --- numerics presets (torch / onnx arithmetic, _k_presets.pxi) ------------------------
 PRESET_TORCH: int            # torch.fake_quantize_per_tensor_affine
 PRESET_ONNX: int             # QuantizeLinear -> DequantizeLinear

@@ -535,3 +535,385 @@ def percentile_threshold_ref(hist, edges, percentile, symmetric=True):
         return edge_at(percentile / 100.0)
     cut = (100.0 - percentile) / 200.0
     return edge_at(cut), edge_at(1.0 - cut)
+
+
+# --- integer graph ops (qatcore/model/ops) -----------------------------------------------
+# Transcribed from TFLite's int8 reference kernels (tflite-micro
+# tensorflow/lite/kernels/internal/reference/integer_ops/{conv,depthwise_conv,add,mul,
+# pooling,logistic}.h, reference/{softmax,reduce,hard_swish}.h, common.h; parameters as the
+# micro/kernels/*_common.cc Prepare functions compute them) and gemmlowp fixedpoint.h.
+# Scalar Python integers throughout: slow and plain on purpose.  `rounding` chooses the
+# MultiplyByQuantizedMultiplier of conv / depthwise / fully connected; the other ops use
+# the double rounding except under "single" (TFLITE_SINGLE_ROUNDING).
+
+def _wrap32_ref(v):
+    return ((v + (1 << 31)) % (1 << 32)) - (1 << 31)
+
+
+def _clamp_ref(v, lo, hi):
+    return min(max(v, lo), hi)
+
+
+def _elementwise_mbqm_ref(rounding):
+    return (multiply_by_quantized_multiplier_single_ref if rounding == "single"
+            else multiply_by_quantized_multiplier_ref)
+
+
+def _conv_multipliers_ref(weight_scales, input_scale, output_scale, channels):
+    """PopulateConvolutionQuantizationParams: double(s_in) * double(s_w[c]) / double(s_out)."""
+    ws = np.asarray(weight_scales, dtype=np.float32).ravel()
+    pairs = []
+    for c in range(channels):
+        w = ws[c] if ws.size > 1 else ws[0]
+        pairs.append(quantize_multiplier_ref(float(F32(input_scale)) * float(w)
+                                             / float(F32(output_scale))))
+    return pairs
+
+
+def _out_size_ref(size, k, stride, dilation, before, after):
+    return (size + before + after - ((k - 1) * dilation + 1)) // stride + 1
+
+
+def conv2d_int8_ref(x, weights_q, bias_q, input_zero_point, weight_scales, input_scale,
+                    output_scale, output_zero_point, stride=(1, 1), dilation=(1, 1),
+                    padding=(0, 0, 0, 0), activation=None, rounding="gemmlowp"):
+    """reference_integer_ops::ConvPerChannel on NHWC int8 `x` with OHWI weights; groups =
+    C_in // weights.shape[3]; only in-image taps accumulate w * (x - zp_in)."""
+    x = np.asarray(x)
+    n, h, w, c = x.shape
+    o, kh, kw, cg = weights_q.shape
+    groups = c // cg
+    og = o // groups
+    top, bottom, left, right = padding
+    oh = _out_size_ref(h, kh, stride[0], dilation[0], top, bottom)
+    ow = _out_size_ref(w, kw, stride[1], dilation[1], left, right)
+    pairs = _conv_multipliers_ref(weight_scales, input_scale, output_scale, o)
+    lo, hi = activation_range_ref(activation, output_scale, output_zero_point)
+    mbqm = _MBQM[rounding]
+    xi = x.astype(np.int64) - int(input_zero_point)
+    wt = weights_q.astype(np.int64)
+    out = np.empty((n, oh, ow, o), dtype=np.int8)
+    for oy in range(oh):
+        for ox in range(ow):
+            acc = np.zeros((n, o), dtype=np.int64)
+            for ky in range(kh):
+                iy = oy * stride[0] - top + ky * dilation[0]
+                for kx in range(kw):
+                    ix = ox * stride[1] - left + kx * dilation[1]
+                    if not (0 <= iy < h and 0 <= ix < w):
+                        continue
+                    for g in range(groups):
+                        tap = xi[:, iy, ix, g * cg:(g + 1) * cg]                 # (n, cg)
+                        filt = wt[g * og:(g + 1) * og, ky, kx, :]               # (og, cg)
+                        acc[:, g * og:(g + 1) * og] += tap @ filt.T
+            if bias_q is not None:
+                acc += np.asarray(bias_q, dtype=np.int64)
+            for b in range(n):
+                for ch in range(o):
+                    v = mbqm(int(acc[b, ch]), pairs[ch][0], pairs[ch][1])
+                    out[b, oy, ox, ch] = _clamp_ref(v + int(output_zero_point), lo, hi)
+    return out
+
+
+def depthwise_conv2d_int8_ref(x, weights_q, bias_q, input_zero_point, weight_scales,
+                              input_scale, output_scale, output_zero_point, stride=(1, 1),
+                              dilation=(1, 1), padding=(0, 0, 0, 0), activation=None,
+                              rounding="gemmlowp"):
+    """reference_integer_ops::DepthwiseConvPerChannel: weights (1, KH, KW, C*M), output
+    channel m + ic*M filters input channel ic."""
+    x = np.asarray(x)
+    n, h, w, c = x.shape
+    _, kh, kw, cm = weights_q.shape
+    mult = cm // c
+    top, bottom, left, right = padding
+    oh = _out_size_ref(h, kh, stride[0], dilation[0], top, bottom)
+    ow = _out_size_ref(w, kw, stride[1], dilation[1], left, right)
+    pairs = _conv_multipliers_ref(weight_scales, input_scale, output_scale, cm)
+    lo, hi = activation_range_ref(activation, output_scale, output_zero_point)
+    mbqm = _MBQM[rounding]
+    xi = x.astype(np.int64) - int(input_zero_point)
+    wt = weights_q.astype(np.int64)[0]
+    out = np.empty((n, oh, ow, cm), dtype=np.int8)
+    in_channel = np.arange(cm) // mult
+    for oy in range(oh):
+        for ox in range(ow):
+            acc = np.zeros((n, cm), dtype=np.int64)
+            for ky in range(kh):
+                iy = oy * stride[0] - top + ky * dilation[0]
+                for kx in range(kw):
+                    ix = ox * stride[1] - left + kx * dilation[1]
+                    if 0 <= iy < h and 0 <= ix < w:
+                        acc += xi[:, iy, ix, in_channel] * wt[ky, kx]
+            if bias_q is not None:
+                acc += np.asarray(bias_q, dtype=np.int64)
+            for b in range(n):
+                for ch in range(cm):
+                    v = mbqm(int(acc[b, ch]), pairs[ch][0], pairs[ch][1])
+                    out[b, oy, ox, ch] = _clamp_ref(v + int(output_zero_point), lo, hi)
+    return out
+
+
+def add_int8_ref(a, b, qa, qb, qout, activation=None, rounding="gemmlowp"):
+    """reference_integer_ops::Add (add_common.cc parameters); q* = (scale, zero_point)."""
+    left_shift = 20
+    sa, sb, so = (float(F32(q[0])) for q in (qa, qb, qout))
+    twice_max = 2 * max(sa, sb)
+    m1, s1 = quantize_multiplier_ref(sa / twice_max)
+    m2, s2 = quantize_multiplier_ref(sb / twice_max)
+    mo, so_ = quantize_multiplier_ref(twice_max / ((1 << left_shift) * so))
+    mbqm = _elementwise_mbqm_ref(rounding)
+    lo, hi = activation_range_ref(activation, qout[0], qout[1])
+    out = np.empty(np.shape(a), dtype=np.int8)
+    for idx, (va, vb) in enumerate(zip(np.ravel(a), np.ravel(b))):
+        x1 = (int(va) - int(qa[1])) * (1 << left_shift)
+        x2 = (int(vb) - int(qb[1])) * (1 << left_shift)
+        raw = mbqm(x1, m1, s1) + mbqm(x2, m2, s2)
+        v = mbqm(raw, mo, so_) + int(qout[1])
+        out.flat[idx] = _clamp_ref(v, lo, hi)
+    return out
+
+
+def mul_int8_ref(a, b, qa, qb, qout, activation=None, rounding="gemmlowp"):
+    """reference_integer_ops::Mul (mul_common.cc: double(s1) * double(s2) / double(s_out))."""
+    real = float(F32(qa[0])) * float(F32(qb[0])) / float(F32(qout[0]))
+    m, s = quantize_multiplier_ref(real)
+    mbqm = _elementwise_mbqm_ref(rounding)
+    lo, hi = activation_range_ref(activation, qout[0], qout[1])
+    out = np.empty(np.shape(a), dtype=np.int8)
+    for idx, (va, vb) in enumerate(zip(np.ravel(a), np.ravel(b))):
+        p = (int(va) - int(qa[1])) * (int(vb) - int(qb[1]))
+        out.flat[idx] = _clamp_ref(mbqm(p, m, s) + int(qout[1]), lo, hi)
+    return out
+
+
+def pool2d_int8_ref(x, pool, stride, padding, kind, act_min=-128, act_max=127):
+    """reference_integer_ops::AveragePool / MaxPool over in-image taps; the average rounds
+    half away from zero around raw 0 with C integer division."""
+    x = np.asarray(x)
+    n, h, w, c = x.shape
+    top, bottom, left, right = padding
+    oh = _out_size_ref(h, pool[0], stride[0], 1, top, bottom)
+    ow = _out_size_ref(w, pool[1], stride[1], 1, left, right)
+    out = np.empty((n, oh, ow, c), dtype=np.int8)
+    for b in range(n):
+        for oy in range(oh):
+            for ox in range(ow):
+                y0, x0 = oy * stride[0] - top, ox * stride[1] - left
+                ys = range(max(0, y0), min(h, y0 + pool[0]))
+                xs = range(max(0, x0), min(w, x0 + pool[1]))
+                for ch in range(c):
+                    vals = [int(x[b, iy, ix, ch]) for iy in ys for ix in xs]
+                    if kind == "max":
+                        v = max([-128] + vals)
+                    else:
+                        acc, count = sum(vals), len(vals)
+                        q = (acc + count // 2) if acc > 0 else (acc - count // 2)
+                        v = abs(q) // count * (1 if q >= 0 else -1)     # C truncation
+                    out[b, oy, ox, ch] = _clamp_ref(v, act_min, act_max)
+    return out
+
+
+def mean_int8_ref(x, axes, q_in, q_out, keepdims=False, rounding="gemmlowp"):
+    """reference_ops::QuantizedMeanOrSum (mean) with reduce_common.cc's multiplier; `axes`
+    are axes of `x` (batch axis included)."""
+    x = np.asarray(x)
+    m, s = quantize_multiplier_ref(float(F32(q_in[0])) / float(F32(q_out[0])))
+    n = 1
+    for a in axes:
+        n *= x.shape[a]
+    k = min(63 - (64 - n.bit_length()), 32, 31 + s)       # 63 - CountLeadingZeros(uint64 n)
+    m = (m << k) // n
+    s = s - k
+    mbqm = _elementwise_mbqm_ref(rounding)
+    sums = x.astype(np.int64).sum(axis=tuple(axes), keepdims=keepdims)
+    out = np.empty(sums.shape, dtype=np.int8)
+    for idx, total in np.ndenumerate(sums):
+        shifted = _wrap32_ref(int(total) - int(q_in[1]) * n)
+        out[idx] = _clamp_ref(mbqm(shifted, m, s) + int(q_out[1]), -128, 127)
+    return out
+
+
+# gemmlowp fixed point, scalar
+def _srmpot_ref(x, exponent):
+    """SaturatingRoundingMultiplyByPOT<exponent> on int32."""
+    if exponent < 0:
+        return rounding_divide_by_pot_ref(x, -exponent)
+    threshold = (1 << (31 - exponent)) - 1
+    if x > threshold:
+        return INT32_MAX
+    if x < -threshold:
+        return INT32_MIN
+    return x << exponent
+
+
+def _fx_mul_ref(a, b):
+    return saturating_rounding_doubling_high_mul_ref(a, b)
+
+
+def exp_on_negative_values_ref(a, integer_bits):
+    frac = 31 - integer_bits
+    quarter = 1 << (frac - 2)
+    a_mod = _wrap32_ref((a & (quarter - 1)) - quarter)
+    # exp on [-1/4, 0): Taylor around -1/8
+    z = _srmpot_ref(a_mod, integer_bits)                       # Rescale<0>
+    x = _wrap32_ref(z + (1 << 28))
+    x2 = _fx_mul_ref(x, x)
+    x3 = _fx_mul_ref(x2, x)
+    x4 = _fx_mul_ref(x2, x2)
+    x4_4 = _srmpot_ref(x4, -2)
+    t = _srmpot_ref(_wrap32_ref(_fx_mul_ref(_wrap32_ref(x4_4 + x3), 715827883) + x2), -1)
+    result = _wrap32_ref(1895147668 + _fx_mul_ref(1895147668, _wrap32_ref(x + t)))
+    remainder = _wrap32_ref(a_mod - a)
+    for exponent, mult in ((-2, 1672461947), (-1, 1302514674), (0, 790015084),
+                           (1, 290630308), (2, 39332535), (3, 720401), (4, 242)):
+        if integer_bits > exponent and remainder & (1 << (frac + exponent)):
+            result = _fx_mul_ref(result, mult)
+    if integer_bits > 5 and a < -(1 << (36 - integer_bits)):
+        result = 0
+    return INT32_MAX if a == 0 else result
+
+
+def one_over_one_plus_x_ref(a):
+    s = a + INT32_MAX
+    half = (s + (1 if s >= 0 else -1))
+    half = abs(half) // 2 * (1 if half >= 0 else -1)             # C truncation
+    x = _wrap32_ref(1515870810 + _fx_mul_ref(half, -1010580540))
+    for _ in range(3):
+        om = _wrap32_ref((1 << 29) - _fx_mul_ref(half, x))
+        x = _wrap32_ref(x + _srmpot_ref(_fx_mul_ref(x, om), 2))
+    return _srmpot_ref(x, 1)
+
+
+def softmax_int8_ref(x, input_scale, beta=1.0, rounding="gemmlowp"):
+    """reference_ops::Softmax for int8 in / int8 out (scale 1/256, zp -128) over the last
+    axis, with softmax_common.cc's PreprocessSoftmaxScaling / CalculateInputRadius."""
+    import math
+
+    single = rounding == "single"
+    cap = (1 << 30) - 1.0 if single else (1 << 31) - 1.0
+    real = min(float(F32(beta)) * float(F32(input_scale)) * (1 << 26), cap)
+    mult, left = quantize_multiplier_ref(real)
+    diff_min = -math.floor(1.0 * 31 * (1 << 26) / (1 << left))
+    x = np.asarray(x)
+    rows = x.reshape(-1, x.shape[-1])
+    out = np.empty(rows.shape, dtype=np.int8)
+
+    def rescale(d):
+        if single:
+            return multiply_by_quantized_multiplier_single_ref(d, mult, left)
+        return _fx_mul_ref(_wrap32_ref(d * (1 << left)), mult)
+
+    for r, row in enumerate(rows):
+        mx = int(row.max())
+        total = 0
+        for v in row:
+            d = int(v) - mx
+            if d >= diff_min:
+                total = _wrap32_ref(total + _srmpot_ref(
+                    exp_on_negative_values_ref(rescale(d), 5), -12))
+        headroom = 32 - total.bit_length()
+        bits_over_unit = 12 - headroom
+        shifted = _wrap32_ref(((total << headroom) % (1 << 32)) - (1 << 31))
+        scale = one_over_one_plus_x_ref(shifted)
+        for c, v in enumerate(row):
+            d = int(v) - mx
+            if d >= diff_min:
+                e = exp_on_negative_values_ref(rescale(d), 5)
+                u = rounding_divide_by_pot_ref(_fx_mul_ref(scale, e), bits_over_unit + 23)
+                out[r, c] = _clamp_ref(u - 128, -128, 127)
+            else:
+                out[r, c] = -128
+    return out.reshape(x.shape)
+
+
+def logistic_int8_ref(x, q_in, rounding="gemmlowp"):
+    """reference_integer_ops::Logistic with logistic_common.cc's parameters."""
+    import math
+
+    q, shift = math.frexp(float(F32(q_in[0])) * float(1 << 27))
+    mult = math.floor(q * (1 << 31) + 0.5)
+    radius = math.floor(15.0 * (1 << 27) / (1 << shift))
+    mbqm = _elementwise_mbqm_ref(rounding)
+    out = np.empty(np.shape(x), dtype=np.int8)
+    for idx, v in enumerate(np.ravel(x)):
+        d = int(v) - int(q_in[1])
+        if d <= -radius:
+            out.flat[idx] = -128
+        elif d >= radius:
+            out.flat[idx] = 127
+        else:
+            a = mbqm(d, mult, shift)                              # Q4.27
+            if a == 0:
+                y = 1 << 30
+            else:
+                pos = one_over_one_plus_x_ref(exp_on_negative_values_ref(-abs(a), 4))
+                y = pos if a > 0 else _wrap32_ref(INT32_MAX - pos)
+            out.flat[idx] = _clamp_ref(rounding_divide_by_pot_ref(y, 23) - 128, -128, 127)
+    return out
+
+
+def _i16_ref(v):
+    return ((v + (1 << 15)) % (1 << 16)) - (1 << 15)
+
+
+def hard_swish_int8_ref(x, q_in, q_out):
+    """reference_ops::HardSwish (quantized) with hard_swish_common.cc's parameters."""
+    def to16(m):
+        if m >= INT32_MAX - (1 << 15):
+            return (1 << 15) - 1
+        return (m + (1 << 15)) >> 16
+
+    def srdhm16(a, b):
+        if a == b == -(1 << 15):
+            return (1 << 15) - 1
+        ab = a * b
+        num = ab + ((1 << 14) if ab >= 0 else 1 - (1 << 14))
+        return _i16_ref(abs(num) // (1 << 15) * (1 if num >= 0 else -1))
+
+    def sdhm16(a, b):
+        if a == b == -(1 << 15):
+            return (1 << 15) - 1
+        ab = a * b
+        return _i16_ref(abs(ab) // (1 << 15) * (1 if ab >= 0 else -1))
+
+    def satl16(v, amount):
+        return _clamp_ref(v * (1 << amount), -(1 << 15), (1 << 15) - 1)
+
+    hires = F32(1.0 / 128.0) * F32(q_in[0])
+    om, oe = quantize_multiplier_ref(float(F32(hires / F32(q_out[0]))))
+    rm, re = quantize_multiplier_ref(float(F32(hires / F32(3.0 / 32768.0))))
+    om, rm = to16(om), to16(rm)
+    out = np.empty(np.shape(x), dtype=np.int8)
+    for idx, v in enumerate(np.ravel(x)):
+        iv = _i16_ref(int(v) - int(q_in[1]))
+        hv = _i16_ref(iv * 128)
+        pre = srdhm16(hv, om)
+        rel = hv
+        if re > 0:
+            rel = satl16(rel, re - 1)
+        rel = srdhm16(rel, rm)
+        if re > 0:
+            rel = satl16(rel, 1)
+        if re < 0:
+            rel = rounding_divide_by_pot_ref(rel, -re)
+        rel = _i16_ref((rel + (1 << 15)) >> 1)
+        o = rounding_divide_by_pot_ref(sdhm16(rel, pre), -oe)
+        o = _i16_ref(o + int(q_out[1]))
+        out.flat[idx] = _clamp_ref(o, -128, 127)
+    return out
+
+
+def relu_int8_ref(x, q_in, q_out, six=False, rounding="gemmlowp"):
+    """ReluQuantized with activations_common.cc's CalculateReluOpData (act_max 6 for
+    ReLU6)."""
+    m, s = quantize_multiplier_ref(float(F32(q_in[0]) / F32(q_out[0])))
+    zp = int(q_out[1])
+    lo = max(-128, zp)
+    hi = 127
+    if six:
+        hi = min(127, zp + int(round_half_away_ref(F32(6.0) / F32(q_out[0]))))
+    mbqm = _elementwise_mbqm_ref(rounding)
+    out = np.empty(np.shape(x), dtype=np.int8)
+    for idx, v in enumerate(np.ravel(x)):
+        out.flat[idx] = _clamp_ref(zp + mbqm(int(v) - int(q_in[1]), m, s), lo, hi)
+    return out
