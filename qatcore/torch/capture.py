@@ -467,6 +467,7 @@ def prepare_graph(model: nn.Module, example_inputs: Optional[Sequence] = None,
                 with graph.inserting_before(n):
                     p = graph.call_module(name, (src,))
                 n.replace_all_uses_with(p)
+                domain[p] = domain[n]
                 graph.erase_node(n)
                 counter += 1
 

@@ -381,8 +381,16 @@ def _emit(spec, pending: _Pending, fq_node, out_shape, scale, zp, modules, env, 
         ts = [tensor(s) for s in srcs]
         rank = len(ts[0].torch_shape) + 1
         dim = _arg(n, 1, "dim", 0)
+        perm = None
         if any(t.perm is not None for t in ts):
-            fail(n, "concatenates flattened NCHW tensors")
+            if rank != 2:
+                fail(n, "concatenates flattened NCHW tensors")
+            parts, offset = [], 0
+            for t in ts:
+                size = t.torch_shape[0]
+                parts.append((t.perm if t.perm is not None else np.arange(size)) + offset)
+                offset += size
+            perm = np.concatenate(parts)
         for t in ts:
             if (t.scale, t.zero_point) != (float(np.float32(scale)), zp):
                 fail(n, "inputs with other qparams than the output")
@@ -390,7 +398,7 @@ def _emit(spec, pending: _Pending, fq_node, out_shape, scale, zp, modules, env, 
             axis = _channel_axis(dim, rank)
         except (ValueError, KeyError):
             fail(n, f"concatenation on dim {dim}")
-        out = add_tensor(name, out_shape, scale, zp)
+        out = add_tensor(name, out_shape, scale, zp, perm)
         spec.ops.append(("Concatenation", dict(inputs=tuple(t.name for t in ts),
                                                output=out.name, axis=axis)))
         return out
