@@ -94,12 +94,10 @@ def requantize_fixed_point(acc: npt.NDArray[np.int32],         # const int32_t[:
                            n_threads: int = 1) -> None: ...
 
 # --- integer CNN ops (_k_conv.pxi, qc_conv.h; rounding 0 gemmlowp, 1 single, 2 neon) -----
-Shape4 = Tuple[int, int, int, int]
-Pair = Tuple[int, int]
 def conv2d_i8(x: npt.NDArray[np.int8],             # ndarray, C-contiguous int8 (N, H, W, C)
               out: npt.NDArray[np.int8],           # ndarray, writable int8 (N, OH, OW, COUT)
-              in_shape: Shape4, out_hw: Pair, kernel: Pair, stride: Pair, dilation: Pair,
-              pad_tl: Pair, groups: int,
+              in_shape: Tuple[int, int, int, int], out_hw: Tuple[int, int], kernel: Tuple[int, int], stride: Tuple[int, int], dilation: Tuple[int, int],
+              pad_tl: Tuple[int, int], groups: int,
               packed: npt.NDArray[np.int8],        # ndarray, groups x packed_size(COUT/groups, K)
               wsum: npt.NDArray[np.int32],         # ndarray, int32 (COUT,)
               col_offset: npt.NDArray[np.int32],   # ndarray, int32 (COUT,)
@@ -110,8 +108,8 @@ def conv2d_i8(x: npt.NDArray[np.int8],             # ndarray, C-contiguous int8 
     """0, or -1 when scratch memory could not be allocated."""
 def depthwise_conv2d_i8(x: npt.NDArray[np.int8],           # ndarray, int8 (N, H, W, C)
                         out: npt.NDArray[np.int8],         # ndarray, writable int8 (N, OH, OW, C*M)
-                        in_shape: Shape4, out_hw: Pair, kernel: Pair, stride: Pair,
-                        dilation: Pair, pad_tl: Pair, depth_multiplier: int,
+                        in_shape: Tuple[int, int, int, int], out_hw: Tuple[int, int], kernel: Tuple[int, int], stride: Tuple[int, int],
+                        dilation: Tuple[int, int], pad_tl: Tuple[int, int], depth_multiplier: int,
                         weights: npt.NDArray[np.int8],     # ndarray, int8 (KH, KW, C*M)
                         bias: Optional[npt.NDArray[np.int32]],  # ndarray, int32 (C*M,) or None
                         input_offset: int,
@@ -122,7 +120,7 @@ def depthwise_conv2d_i8(x: npt.NDArray[np.int8],           # ndarray, int8 (N, H
     """0, or -1 when scratch memory could not be allocated."""
 def pool2d_i8(x: npt.NDArray[np.int8],      # ndarray, int8 (N, H, W, C)
               out: npt.NDArray[np.int8],    # ndarray, writable int8 (N, OH, OW, C)
-              in_shape: Shape4, out_hw: Pair, kernel: Pair, stride: Pair, pad_tl: Pair,
+              in_shape: Tuple[int, int, int, int], out_hw: Tuple[int, int], kernel: Tuple[int, int], stride: Tuple[int, int], pad_tl: Tuple[int, int],
               is_max: bool, qmin: int, qmax: int, n_threads: int = 1) -> int:
     """0, or -1 when scratch memory could not be allocated."""
 def requantize_rows(acc: npt.NDArray[np.int32],         # ndarray, int32 (M, N)

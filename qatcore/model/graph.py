@@ -193,7 +193,7 @@ class QuantizedModel:
     ...     [TensorSpec("x", (2,), 0.1, 0), TensorSpec("y", (2,), 0.05, 0)],
     ...     [FullyConnected("x", "y", w, [0.5])], ["x"], ["y"])
     >>> model.forward_int8(np.array([[10, -10]], np.int8))
-    array([[ -20,  127]], dtype=int8)
+    array([[-10,  70]], dtype=int8)
     """
 
     def __init__(self, tensors: Sequence[TensorSpec], ops: Sequence[Op],

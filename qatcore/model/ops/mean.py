@@ -31,7 +31,8 @@ class Mean(Op):
         Axes of the sample shape (no batch axis); ``(0, 1)`` is the spatial mean of HWC.
         Negative axes count from the end.
     keepdims : bool
-        Keep the reduced axes as size 1.
+        Keep the reduced axes as size 1.  Reducing every axis without keepdims gives the
+        sample shape ``(1,)`` (a TensorSpec has at least one axis).
 
     Attributes
     ----------
@@ -73,7 +74,7 @@ class Mean(Op):
             axes.append(a % rank)
         axes = sorted(set(axes))
         shape = tuple(1 if i in axes else d for i, d in enumerate(spec.shape)
-                      if self.keepdims or i not in axes)
+                      if self.keepdims or i not in axes) or (1,)   # no scalar samples
         if tuple(out.shape) != shape:
             raise ValueError(f"{name}: output shape must be {shape}, got {tuple(out.shape)}")
         n = prod(spec.shape[a] for a in axes)
