@@ -11,6 +11,7 @@ from __future__ import annotations
 import copy
 import functools
 import io
+import warnings
 
 import numpy as np
 import pytest
@@ -476,3 +477,34 @@ def test_fixed_qparams_for_sigmoid_and_hardswish_quantized():
                                         "FullyConnected", "Logistic"]
     out = next(t for t in spec.tensors if t["name"] == spec.outputs[0])
     assert (out["scale"], out["zero_point"]) == (1 / 256, -128)
+
+
+def test_torch_onnx_export_of_a_frozen_qat_model(tmp_path):
+    """torch.onnx.export (TorchScript exporter) writes the quantizers as QuantizeLinear /
+    DequantizeLinear; onnxruntime then predicts as the QAT model does. Wrapping the
+    GraphModule (nn.Sequential) lets dynamic_axes through (the exporter reads
+    ``model.graph`` as a TorchScript graph)."""
+    ort = pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnx")
+    qat, shape = _trained("resnet8")
+    path = tmp_path / "resnet8_qat.onnx"
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(nn.Sequential(qat), (torch.randn(1, *shape),), str(path),
+                          dynamo=False, opset_version=13, input_names=["x"],
+                          dynamic_axes={"x": {0: "n"}})
+    import onnx
+
+    ops = {n.op_type for n in onnx.load(str(path)).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear", "Conv"} <= ops
+    x = torch.randn(16, *shape, generator=torch.Generator().manual_seed(5))
+    with torch.no_grad():
+        y = qat(x).numpy()
+    y_onnx = ort.InferenceSession(str(path), providers=["CPUExecutionProvider"]).run(
+        None, {"x": x.numpy()})[0]
+    assert np.mean(y_onnx.argmax(1) == y.argmax(1)) >= 0.9    # measured 1.0
+    step = qat.get_submodule("fc_fq").scale.item()
+    # a few output steps: float conv / average in onnxruntime vs integer requantization
+    assert np.abs(y_onnx - y).max() <= 6 * step
+    assert qat.state_dict()                            # the extra state is back to a dict
+    assert isinstance(qat.get_submodule("x_fq").get_extra_state(), dict)

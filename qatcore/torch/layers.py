@@ -141,6 +141,7 @@ class _QATWeighted(nn.Module):
     def _can_integer_eval(self) -> bool:
         ins, outs = self._input_fq, self._output_fq
         return (self.integer_eval and not self.training and ins is not None
+                and not torch.onnx.is_in_onnx_export()
                 and outs is not None and not ins.calibrating and not outs.calibrating
                 and not self.weight_fq.calibrating and ins.config.bits <= 8
                 and outs.config.bits <= 8)
@@ -288,6 +289,15 @@ class QATAvgPool2d(nn.Module):
         object.__setattr__(self, "_input_fq", fq)
 
     def forward(self, x: Tensor) -> Tensor:
+        if torch.onnx.is_in_onnx_export():
+            # ONNX has no int8 average pool: the float average (GlobalAveragePool /
+            # AveragePool), requantized by the next QuantizeLinear.
+            if self.kernel_size is None:
+                y = F.adaptive_avg_pool2d(x, 1)
+            else:
+                y = F.avg_pool2d(x, self.kernel_size, self.stride, self.padding,
+                                 count_include_pad=False)
+            return y if self.keepdim else y.flatten(1)
         k = tuple(x.shape[2:]) if self.kernel_size is None else self.kernel_size
         st = k if self.stride is None else self.stride
         y = F.avg_pool2d(x, k, st, self.padding, count_include_pad=False)
