@@ -508,3 +508,22 @@ def test_torch_onnx_export_of_a_frozen_qat_model(tmp_path):
     assert np.abs(y_onnx - y).max() <= 6 * step
     assert qat.state_dict()                            # the extra state is back to a dict
     assert isinstance(qat.get_submodule("x_fq").get_extra_state(), dict)
+
+
+def test_tflite_in_tflm_bit_exact(trained, tmp_path):
+    """convert -> .tflite (qatcore.export) -> TensorFlow Lite Micro: the same int8 codes as
+    forward_int8, which are the fake-quant model's codes."""
+    runtime = pytest.importorskip("tflite_micro.runtime", reason="tflite-micro not installed")
+    name, qat, shape = trained
+    model_int = qt.convert(qat, integer=True)
+    path = tmp_path / f"{name}.tflite"
+    model_int.to_tflite(path)
+    x = torch.randn(6, *shape, generator=torch.Generator().manual_seed(9))
+    x_q = _input_codes(qat, x)
+    expected = model_int.forward_int8(x_q)
+    interp = runtime.Interpreter.from_file(str(path))
+    for i in range(len(x_q)):
+        interp.set_input(x_q[i:i + 1], 0)
+        interp.invoke()
+        np.testing.assert_array_equal(interp.get_output(0).reshape(expected[i:i + 1].shape),
+                                      expected[i:i + 1])
