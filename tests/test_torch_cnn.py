@@ -513,7 +513,7 @@ def test_torch_onnx_export_of_a_frozen_qat_model(tmp_path):
 def test_tflite_in_tflm_bit_exact(trained, tmp_path):
     """convert -> .tflite (qatcore.export) -> TensorFlow Lite Micro: the same int8 codes as
     forward_int8, which are the fake-quant model's codes."""
-    runtime = pytest.importorskip("tflite_micro.runtime", reason="tflite-micro not installed")
+    runtime = pytest.importorskip("tflite_micro", reason="tflite-micro not installed").runtime
     name, qat, shape = trained
     model_int = qt.convert(qat, integer=True)
     path = tmp_path / f"{name}.tflite"
