@@ -527,3 +527,13 @@ def test_tflite_in_tflm_bit_exact(trained, tmp_path):
         interp.invoke()
         np.testing.assert_array_equal(interp.get_output(0).reshape(expected[i:i + 1].shape),
                                       expected[i:i + 1])
+
+
+def test_cnn_demo_smoke():
+    from qatcore import _demo_torch_cnn
+
+    res = _demo_torch_cnn.run_demo(epochs=2, qat_epochs=1, tflm=False)
+    assert [r[0] for r in res.rows] == ["float32", "PTQ int8", "QAT int8", "QAT int8"]
+    assert res.argmax_agreement == 1.0 and res.code_agreement == 1.0
+    assert res.accuracies["qat_int"] > 0.5
+    assert "integer-only" in res.table()
