@@ -16,7 +16,7 @@ qatcore.torch's whole-graph QAT and deployed as an integer graph (and a .tflite 
 from __future__ import annotations
 
 import argparse
-import copy
+import math
 import os
 import sys
 import tempfile
@@ -110,7 +110,7 @@ class CnnDemoResult:
         head = f"{'model':<12} {'path':<48} {'accuracy':>9} {'ms/batch':>9}"
         lines = [head, "-" * len(head)]
         for name, path, acc, t in self.rows:
-            ms = f"{1e3 * t:9.3f}" if t == t else f"{'-':>9}"
+            ms = f"{'-':>9}" if math.isnan(t) else f"{1e3 * t:9.3f}"
             lines.append(f"{name:<12} {path:<48} {100 * acc:8.2f}% {ms}")
         return "\n".join(lines)
 

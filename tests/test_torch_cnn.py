@@ -537,3 +537,36 @@ def test_cnn_demo_smoke():
     assert res.argmax_agreement == 1.0 and res.code_agreement == 1.0
     assert res.accuracies["qat_int"] > 0.5
     assert "integer-only" in res.table()
+
+
+class _HardSwishSigmoidSoftmax(nn.Module):
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 16, 3, padding=1)
+        self.bn = nn.BatchNorm2d(16)
+        self.hs = nn.Hardswish()
+        self.conv2 = nn.Conv2d(16, 16, 3, padding=1)
+        self.fc = nn.Linear(16, 4)
+
+    def forward(self, x):
+        x = self.hs(self.bn(self.conv(x)))
+        x = torch.sigmoid(self.conv2(x)).mean((2, 3))
+        return torch.softmax(self.fc(x), dim=-1)
+
+
+def test_hardswish_sigmoid_softmax_agree_with_the_engine():
+    torch.manual_seed(0)
+    qat = qt.prepare_qat(_HardSwishSigmoidSoftmax(), torch.randn(2, 3, 8, 8))
+    with torch.no_grad():
+        qat(torch.randn(64, 3, 8, 8))
+    qt.freeze(qat).eval()
+    model_int = qt.convert(qat, integer=True)
+    assert [type(op).__name__ for op in model_int.ops] == [
+        "Conv2D", "HardSwish", "Conv2D", "Logistic", "AveragePool2D", "Reshape",
+        "FullyConnected", "Softmax"]
+    x = torch.randn(128, 3, 8, 8, generator=torch.Generator().manual_seed(4))
+    with torch.no_grad():
+        y = qat(x)
+    out_q = model_int.forward_int8(_input_codes(qat, x))
+    codes = _output_codes(y, {"scale": 1 / 256, "zero_point": -128})
+    assert np.mean(codes == out_q) >= 0.99            # measured 1.0

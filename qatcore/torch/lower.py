@@ -20,7 +20,7 @@ import torch
 from torch import fx
 from torch.fx.passes.shape_prop import ShapeProp
 
-from .capture import _avgpool_params, _arg, _pair, describe, node_kind
+from .capture import _arg, _pair, describe, node_kind
 from .layers import QATAvgPool2d, QATConvBn2d, QATLinearBn, _QATWeighted
 from .modules import FakeQuantize, _quant_params
 
