@@ -186,16 +186,17 @@ class _QATWeighted(nn.Module):
             return _clamp_activation(y + (y_int - y).detach(), self.activation)
         if self.bn is not None and self.training and not bool(self.bn_frozen):
             # torch.ao _ConvBnNd._forward_approximate: the folded weight (running std) is
-            # fake-quantized, the conv runs without bias, is scaled back, and the real
-            # BatchNorm normalizes with the batch statistics (and updates the running ones).
+            # fake-quantized, the conv runs without bias, is scaled back by the factor, and
+            # the real BatchNorm normalizes with the batch statistics (and updates the
+            # running ones). The factor is per output channel and the layer linear in each
+            # channel's weights, so conv(x, fq(W·f)) / f = conv(x, fq(W·f) / f): dividing
+            # the weights instead of the output saves two activation-sized passes (and
+            # their backward) per layer.
             factor, _, _ = self._bn_factor()
             w = self.layer.weight
-            wq = self.weight_fq(w * factor.reshape(self._shape(w.dim(), 0)))
-            y = self._op(x, wq, None)
-            y = y / factor.reshape(self._shape(y.dim(), 1))
-            if self.layer.bias is not None:
-                y = y + self.layer.bias.reshape(self._shape(y.dim(), 1))
-            y = self.bn(y)
+            shape = self._shape(w.dim(), 0)
+            wq = self.weight_fq(w * factor.reshape(shape)) / factor.reshape(shape)
+            y = self.bn(self._op(x, wq, self.layer.bias))
         else:
             # What integer inference computes: folded weight and bias, quantized.
             w, b = self.folded()
