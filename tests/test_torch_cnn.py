@@ -570,3 +570,19 @@ def test_hardswish_sigmoid_softmax_agree_with_the_engine():
     out_q = model_int.forward_int8(_input_codes(qat, x))
     codes = _output_codes(y, {"scale": 1 / 256, "zero_point": -128})
     assert np.mean(codes == out_q) >= 0.99            # measured 1.0
+
+
+def test_cnn_without_example_inputs_records_the_shape_at_the_first_forward():
+    torch.manual_seed(2)
+    model = nn.Sequential(nn.Conv2d(1, 4, 3), nn.BatchNorm2d(4), nn.ReLU(),
+                          nn.AdaptiveAvgPool2d(1), nn.Flatten(), nn.Linear(4, 3))
+    qat = qt.prepare_qat(model)                 # a Conv2d: whole-graph capture anyway
+    assert qat.qat_input_shapes is None
+    with pytest.raises(ValueError, match="input shape is unknown"):
+        lower(qt.freeze(copy.deepcopy(qat)))
+    with torch.no_grad():
+        qat(torch.randn(8, 1, 6, 6))
+    assert qat.qat_input_shapes == [(1, 6, 6)]
+    qt.freeze(qat).eval()
+    model_int = qt.convert(qat, integer=True)
+    assert model_int.input_shape == (None, 6, 6, 1)
