@@ -123,6 +123,15 @@ def pool2d_i8(x: npt.NDArray[np.int8],      # ndarray, int8 (N, H, W, C)
               in_shape: Tuple[int, int, int, int], out_hw: Tuple[int, int], kernel: Tuple[int, int], stride: Tuple[int, int], pad_tl: Tuple[int, int],
               is_max: bool, qmin: int, qmax: int, n_threads: int = 1) -> int:
     """0, or -1 when scratch memory could not be allocated."""
+def add_i8(a: npt.NDArray[np.int8],      # ndarray, C-contiguous int8
+           b: npt.NDArray[np.int8],      # ndarray, C-contiguous int8, same size
+           out: npt.NDArray[np.int8],    # ndarray, writable int8, same size
+           zp_a: int, zp_b: int, m_a: int, s_a: int, m_b: int, s_b: int, m_out: int,
+           s_out: int, zp_out: int, qmin: int, qmax: int, single: bool) -> None: ...
+def softmax_i8(x: npt.NDArray[np.int8],     # ndarray, C-contiguous int8, rows x depth
+               out: npt.NDArray[np.int8],   # ndarray, writable int8, same size
+               depth: int, multiplier: int, left_shift: int, diff_min: int,
+               single: bool) -> None: ...
 def requantize_rows(acc: npt.NDArray[np.int32],         # ndarray, int32 (M, N)
                     multiplier: npt.NDArray[np.int32],  # ndarray, int32 (N,)
                     shift: npt.NDArray[np.int32],       # ndarray, int32 (N,)

@@ -193,3 +193,24 @@ def test_fully_connected_flattens_an_image_input():
 ], ids=["stride2", "3x3", "dilated", "1x1"])
 def test_same_padding(args, expected):
     assert same_padding(*args) == expected
+
+
+@functools.lru_cache(maxsize=None)
+def _dw_parallel_case():
+    rng = np.random.default_rng(99)
+    x = rand_i8(rng, (4, 16, 16, 32))
+    w = rand_weights(rng, (1, 3, 3, 32))
+    scales = rng.uniform(0.005, 0.02, 32).astype(np.float32)
+    bias = rng.integers(-900, 900, 32).astype(np.int32)
+    expected = ref.depthwise_conv2d_int8_ref(x, w, bias, -5, scales, 0.05, 0.4, 3,
+                                             padding=(1, 1, 1, 1))
+    return x, w, scales, bias, expected
+
+
+@pytest.mark.parametrize("n_threads", [1, 2], ids=["1thread", "2threads"])
+def test_depthwise_large_enough_for_the_parallel_path(target, n_threads):
+    x, w, scales, bias, expected = _dw_parallel_case()
+    model = single_op_model(DepthwiseConv2D("x", "y", w, scales, bias, padding=(1, 1, 1, 1)),
+                            TensorSpec("x", (16, 16, 32), 0.05, -5),
+                            TensorSpec("y", (16, 16, 32), 0.4, 3), n_threads)
+    np.testing.assert_array_equal(model.forward_int8(x), expected)

@@ -5,6 +5,7 @@ rounding; the C pooling kernel on every CPU target and 1 and 2 threads)."""
 
 from __future__ import annotations
 
+import functools
 import zlib
 
 import numpy as np
@@ -232,3 +233,32 @@ def test_reshape_concatenation_pad():
 def test_ops_that_keep_quantization_refuse_another(op, out):
     with pytest.raises(ValueError, match="keep the"):
         single_op_model(op, TensorSpec("a", (3, 4, 5), 0.1, -7), out)
+
+
+@functools.lru_cache(maxsize=None)
+def _pool_parallel_case(kind):
+    x = rand_i8(_rng("parallel"), (4, 24, 24, 16))
+    return x, ref.pool2d_int8_ref(x, (3, 3), (1, 1), (1, 1, 1, 1), kind)
+
+
+@pytest.mark.parametrize("n_threads", [1, 2], ids=["1thread", "2threads"])
+@pytest.mark.parametrize("kind", ["avg", "max"])
+def test_pool_large_enough_for_the_parallel_path(target, kind, n_threads):
+    x, expected = _pool_parallel_case(kind)
+    cls = AveragePool2D if kind == "avg" else MaxPool2D
+    model = single_op_model(cls("x", "y", (3, 3), (1, 1), (1, 1, 1, 1)),
+                            TensorSpec("x", (24, 24, 16), 0.05, 0),
+                            TensorSpec("y", (24, 24, 16), 0.05, 0), n_threads)
+    np.testing.assert_array_equal(model.forward_int8(x), expected)
+
+
+@pytest.mark.parametrize("rounding", ROUNDINGS)
+@pytest.mark.parametrize("name", list(SOFTMAX_CASES))
+def test_softmax_c_loop_equals_the_numpy_form(target, name, rounding):
+    shape, s_in, zp, beta = SOFTMAX_CASES[name]
+    x = rand_i8(_rng(name + "np"), (3,) + shape)
+    model = single_op_model(Softmax("x", "y", beta), TensorSpec("x", shape, s_in, zp),
+                            TensorSpec("y", shape, 1 / 256, -128))
+    expected = np.empty_like(x)
+    model.ops[0]._run_numpy([x], expected, ["gemmlowp", "single", "neon"].index(rounding))
+    np.testing.assert_array_equal(model.forward_int8(x, rounding=rounding), expected)

@@ -31,6 +31,12 @@ cdef extern from "qc_conv.h" nogil:
                         int32_t qmin, int32_t qmax, int rounding, int8_t *out, int n_threads)
     int qc_pool_i8(const int8_t *x, const qc_window_t *g, int is_max, int32_t qmin,
                    int32_t qmax, int8_t *out, int n_threads)
+    void qc_add_i8(const int8_t *a, const int8_t *b, Py_ssize_t n, int32_t zp_a, int32_t zp_b,
+                   int32_t m_a, int32_t s_a, int32_t m_b, int32_t s_b, int32_t m_out,
+                   int32_t s_out, int32_t zp_out, int32_t qmin, int32_t qmax, int single,
+                   int8_t *out)
+    void qc_softmax_i8(const int8_t *x, Py_ssize_t rows, Py_ssize_t depth, int32_t mult,
+                       int32_t left, int32_t diff_min, int single, int8_t *out)
     void qc_requantize_rows_r(const int32_t *acc, Py_ssize_t m, Py_ssize_t n,
                               const int32_t *multiplier, const int32_t *shift,
                               int32_t zero_point, int32_t qmin, int32_t qmax, int rounding,
@@ -209,3 +215,43 @@ def requantize_rows(cnp.ndarray acc not None,         # IN (M, N) int32
         return
     with nogil:
         qc_requantize_rows_r(ap, m, n, mp, sp, zero_point, qmin, qmax, rounding, op, n)
+
+
+def add_i8(cnp.ndarray a not None,     # IN int8, C-contiguous
+           cnp.ndarray b not None,     # IN int8, same size
+           cnp.ndarray out not None,   # OUT int8, same size
+           int zp_a, int zp_b, int m_a, int s_a, int m_b, int s_b, int m_out, int s_out,
+           int zp_out, int qmin, int qmax, bint single):
+    """TFLite int8 ADD element-wise (left shift 20, three MultiplyByQuantizedMultiplier
+    steps, single or double rounding), clamped to [qmin, qmax]."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(a)
+    cdef const int8_t *ap = <const int8_t *>_buf(a, cnp.NPY_INT8, n, False, "a")
+    cdef const int8_t *bp = <const int8_t *>_buf(b, cnp.NPY_INT8, n, False, "b")
+    cdef int8_t *op = <int8_t *>_buf(out, cnp.NPY_INT8, n, True, "out")
+    if n == 0:
+        return
+    with nogil:
+        qc_add_i8(ap, bp, n, zp_a, zp_b, m_a, s_a, m_b, s_b, m_out, s_out, zp_out, qmin,
+                  qmax, single, op)
+
+
+def softmax_i8(cnp.ndarray x not None,     # IN int8, C-contiguous, rows x depth
+               cnp.ndarray out not None,   # OUT int8, same size
+               Py_ssize_t depth, int multiplier, int left_shift, int diff_min,
+               bint single):
+    """TFLite reference int8 SOFTMAX over the last axis (rows of `depth` codes), output
+    scale 1/256 and zero point -128; gemmlowp fixed point; `single`: the input rescaling
+    rounds once (TFLITE_SINGLE_ROUNDING)."""
+    cdef Py_ssize_t n = cnp.PyArray_SIZE(x)
+    cdef const int8_t *xp
+    cdef int8_t *op
+    if depth < 1 or n % depth:
+        raise ValueError("depth must divide the size of x")
+    if left_shift < 0 or left_shift > 31:
+        raise ValueError("left_shift out of range")
+    xp = <const int8_t *>_buf(x, cnp.NPY_INT8, n, False, "x")
+    op = <int8_t *>_buf(out, cnp.NPY_INT8, n, True, "out")
+    if n == 0:
+        return
+    with nogil:
+        qc_softmax_i8(xp, n // depth, depth, multiplier, left_shift, diff_min, single, op)

@@ -100,8 +100,16 @@ static void qc_im2col_i8(const int8_t *x, const qc_window_t *g, ptrdiff_t c0, pt
     for (oy = 0; oy < g->oh; oy++) {
         for (ox = 0; ox < g->ow; ox++) {
             int8_t *row = out + (oy * g->ow + ox) * (ptrdiff_t)g->kh * g->kw * cg;
+            ptrdiff_t ix0 = ox * g->sw - g->pl;
+            /* all kw taps of a row inside the image, undilated, all channels: one span */
+            int span = g->dw == 1 && cg == g->c && ix0 >= 0 && ix0 + g->kw <= g->w;
             for (ky = 0; ky < g->kh; ky++) {
                 ptrdiff_t iy = oy * g->sh - g->pt + (ptrdiff_t)ky * g->dh;
+                if (span && iy >= 0 && iy < g->h) {
+                    memcpy(row + (ptrdiff_t)ky * g->kw * cg, x + (iy * g->w + ix0) * g->c,
+                           (size_t)(g->kw * cg));
+                    continue;
+                }
                 for (kx = 0; kx < g->kw; kx++) {
                     ptrdiff_t ix = ox * g->sw - g->pl + (ptrdiff_t)kx * g->dw;
                     int8_t *dst = row + ((ptrdiff_t)ky * g->kw + kx) * cg;
@@ -207,6 +215,38 @@ static int qc_conv2d_i8(const int8_t *x, const qc_window_t *g, const qc_conv_t *
 
 /* ---------------------------------------------------------------- DEPTHWISE_CONV_2D */
 
+/* acc[c] += w[c] * (x[c] + input_offset): restrict-qualified so the compiler knows the
+   int8 rows (char types may alias anything) do not overlap acc, and vectorizes. */
+static inline void qc_dw_tap(int32_t *restrict acc, const int8_t *restrict x,
+                             const int8_t *restrict w, ptrdiff_t n, int32_t input_offset) {
+    ptrdiff_t i = 0, j;
+    /* blocks of 16 with a constant trip count: vectorized without a peeled prologue,
+       which dominates for the small channel counts of mobile networks */
+    for (; i + 16 <= n; i += 16)
+        for (j = 0; j < 16; j++)
+            acc[i + j] += (int32_t)w[i + j] * ((int32_t)x[i + j] + input_offset);
+    for (; i < n; i++)
+        acc[i] += (int32_t)w[i] * ((int32_t)x[i] + input_offset);
+}
+
+static inline void qc_pool_tap(int32_t *restrict acc, const int8_t *restrict x, ptrdiff_t n,
+                               int is_max) {
+    ptrdiff_t i = 0, j;
+    if (is_max) {
+        for (; i + 16 <= n; i += 16)
+            for (j = 0; j < 16; j++)
+                acc[i + j] = acc[i + j] > x[i + j] ? acc[i + j] : x[i + j];
+        for (; i < n; i++)
+            acc[i] = acc[i] > x[i] ? acc[i] : x[i];
+    } else {
+        for (; i + 16 <= n; i += 16)
+            for (j = 0; j < 16; j++)
+                acc[i + j] += x[i + j];
+        for (; i < n; i++)
+            acc[i] += x[i];
+    }
+}
+
 /* Rows [r0, r1) of the (n * oh) output rows.  weights (kh, kw, c * mult) int8; bias
    (c * mult) int32 or NULL; output channel oc = ic * mult + j reads input channel ic
    (TFLite: m + ic * depth_multiplier).  acc is scratch of c * mult int32. */
@@ -236,8 +276,7 @@ static void qc_depthwise_rows(const int8_t *x, const qc_window_t *g, int mult,
                     xi = img + (iy * g->w + ix) * g->c;
                     wt = weights + ((ptrdiff_t)ky * g->kw + kx) * cm;
                     if (mult == 1) {
-                        for (oc = 0; oc < cm; oc++)
-                            acc[oc] += (int32_t)wt[oc] * ((int32_t)xi[oc] + input_offset);
+                        qc_dw_tap(acc, xi, wt, cm, input_offset);
                     } else {
                         for (ic = 0; ic < g->c; ic++) {
                             int32_t v = (int32_t)xi[ic] + input_offset;
@@ -320,14 +359,7 @@ static void qc_pool_rows(const int8_t *x, const qc_window_t *g, int is_max, int3
                 acc[ch] = is_max ? -128 : 0;
             for (iy = y0; iy < y1; iy++)
                 for (ix = x0; ix < x1; ix++) {
-                    const int8_t *xi = img + (iy * g->w + ix) * c;
-                    if (is_max) {
-                        for (ch = 0; ch < c; ch++)
-                            acc[ch] = acc[ch] > xi[ch] ? acc[ch] : xi[ch];
-                    } else {
-                        for (ch = 0; ch < c; ch++)
-                            acc[ch] += xi[ch];
-                    }
+                    qc_pool_tap(acc, img + (iy * g->w + ix) * c, c, is_max);
                 }
             for (ch = 0; ch < c; ch++) {
                 int32_t v = acc[ch];
@@ -375,6 +407,141 @@ static int qc_pool_i8(const int8_t *x, const qc_window_t *g, int is_max, int32_t
         free(acc);
     }
     return status;
+}
+
+/* ---------------------------------------------------------------- ADD */
+
+/* TFLite's int8 ADD (reference_integer_ops::AddElementwise with add_common.cc's
+   parameters, left shift 20): per element ((x_i - zp_i) << 20) scaled by its input
+   multiplier (shift <= 0), summed, scaled by the output multiplier, + zp, clamped.
+   single: TFLITE_SINGLE_ROUNDING's MultiplyByQuantizedMultiplier, else double rounding. */
+static inline int32_t qc_mbqm_r(int32_t x, int32_t m, int32_t s, int single) {
+    int64_t v;
+    if (!single)
+        return qc_mbqm(x, m, s);
+    v = qc_mbqm_single(x, m, s);
+    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+}
+
+static void qc_add_i8(const int8_t *a, const int8_t *b, ptrdiff_t n, int32_t zp_a,
+                      int32_t zp_b, int32_t m_a, int32_t s_a, int32_t m_b, int32_t s_b,
+                      int32_t m_out, int32_t s_out, int32_t zp_out, int32_t qmin,
+                      int32_t qmax, int single, int8_t *out) {
+    ptrdiff_t i;
+    for (i = 0; i < n; i++) {
+        int32_t va = qc_mbqm_r(((int32_t)a[i] - zp_a) * (1 << 20), m_a, s_a, single);
+        int32_t vb = qc_mbqm_r(((int32_t)b[i] - zp_b) * (1 << 20), m_b, s_b, single);
+        int64_t v = (int64_t)qc_mbqm_r(va + vb, m_out, s_out, single) + zp_out;
+        v = v < qmin ? qmin : v;
+        v = v > qmax ? qmax : v;
+        out[i] = (int8_t)v;
+    }
+}
+
+/* ---------------------------------------------------------------- SOFTMAX */
+
+/* gemmlowp fixed point (fixedpoint.h) on int32: plain additions wrap, as gemmlowp's. */
+static inline int32_t qc_wadd(int32_t a, int32_t b) { return (int32_t)((uint32_t)a + (uint32_t)b); }
+static inline int32_t qc_wsub(int32_t a, int32_t b) { return (int32_t)((uint32_t)a - (uint32_t)b); }
+
+/* SaturatingRoundingMultiplyByPOT<e> for 0 < e < 31 */
+static inline int32_t qc_sat_shl(int32_t x, int e) {
+    int32_t threshold = (int32_t)(((uint32_t)1 << (31 - e)) - 1);
+    if (x > threshold) return INT32_MAX;
+    if (x < -threshold) return INT32_MIN;
+    return (int32_t)((uint32_t)x << e);
+}
+
+/* exp(a) for a in [-1/4, 0), Q0.31 */
+static int32_t qc_exp_on_interval(int32_t a) {
+    int32_t x = qc_wadd(a, 1 << 28), x2, x3, x4, poly;
+    x2 = qc_srdhm(x, x);
+    x3 = qc_srdhm(x2, x);
+    x4 = qc_srdhm(x2, x2);
+    poly = qc_rdbpot(qc_wadd(qc_srdhm(qc_wadd(qc_rdbpot(x4, 2), x3), 715827883), x2), 1);
+    return qc_wadd(1895147668, qc_srdhm(1895147668, qc_wadd(x, poly)));
+}
+
+/* exp_on_negative_values for a FixedPoint<int32, integer_bits> a <= 0; Q0.31 result */
+static int32_t qc_exp_on_negative(int32_t a, int integer_bits) {
+    static const int exps[7] = {-2, -1, 0, 1, 2, 3, 4};
+    static const int32_t mults[7] = {1672461947, 1302514674, 790015084, 290630308,
+                                     39332535, 720401, 242};
+    int frac = 31 - integer_bits, k;
+    int32_t quarter = (int32_t)1 << (frac - 2);
+    int32_t a_mod = qc_wsub(a & (quarter - 1), quarter);
+    int32_t result = qc_exp_on_interval(integer_bits > 0 ? qc_sat_shl(a_mod, integer_bits) : a_mod);
+    int32_t remainder = qc_wsub(a_mod, a);
+    for (k = 0; k < 7; k++)
+        if (integer_bits > exps[k] && ((uint32_t)remainder & ((uint32_t)1 << (frac + exps[k]))))
+            result = qc_srdhm(result, mults[k]);
+    if (integer_bits > 5 && a < -((int32_t)1 << (36 - integer_bits)))
+        result = 0;
+    return a == 0 ? INT32_MAX : result;
+}
+
+/* one_over_one_plus_x_for_x_in_0_1, Q0.31 (Newton-Raphson, three steps) */
+static int32_t qc_one_over_one_plus_x(int32_t a) {
+    int64_t sum = (int64_t)a + INT32_MAX;
+    int32_t half = (int32_t)((sum + (sum >= 0 ? 1 : -1)) / 2);      /* RoundingHalfSum */
+    int32_t x = qc_wadd(1515870810, qc_srdhm(half, -1010580540));
+    int i;
+    for (i = 0; i < 3; i++) {
+        int32_t one_minus = qc_wsub(1 << 29, qc_srdhm(half, x));
+        x = qc_wadd(x, qc_sat_shl(qc_srdhm(x, one_minus), 2));
+    }
+    return qc_sat_shl(x, 1);
+}
+
+static inline int qc_clz32(uint32_t v) {
+    int n = 0;
+    if (v == 0) return 32;
+    while (!(v & 0x80000000u)) { v <<= 1; n++; }
+    return n;
+}
+
+/* MultiplyByQuantizedMultiplierGreaterThanOne: double rounding SRDHM(x << left, m) (the
+   shift wraps as C's int32 would), or single rounding's MultiplyByQuantizedMultiplier. */
+static inline int32_t qc_softmax_rescale(int32_t d, int32_t mult, int32_t left, int single) {
+    int64_t v;
+    if (!single)
+        return qc_srdhm((int32_t)((uint32_t)d << left), mult);
+    v = qc_mbqm_single(d, mult, left);
+    return v > INT32_MAX ? INT32_MAX : (v < INT32_MIN ? INT32_MIN : (int32_t)v);
+}
+
+/* TFLite reference int8 SOFTMAX (reference_ops::Softmax, output scale 1/256, zp -128)
+   over rows of `depth` values: Q5.26 differences, exp, Q12.19 sum, GetReciprocal. */
+static void qc_softmax_i8(const int8_t *x, ptrdiff_t rows, ptrdiff_t depth, int32_t mult,
+                          int32_t left, int32_t diff_min, int single, int8_t *out) {
+    ptrdiff_t r, c;
+    for (r = 0; r < rows; r++) {
+        const int8_t *row = x + r * depth;
+        int8_t *o = out + r * depth;
+        int32_t mx = -128, total = 0, scale, d;
+        int headroom, exponent;
+        for (c = 0; c < depth; c++)
+            mx = row[c] > mx ? row[c] : mx;
+        for (c = 0; c < depth; c++) {
+            d = (int32_t)row[c] - mx;
+            if (d >= diff_min)
+                total = qc_wadd(total, qc_rdbpot(qc_exp_on_negative(
+                    qc_softmax_rescale(d, mult, left, single), 5), 12));
+        }
+        headroom = qc_clz32((uint32_t)total);
+        exponent = 12 - headroom + 31 - 8;
+        scale = qc_one_over_one_plus_x((int32_t)(((uint32_t)total << headroom) - 0x80000000u));
+        for (c = 0; c < depth; c++) {
+            d = (int32_t)row[c] - mx;
+            if (d >= diff_min) {
+                int32_t e = qc_exp_on_negative(qc_softmax_rescale(d, mult, left, single), 5);
+                int32_t v = qc_rdbpot(qc_srdhm(scale, e), exponent) - 128;
+                o[c] = (int8_t)(v < -128 ? -128 : (v > 127 ? 127 : v));
+            } else {
+                o[c] = -128;
+            }
+        }
+    }
 }
 
 #endif

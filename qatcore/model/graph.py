@@ -26,7 +26,7 @@ from .._files import write_atomic
 from .ops import OP_CLASSES, Op
 from .ops._base import MAX_DIM, check_int, check_name, prod
 from .ops._fixed import rounding_code
-from .sequential import ROUNDINGS, quantize_codes
+from .sequential import quantize_codes
 
 __all__ = ["TensorSpec", "QuantizedModel", "MAX_TENSORS", "MAX_OPS", "MAX_FILE_BYTES"]
 

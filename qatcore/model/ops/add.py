@@ -13,7 +13,8 @@ MUL: ``MultiplyByQuantizedMultiplier((x1 - zp1) · (x2 - zp2), M, shift) + zp_ou
 The scalings are ``MultiplyByQuantizedMultiplier*`` calls: ``rounding="single"`` makes
 them TFLITE_SINGLE_ROUNDING's; ``"gemmlowp"`` and ``"neon"`` compute TFLite's double
 rounding (the NEON difference only exists in the GEMM-based kernels' epilogue).
-Element-wise work in vectorized numpy (int64 holding the int32 values, exact).
+ADD runs a C loop (qc_conv.h ``qc_add_i8``); MUL vectorized numpy (int64 holding the
+int32 values, exact).
 """
 
 from __future__ import annotations
@@ -22,6 +23,7 @@ from typing import Any, List, Optional, Sequence
 
 import numpy as np
 
+from ... import _backend
 from ...linear import activation_range, quantize_multiplier
 from ._base import Op, check_activation, check_name
 from ._fixed import mbqm
@@ -112,16 +114,12 @@ class Add(_Binary):
 
     def _run(self, xs: List[np.ndarray], out: np.ndarray, rounding: int,
              n_threads: int) -> None:
-        r = _elementwise_rounding(rounding)
-        total = None
-        for x, zp, m, s in zip(xs, self.input_zero_points, self.input_multipliers,
-                               self.input_shifts):
-            v = (x.astype(np.int64) - zp) << _LEFT_SHIFT
-            v = mbqm(v, m, s, r)
-            total = v if total is None else total + v
-        y = mbqm(total, self.output_multiplier, self.output_shift, r) + self.output_zero_point
-        np.clip(y, self.act_min, self.act_max, out=y)
-        out[...] = y
+        (za, zb), (ma, mb), (sa, sb) = (self.input_zero_points, self.input_multipliers,
+                                        self.input_shifts)
+        _backend.kernels.add_i8(xs[0], xs[1], out, za, zb, ma, sa, mb, sb,
+                                self.output_multiplier, self.output_shift,
+                                self.output_zero_point, self.act_min, self.act_max,
+                                rounding == 1)
 
 
 class Mul(_Binary):

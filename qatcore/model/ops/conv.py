@@ -25,8 +25,8 @@ import numpy as np
 
 from ... import _backend
 from ...linear import activation_range, quantize_multiplier
-from ._base import (MAX_DIM, Op, acc_bound_check, check_activation, check_bias,
-                    check_int, check_ints, check_name, check_weight_scales, check_weights,
+from ._base import (Op, acc_bound_check, check_activation, check_bias,
+                    check_ints, check_name, check_weight_scales, check_weights,
                     conv_out_size, frozen)
 from ._packed import PackedWeights
 

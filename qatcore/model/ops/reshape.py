@@ -143,7 +143,7 @@ class Pad(Op):
     def __init__(self, input: str, output: str, paddings: Sequence[Sequence[int]]) -> None:
         self._set_io((check_name(input, "input"),), output)
         if isinstance(paddings, (str, bytes)) or not hasattr(paddings, "__len__"):
-            raise TypeError(f"paddings must be a sequence of (before, after) pairs")
+            raise TypeError("paddings must be a sequence of (before, after) pairs")
         if not 1 <= len(paddings) <= 16:
             raise ValueError(f"paddings must have 1 to 16 pairs, got {len(paddings)}")
         self.paddings = tuple(check_ints(p, 2, f"paddings[{i}]", 0, MAX_DIM)

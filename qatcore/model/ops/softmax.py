@@ -20,8 +20,9 @@ is rescaled to Q4.27 by ``MultiplyByQuantizedMultiplier`` (multiplier from
 ``frexp(s_in · 2^27)``), passed through gemmlowp's ``logistic`` and
 ``RoundingDivideByPOT(·, 23) - 128``.
 
-Vectorized numpy on int64 holding the int32 values (exact, C's int32 wrap-around where
-the C++ wraps).
+SOFTMAX runs a C loop (qc_conv.h ``qc_softmax_i8``; the vectorized numpy form is kept as
+``Softmax._run_numpy`` and cross-checked in the tests); LOGISTIC vectorized numpy on int64
+holding the int32 values (exact, C's int32 wrap-around where the C++ wraps).
 """
 
 from __future__ import annotations
@@ -31,6 +32,7 @@ from typing import Any, List
 
 import numpy as np
 
+from ... import _backend
 from ._base import Op, check_name
 from ._fixed import (I32_MAX, clz32, exp_on_negative_values, mbqm, mbqm_greater_than_one,
                      one_over_one_plus_x, rdbpot, srdhm, wrap32)
@@ -123,6 +125,12 @@ class Softmax(Op):
 
     def _run(self, xs: List[np.ndarray], out: np.ndarray, rounding: int,
              n_threads: int) -> None:
+        mult, left, diff_min = self._params[1 if rounding == 1 else 0]
+        _backend.kernels.softmax_i8(xs[0], out, out.shape[-1], mult, left, diff_min,
+                                    rounding == 1)
+
+    def _run_numpy(self, xs: List[np.ndarray], out: np.ndarray, rounding: int) -> None:
+        """The same arithmetic in vectorized numpy (kept as a cross-check of the C loop)."""
         mult, left, diff_min = self._params[1 if rounding == 1 else 0]
         x = xs[0].astype(np.int64)
         diff = x - x.max(axis=-1, keepdims=True)
