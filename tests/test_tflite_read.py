@@ -28,19 +28,15 @@ FIXTURES = {  # name: (ops, float input, float output)
                      "Mean", "FullyConnected", "Softmax"], False, False),
     "keras_resnet": (["Conv2D", "MaxPool2D", "Conv2D", "Conv2D", "Conv2D", "Add", "Mean",
                       "FullyConnected", "FullyConnected"], False, True),
+    # the converter's PAD before a VALID conv becomes the conv's explicit padding
+    "keras_branches": (["Conv2D", "Conv2D", "Conv2D", "Concatenation", "MaxPool2D", "Conv2D",
+                        "Mul", "Mean", "FullyConnected", "Logistic"], False, False),
 }
 N = 1000
-needs_engine = pytest.mark.skipif(not G.HAVE_ENGINE,
-                                  reason="qatcore.model.QuantizedModel.forward_int8 not yet "
-                                         "merged (h1-engine)")
 
 
 def read(data):
-    """read_tflite once qatcore.model has the graph classes; the contract's stand-ins
-    before."""
-    if G.HAVE_ENGINE:
-        return read_tflite(data)
-    return parse_tflite(data, G)[0]
+    return read_tflite(data)
 
 
 def fixture_bytes(name):
@@ -92,9 +88,9 @@ def build(name):
 def test_round_trip(name, float_io):
     model = build(name)
     data = tflite_bytes(model, float_io=float_io, batch_size=3)
-    back, fio = parse_tflite(data, G) if not G.HAVE_ENGINE else (read_tflite(data), None)
-    assert describe(back) == describe(model)
-    assert fio in (None, float_io)
+    back, fio = parse_tflite(data, G)
+    assert describe(back) == describe(model) == describe(read_tflite(data))
+    assert fio == float_io
     # and written again: the same bytes
     assert tflite_bytes(back, float_io=float_io, batch_size=3) == data
 
@@ -102,11 +98,8 @@ def test_round_trip(name, float_io):
 def test_read_from_path(tmp_path):
     path = tmp_path / "m.tflite"
     path.write_bytes(tflite_bytes(build("small_cnn")))
-    if G.HAVE_ENGINE:
-        assert describe(read_tflite(path)) == describe(build("small_cnn"))
-        assert describe(read_tflite(str(path))) == describe(build("small_cnn"))
-    else:
-        assert describe(parse_tflite(path, G)[0]) == describe(build("small_cnn"))
+    assert describe(read_tflite(path)) == describe(build("small_cnn"))
+    assert describe(read_tflite(str(path))) == describe(build("small_cnn"))
     with pytest.raises(TypeError):
         read_tflite(12)
 
@@ -127,8 +120,9 @@ def test_fixture_structure(name):
             n = np.asarray(op.weights_q).shape[3 if type(op).__name__ == "DepthwiseConv2D"
                                                 else 0]
             assert ws.shape in ((n,), (1,)) and (ws > 0).all()
-    if G.HAVE_ENGINE:
-        assert describe(read_tflite(data)) == describe(model)
+    if name == "keras_branches":
+        assert tuple(model.ops[0].padding) == (1, 2, 2, 1)      # ZeroPadding2D((1, 2), (2, 1))
+    assert describe(read_tflite(data)) == describe(model)
 
 
 def _int8_io(name):
@@ -190,14 +184,12 @@ def litert_on_fixture(name, resolver="BUILTIN_REF"):
     return x, from_output(it.get_tensor(it.get_output_details()[0]["index"]))
 
 
-@needs_engine
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_fixture_bit_exact_tflm(name):
     x, want = tflm_on_fixture(name)
     np.testing.assert_array_equal(read(fixture_bytes(name)).forward_int8(x), want)
 
 
-@needs_engine
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_fixture_bit_exact_litert_ref(name):
     # LiteRT's reference kernels round twice (gemmlowp) except in FULLY_CONNECTED, which
@@ -208,7 +200,6 @@ def test_fixture_bit_exact_litert_ref(name):
     np.testing.assert_array_equal(got, want)
 
 
-@needs_engine
 @pytest.mark.parametrize("name", list(FIXTURES))
 def test_fixture_xnnpack_agreement(name, record_property):
     x, want = litert_on_fixture(name, "AUTO")
@@ -252,7 +243,7 @@ def _expect_value_error_or_model(data, seed):
         model = None
     elapsed = time.perf_counter() - t0
     assert elapsed < 2.0, f"{elapsed:.2f} s"
-    if model is not None and G.HAVE_ENGINE:
+    if model is not None:
         # a mutated file that still reads is a valid model: the engine runs it
         xs = G.random_inputs(model, 2, seed)
         model.forward_int8(xs if len(xs) > 1 else xs[0])
@@ -483,7 +474,6 @@ def test_unsupported_op_names_op_and_index():
         read(_pack(m))
 
 
-@needs_engine
 def test_model_methods_delegate(tmp_path):
     model = build("resnet_block")
     path = tmp_path / "m.tflite"
@@ -500,3 +490,29 @@ def test_operator_codes_match_the_schema():
     from qatcore.export.tflite_read import _CODES
     for name, code in _CODES.items():
         assert getattr(S.BuiltinOperator, name) == code, name
+
+
+def test_rank_one_activation_is_one_value_per_sample():
+    # MEAN over every axis: TFLite's output is (batch,), the graph's sample shape (1,)
+    g = G.GraphBuilder(1, (5, 6, 3))
+    y = g._new((1,), 0.03, 2)
+    g.ops.append(G.Rec(G.Mean, "x", y, axes=(0, 1, 2), keepdims=False))
+    model = g.model(y)
+    m = _tree(tflite_bytes(model))
+    m.subgraphs[0].tensors[1].shape = [1]
+    back = read(_pack(m))
+    assert back.tensors["t1"].shape == (1,)
+    x = G.random_inputs(model, 300, 1)[0]
+    np.testing.assert_array_equal(back.forward_int8(x), model.forward_int8(x))
+    got = run_tflm_file(_pack(m), x)
+    np.testing.assert_array_equal(got.reshape(-1, 1), model.forward_int8(x))
+
+
+def run_tflm_file(data, x):
+    it = tflm.Interpreter.from_bytes(data, arena_size=1 << 20)
+    out = []
+    for row in x:
+        it.set_input(row[None], 0)
+        it.invoke()
+        out.append(it.get_output(0).reshape(1, -1))
+    return np.concatenate(out)

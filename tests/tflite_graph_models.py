@@ -1,89 +1,17 @@
-"""Integer graphs for the .tflite graph writer / reader tests, and the runtimes that run them.
-
-The graph classes come from :mod:`qatcore.model` (docs/integer-graph.md).  Until the engine
-lands there, plain stand-ins with the contract's constructor arguments take their place
-(``HAVE_ENGINE`` is then False and the tests that need ``forward_int8`` skip).
-"""
+"""Integer graphs for the .tflite graph writer / reader tests (qatcore.model's classes,
+docs/integer-graph.md), and the rounding each runtime uses."""
 
 import numpy as np
 
-try:
-    from qatcore.model import (Add, AveragePool2D, Concatenation, Conv2D, DepthwiseConv2D,
-                               FullyConnected, HardSwish, Logistic, MaxPool2D, Mean, Mul, Pad,
-                               QuantizedModel, Relu, Reshape, Softmax, TensorSpec)
-    HAVE_ENGINE = hasattr(QuantizedModel, "forward_int8")
-except ImportError:                                       # the contract's shapes, no engine
-    HAVE_ENGINE = False
+from qatcore.model import (Add, AveragePool2D, Concatenation, Conv2D, DepthwiseConv2D,
+                           FullyConnected, HardSwish, Logistic, MaxPool2D, Mean, Mul, Pad,
+                           QuantizedModel, Relu, Reshape, Softmax, TensorSpec)
 
-    class TensorSpec:
-        def __init__(self, name, shape, scale, zero_point):
-            self.name, self.shape = name, tuple(int(d) for d in shape)
-            self.scale, self.zero_point = float(np.float32(scale)), int(zero_point)
-
-    class _Op:
-        _args = ()
-        _defaults = {}
-
-        def __init__(self, *args, **kwargs):
-            names = ("inputs" if self._multi else "input", "output") + self._args
-            values = dict(self._defaults)
-            values.update(zip(names, args))
-            values.update(kwargs)
-            if self._multi:
-                self.inputs = tuple(values.pop("inputs"))
-            else:
-                self.inputs = (values.pop("input"),)
-            self.output = values.pop("output")
-            for k, v in values.items():
-                setattr(self, k, v)
-
-    def _op(name, multi, args, defaults):
-        return type(name, (_Op,), {"_multi": multi, "_args": args, "_defaults": defaults})
-
-    _conv = ("weights_q", "weight_scales", "bias_q", "stride", "dilation", "padding",
-             "activation")
-    _conv_d = dict(bias_q=None, stride=(1, 1), dilation=(1, 1), padding=(0, 0, 0, 0),
-                   activation=None)
-    FullyConnected = _op("FullyConnected", False,
-                         ("weights_q", "weight_scales", "bias_q", "activation"),
-                         dict(bias_q=None, activation=None))
-    Conv2D = _op("Conv2D", False, _conv, _conv_d)
-    DepthwiseConv2D = _op("DepthwiseConv2D", False, _conv, _conv_d)
-    Add = _op("Add", True, ("activation",), dict(activation=None))
-    Mul = _op("Mul", True, ("activation",), dict(activation=None))
-    _pool = dict(padding=(0, 0, 0, 0), activation=None)
-    AveragePool2D = _op("AveragePool2D", False, ("pool", "stride", "padding", "activation"),
-                        _pool)
-    MaxPool2D = _op("MaxPool2D", False, ("pool", "stride", "padding", "activation"), _pool)
-    Mean = _op("Mean", False, ("axes", "keepdims"), dict(axes=(0, 1), keepdims=False))
-    Reshape = _op("Reshape", False, (), {})
-    Concatenation = _op("Concatenation", True, ("axis", "activation"),
-                        dict(axis=-1, activation=None))
-    Pad = _op("Pad", False, ("paddings",), {})
-    Softmax = _op("Softmax", False, ("beta",), dict(beta=1.0))
-    Logistic = _op("Logistic", False, (), {})
-    HardSwish = _op("HardSwish", False, (), {})
-    Relu = _op("Relu", False, ("max_value",), dict(max_value=None))
-
-    class QuantizedModel:
-        def __init__(self, tensors, ops, inputs, outputs, *, name="model",
-                     input_layout="NHWC"):
-            self.tensors = {t.name: t for t in tensors}
-            self.ops = list(ops)
-            self.inputs, self.outputs = list(inputs), list(outputs)
-            self.name, self.input_layout = name, input_layout
-            for k, op in enumerate(self.ops):
-                for t in (*op.inputs, op.output):
-                    if t not in self.tensors:
-                        raise ValueError(f"op {k}: unknown tensor {t!r}")
-
-        @property
-        def input_shape(self):
-            return (None, *self.tensors[self.inputs[0]].shape)
-
-        @property
-        def output_shape(self):
-            return (None, *self.tensors[self.outputs[0]].shape)
+__all__ = ["Add", "AveragePool2D", "Concatenation", "Conv2D", "DepthwiseConv2D",
+           "FullyConnected", "HardSwish", "Logistic", "MaxPool2D", "Mean", "Mul", "Pad",
+           "QuantizedModel", "Relu", "Reshape", "Softmax", "TensorSpec", "GraphBuilder", "Rec",
+           "NETS", "SINGLE_OPS", "ARGS", "RUNTIME_ROUNDING", "per_op_forward",
+           "random_inputs"]
 
 
 class Rec:

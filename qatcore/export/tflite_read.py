@@ -13,9 +13,10 @@ accessors (which do not check bounds): every offset, vtable and vector is checke
 the file's size before it is read, tensor shapes are bounded (at most 8 dimensions, at most
 2^28 elements), constant buffers must match their tensor's shape, indices must name
 existing tensors and operators, quantization arrays their channels.  Nothing is allocated
-beyond a small multiple of the file's size (weights are read-only views of the file), no
-loop runs longer than a vector of the file, and any defect -- including an operator qatcore
-has no op for, named with its index -- is one ``ValueError``.
+beyond a small multiple of the file's size (constants shared by many operators count once
+per use, up to 4 × the file), no loop runs longer than a vector of the file, and any
+defect -- including an operator qatcore has no op for, named with its index -- is one
+``ValueError``.
 
 Reading needs numpy only (tflite-micro's schema, when installed, names unsupported
 operators).
@@ -305,8 +306,10 @@ class _Reader:
         if self.weight_bytes > 4 * self.b.n + (1 << 20):
             raise ValueError("constant buffers are shared too many times (their total "
                              "exceeds 4 × the file's size)")
+        # a copy: aligned for the kernels whatever the buffer's offset in the file, and
+        # bounded by the check above
         return np.frombuffer(self.b.data, dt, nbytes // dt.itemsize,
-                             start).reshape(t.shape)
+                             start).reshape(t.shape).astype(dt.newbyteorder("="))
 
     def index_const(self, t, what) -> np.ndarray:
         if t is not None and t.type == _INT64:
@@ -335,10 +338,11 @@ class _Reader:
             raise ValueError(f"{what} ({t!r}) has scale {scale}")
         if not -128 <= zp <= 127:
             raise ValueError(f"{what} ({t!r}) has zero point {zp}")
-        if len(t.shape) < 2 or 0 in t.shape:
+        if len(t.shape) < 1 or 0 in t.shape:
             raise ValueError(f"{what} ({t!r}) has shape {t.shape}: expected a batch "
                              f"dimension and a non-empty sample")
-        self.act_elements += math.prod(t.shape[1:])
+        sample = tuple(t.shape[1:]) or (1,)      # (batch,): one value per sample
+        self.act_elements += math.prod(sample)
         if self.act_elements > 1 << 30:
             raise ValueError("the activations hold more than 2^30 elements in all")
         name = self.prefer.get(t.index, t.name)
@@ -349,8 +353,8 @@ class _Reader:
                 name += "_"
         self.used_names.add(name)
         self.spec_names[t.index] = name
-        self.specs.append(self.ns.TensorSpec(name, tuple(t.shape[1:]), scale, zp))
-        self.spec_of[name] = (t.shape[1:], scale, zp)
+        self.specs.append(self.ns.TensorSpec(name, sample, scale, zp))
+        self.spec_of[name] = (sample, scale, zp)
         return name
 
     def weights(self, t, what, rank, axis, n_channels):

@@ -15,7 +15,10 @@ trivial), full-integer int8 quantization with a seeded representative dataset:
 * ``keras_dscnn.tflite`` -- DS-CNN-like: strided conv, two depthwise-separable blocks,
   global average pooling (MEAN), dense, softmax; int8 input and output;
 * ``keras_resnet.tflite`` -- VALID conv, max pool, a residual block with a 1x1 projection,
-  ReLU6, global average pooling, two dense layers; int8 input, float32 output.
+  ReLU6, global average pooling, two dense layers; int8 input, float32 output;
+* ``keras_branches.tflite`` -- zero padding (PAD) before a VALID conv, two branches
+  concatenated, max pool, an element-wise product, global average pooling, dense with a
+  sigmoid (LOGISTIC); int8 input and output.
 """
 
 import os
@@ -78,6 +81,20 @@ def keras_resnet():
     return tf.keras.Model(inp, out), (20, 20, 2), tf.int8, tf.float32
 
 
+def keras_branches():
+    x = inp = L.Input((12, 12, 3))
+    p = L.ZeroPadding2D(((1, 2), (2, 1)))(x)
+    a = L.ReLU()(L.BatchNormalization()(L.Conv2D(6, 3, padding="valid")(p)))
+    b = L.Conv2D(6, 1, padding="same")(a)
+    c = L.Conv2D(4, 3, padding="same", activation="relu")(a)
+    cat = L.Concatenate()([b, c])
+    m = L.MaxPooling2D(2)(cat)
+    g = L.Multiply()([m, L.Conv2D(10, 1)(m)])
+    z = L.GlobalAveragePooling2D()(g)
+    out = L.Dense(3, activation="sigmoid")(z)
+    return tf.keras.Model(inp, out), (12, 12, 3), tf.int8, tf.int8
+
+
 def convert(build, name, seed):
     tf.keras.utils.set_random_seed(seed)
     model, shape, in_type, out_type = build()
@@ -106,3 +123,4 @@ if __name__ == "__main__":
     convert(keras_cnn, "keras_cnn.tflite", 1)
     convert(keras_dscnn, "keras_dscnn.tflite", 2)
     convert(keras_resnet, "keras_resnet.tflite", 3)
+    convert(keras_branches, "keras_branches.tflite", 4)
