@@ -27,6 +27,8 @@ _FORWARDED = {"bench": ("qatcore.bench", "the benchmark suite"),
 
 #: `qatcore demo --torch`: the digits demo trained in PyTorch (qatcore.torch).
 _TORCH_DEMO = ("qatcore.demo.torch_mlp", "the PyTorch demo")
+#: `qatcore demo --torch --cnn`: a digits CNN through PyTorch QAT to the integer graph.
+_TORCH_CNN_DEMO = ("qatcore.demo.torch_cnn", "the PyTorch CNN demo")
 
 
 _EPILOG = """\
@@ -44,6 +46,9 @@ examples:
       run the end-to-end demo (quantization-aware training to int8 inference)
   qatcore demo --torch
       the same trained in PyTorch with qatcore.torch (needs torch)
+  qatcore demo --torch --cnn
+      a CNN (conv-BN-ReLU, depthwise-separable, residual add) on the digits: float, PTQ,
+      QAT, the integer graph and TFLM in one table
   qatcore examples DIR
       write the files these examples (and the README's) use into DIR
 
@@ -76,6 +81,8 @@ def main(argv=None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if argv and argv[0] == "demo" and "--torch" in argv[1:]:
         rest = [a for a in argv[1:] if a != "--torch"]
+        if "--cnn" in rest:
+            return _forward("demo --torch --cnn", [a for a in rest if a != "--cnn"])
         return _forward("demo --torch", rest)
     if argv and argv[0] in _FORWARDED:
         return _forward(argv[0], argv[1:])
@@ -254,7 +261,8 @@ def _command_parser(parser: argparse.ArgumentParser, command) -> argparse.Argume
 def _forward(cmd: str, argv) -> int:
     import importlib
 
-    modname, what = _TORCH_DEMO if cmd == "demo --torch" else _FORWARDED[cmd]
+    modname, what = {"demo --torch": _TORCH_DEMO, "demo --torch --cnn": _TORCH_CNN_DEMO
+                     }.get(cmd) or _FORWARDED[cmd]
     try:
         mod = importlib.import_module(modname)
     except ModuleNotFoundError as exc:

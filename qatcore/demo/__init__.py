@@ -3,4 +3,4 @@ and in PyTorch (:mod:`.torch_mlp`, ``qatcore demo --torch``).  They use qatcore'
 API only."""
 
 from .mlp import *  # noqa: F401,F403  (the numpy demo's functions, as before the move)
-from .mlp import __all__
+from .mlp import __all__ as __all__

@@ -22,7 +22,6 @@ import copy
 import sys
 import time
 
-import numpy as np
 
 from .mlp import DemoResult, load_digits, split_dataset, time_per_batch
 

@@ -4,14 +4,14 @@ torch-free integer model."""
 from __future__ import annotations
 
 import copy
-from typing import Literal, Union, overload
+from typing import Any, Literal, Union, overload
 
 import numpy as np
 import torch
 from torch import nn
 
 from ..linear import QuantizedLinear
-from ..model import QuantizedSequential
+from ..model import QuantizedModel, QuantizedSequential
 from .modules import FakeQuantize, QATLinear, QuantizedLinearModule, _quant_params
 from .ops import _scale_forward
 
@@ -88,16 +88,18 @@ def _chain(model: nn.Module):
 
 
 @overload
-def convert(model: nn.Module, *, integer: Literal[True], inplace: bool = False
-            ) -> QuantizedSequential: ...
+def convert(model: nn.Module, *, integer: Literal[True], inplace: bool = False,
+            example_inputs: Any = None) -> Union[QuantizedSequential, QuantizedModel]: ...
 @overload
-def convert(model: nn.Module, *, integer: Literal[False] = False, inplace: bool = False
-            ) -> nn.Module: ...
+def convert(model: nn.Module, *, integer: Literal[False] = False, inplace: bool = False,
+            example_inputs: Any = None) -> nn.Module: ...
 @overload
-def convert(model: nn.Module, *, integer: bool, inplace: bool = False
-            ) -> Union[nn.Module, QuantizedSequential]: ...
-def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False
-            ) -> Union[nn.Module, QuantizedSequential]:
+def convert(model: nn.Module, *, integer: bool, inplace: bool = False,
+            example_inputs: Any = None
+            ) -> Union[nn.Module, QuantizedSequential, QuantizedModel]: ...
+def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False,
+            example_inputs: Any = None
+            ) -> Union[nn.Module, QuantizedSequential, QuantizedModel]:
     """Turn a QAT model (from :func:`prepare_qat`, frozen) into integer layers.
 
     ``integer=False`` (default): every :class:`QATLinear` becomes a
@@ -110,15 +112,31 @@ def convert(model: nn.Module, *, integer: bool = False, inplace: bool = False
     input quantizer; the last layer's is its output quantizer, so prepare the model with
     ``quantize_output=True``), ``forward`` float in / float out.
 
+    A whole-graph model (``prepare_qat(model, example_inputs)`` or a CNN): only
+    ``integer=True``, which returns a ``qatcore.QuantizedModel`` (NHWC inside; a 4-D
+    input is taken NCHW by ``forward``/``quantize_input``, ``input_layout="NCHW"``;
+    ``forward_int8`` takes NHWC codes). `example_inputs` gives the input shape if the
+    model was prepared without and never run. ``integer=False`` stays the Linear-only
+    path (torch modules on qatcore's int8 GEMM); it refuses a captured graph.
+
     Raises
     ------
     ValueError
         A quantizer is still calibrating, asymmetric weight quantizer, bits > 8; with
         ``integer=True`` also a model that is not such a chain or whose last layer has no
-        output quantizer.
+        output quantizer; for a captured graph, a node without an integer op (the
+        message names the node and what it calls).
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if hasattr(model, "qat_left_float"):
+        if not integer:
+            raise ValueError("convert: a whole-graph QAT model converts with integer=True "
+                             "(a qatcore.QuantizedModel); integer=False is Linear-only")
+        from .lower import build, lower
+        if isinstance(example_inputs, torch.Tensor):
+            example_inputs = (example_inputs,)
+        return build(lower(model, example_inputs, name=type(model).__name__))
     if integer:
         found = _chain(model)
         if found is None:

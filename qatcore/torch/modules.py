@@ -133,7 +133,13 @@ class FakeQuantize(nn.Module):
 
     def get_extra_state(self):
         """The per-tensor observer's own state (``QuantObserver.state_dict()``, JSON-safe:
-        it includes what MOVING_AVERAGE needs to merge), stored in ``state_dict()``."""
+        it includes what MOVING_AVERAGE needs to merge), stored in ``state_dict()``.
+
+        During ``torch.onnx.export`` an empty tensor: the TorchScript exporter detaches
+        every ``state_dict`` value, and a frozen quantizer's observer has no place in the
+        exported graph."""
+        if torch.onnx.is_in_onnx_export():
+            return torch.empty(0)
         return {"observer": self._observer.state_dict()} if self.axis is None else {}
 
     def set_extra_state(self, state) -> None:
@@ -231,9 +237,37 @@ class FakeQuantize(nn.Module):
         if self.axis is not None and self.scale.numel() != x.shape[self.axis]:
             raise ValueError(f"x has {x.shape[self.axis]} channels on axis {self.axis}, this "
                              f"quantizer {self.scale.numel()}")
+        if torch.onnx.is_in_onnx_export():
+            return self._onnx_forward(x)
         return fake_quantize(x, self.scale, self.zero_point, self.qmin, self.qmax,
                              numerics=self.config.numerics,
                              axis=None if self.axis is None else self.axis % x.dim())
+
+    def _onnx_forward(self, x: Tensor) -> Tensor:
+        """torch's own fake quantize, which ``torch.onnx.export`` writes as
+        QuantizeLinear -> DequantizeLinear (the same values as the "torch" numerics;
+        ONNX's QuantizeLinear divides where torch multiplies by the inverse, which can
+        move a value lying on a rounding tie). 8-bit only; ONNX allows the code ranges
+        [0, 255] and [-128, 127], so a [-127, 127] weight range is clamped first."""
+        if self.config.bits != 8:
+            raise ValueError("torch.onnx.export: ONNX QuantizeLinear is 8-bit, this quantizer "
+                             f"has {self.config.bits} bits")
+        scale = _scale_forward(self.scale)
+        zp = _zp_forward(self.zero_point, self.qmin, self.qmax, "torch").to(torch.int32)
+        lo, hi = (0, 255) if self.qmin >= 0 else (-128, 127)
+        if self.axis is None:
+            if self.qmin > lo or self.qmax < hi:
+                x = torch.clamp(x, float((self.qmin - zp[0]) * scale[0]),
+                                float((self.qmax - zp[0]) * scale[0]))
+            return torch.fake_quantize_per_tensor_affine(x, float(scale[0]), int(zp[0]), lo, hi)
+        axis = self.axis % x.dim()
+        shape = [1] * x.dim()
+        shape[axis] = -1
+        if self.qmin > lo or self.qmax < hi:
+            s = scale.reshape(shape)
+            z = zp.reshape(shape).to(torch.float32)
+            x = torch.maximum(torch.minimum(x, (self.qmax - z) * s), (self.qmin - z) * s)
+        return torch.fake_quantize_per_channel_affine(x, scale, zp, axis, lo, hi)
 
     def quantize_int8(self, x) -> np.ndarray:
         """int8 codes of `x` exactly as this (frozen, per-tensor, bits <= 8) quantizer's

@@ -6,23 +6,43 @@ from __future__ import annotations
 import copy
 from typing import Optional
 
+import torch
 from torch import nn
 
 from ..config import FakeQuantConfig
 from .modules import FakeQuantize, QATLinear, default_activation_config, default_weight_config
 
 
+#: Modules the Linear-only path cannot handle: their presence selects graph capture.
+_GRAPH_ONLY = (nn.Conv2d, nn.BatchNorm1d, nn.BatchNorm2d, nn.MaxPool2d, nn.AvgPool2d,
+               nn.AdaptiveAvgPool2d)
+
+
 def _quantizers(model: nn.Module):
     return [m for m in model.modules() if isinstance(m, FakeQuantize)]
 
 
-def prepare_qat(model: nn.Module, activation: Optional[FakeQuantConfig] = None,
+def prepare_qat(model: nn.Module, example_inputs=None,
+                activation: Optional[FakeQuantConfig] = None,
                 weight: Optional[FakeQuantConfig] = None, *, inplace: bool = False,
                 per_channel: bool = True, quantize_output: bool = True) -> nn.Module:
     """Prepare a torch model for quantization-aware training.
 
-    Every ``nn.Linear`` (the only layer type swapped; everything else -- activations,
-    convolutions, norms, containers -- stays as it is) becomes a :class:`QATLinear` that
+    **Whole graph** (given `example_inputs`, or a model with a ``Conv2d`` or BatchNorm):
+    the model is traced with ``torch.fx`` (:mod:`qatcore.torch.capture` says why fx) and
+    comes back as a ``torch.fx.GraphModule`` with fake quantizers exactly where the
+    integer graph quantizes (the model input; after each Conv2d / Linear with its
+    BatchNorm folded and ReLU / ReLU6 fused, each add, concatenation, mean, Hardswish,
+    Sigmoid, Softmax), weights per output channel, biases as int32 codes; pooling,
+    reshape and flatten keep their input's qparams. Everything it cannot quantize stays
+    float, is named in a warning and in the GraphModule's ``qat_left_float`` list, and
+    ``convert(model, integer=True)`` then refuses it. Train with BatchNorm batch
+    statistics, then :func:`freeze_bn_stats`; :func:`freeze`; ``convert(model,
+    integer=True)`` gives a ``qatcore.QuantizedModel``.
+
+    **Linear only** (no `example_inputs`, no Conv2d / BatchNorm): every ``nn.Linear``
+    (the only layer type swapped; everything else stays as it is) becomes a
+    :class:`QATLinear` that
     fake-quantizes its input activation (per tensor, `activation` config) and its weight
     (per output channel symmetric, `weight` config), keeping the original Parameters.
     With `quantize_output`, the last Linear in module order also fake-quantizes its
@@ -33,6 +53,9 @@ def prepare_qat(model: nn.Module, activation: Optional[FakeQuantConfig] = None,
     Parameters
     ----------
     model : torch.nn.Module
+    example_inputs : torch.Tensor or tuple of torch.Tensor, optional
+        A batch of inputs (only their shapes are used): selects whole-graph capture.
+        (A FakeQuantConfig here is taken as `activation`, the former second argument.)
     activation : FakeQuantConfig, optional
         Default :func:`default_activation_config` (uint8 asymmetric, torch numerics).
     weight : FakeQuantConfig, optional
@@ -57,11 +80,21 @@ def prepare_qat(model: nn.Module, activation: Optional[FakeQuantConfig] = None,
     """
     if not isinstance(model, nn.Module):
         raise TypeError(f"model must be a torch.nn.Module, got {type(model).__name__}")
+    if isinstance(example_inputs, FakeQuantConfig):      # the former positional order
+        example_inputs, activation, weight = None, example_inputs, activation
     activation = default_activation_config() if activation is None else activation
     weight = default_weight_config() if weight is None else weight
     for name, cfg in (("activation", activation), ("weight", weight)):
         if not isinstance(cfg, FakeQuantConfig):
             raise TypeError(f"{name} must be a FakeQuantConfig, got {type(cfg).__name__}")
+    if isinstance(example_inputs, torch.Tensor):
+        example_inputs = (example_inputs,)
+    if example_inputs is not None or any(isinstance(m, _GRAPH_ONLY) for m in model.modules()):
+        if not per_channel:
+            raise ValueError("prepare_qat: whole-graph capture quantizes weights per channel "
+                             "(per_channel=False is the Linear-only path's option)")
+        from .capture import prepare_graph
+        return prepare_graph(model, example_inputs, activation, weight, inplace=inplace)
     if not inplace:
         model = copy.deepcopy(model)
     parents = {id(child): (parent, name) for parent in model.modules()
