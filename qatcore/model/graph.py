@@ -11,11 +11,8 @@ one kernel per op with no further checks.
 from __future__ import annotations
 
 import json
-import math
 import os
 import threading
-import zipfile
-import zlib
 from typing import Any, Dict, List, Optional, Sequence, Tuple, Union
 
 import numpy as np
@@ -26,7 +23,7 @@ from .._files import write_atomic
 from .ops import OP_CLASSES, Op
 from .ops._base import MAX_DIM, check_int, check_name, prod
 from .ops._fixed import rounding_code
-from .sequential import quantize_codes
+from .sequential import quantize_codes, read_npz
 
 __all__ = ["TensorSpec", "QuantizedModel", "MAX_TENSORS", "MAX_OPS", "MAX_FILE_BYTES"]
 
@@ -548,7 +545,7 @@ class QuantizedModel:
             The file cannot be read.
         """
         path = os.fspath(path)
-        data = _read_npz(path, 2 * MAX_OPS * 4 + 8)
+        data = read_npz(path, 2 * MAX_OPS * 4 + 8, "QuantizedModel")
 
         def fail(msg: str) -> ValueError:
             return ValueError(f"{path}: {msg}")
@@ -644,50 +641,3 @@ def _names(value: Any, what: str) -> List[str]:
         value = [value]
     items = _sequence(value, what, MAX_TENSORS)
     return [check_name(v, f"{what}[{i}]") for i, v in enumerate(items)]
-
-
-def _read_npz(path: str, max_members: int) -> Dict[str, np.ndarray]:
-    """The arrays of a .npz, every ``.npy`` header checked (version 1/2, no object or
-    void dtype, the declared total at most MAX_FILE_BYTES) before its data is read."""
-    fmt = np.lib.format
-    try:
-        zf = zipfile.ZipFile(path)
-    except zipfile.BadZipFile:
-        raise ValueError(f"{path}: not a .npz file (not a zip archive)") from None
-    out: Dict[str, np.ndarray] = {}
-    total = 0
-    with zf:
-        infos = zf.infolist()
-        if len(infos) > max_members:
-            raise ValueError(f"{path}: {len(infos)} entries; a QuantizedModel has at most "
-                             f"{max_members}")
-        for info in infos:
-            name = info.filename
-            if not name.endswith(".npy"):
-                raise ValueError(f"{path}: entry {name!r} is not a .npy array")
-            key = name[:-4]
-            if key in out:
-                raise ValueError(f"{path}: entry {key!r} appears twice")
-            try:
-                with zf.open(info) as f:
-                    version = fmt.read_magic(f)
-                    if version == (1, 0):
-                        shape, _, dtype = fmt.read_array_header_1_0(f)
-                    elif version == (2, 0):
-                        shape, _, dtype = fmt.read_array_header_2_0(f)
-                    else:
-                        raise ValueError(f"unsupported .npy version {version}")
-                    if dtype.hasobject or dtype.kind not in "biufU":
-                        raise ValueError(f"dtype {dtype} is not allowed")
-                    if any(d < 0 or d > MAX_FILE_BYTES for d in shape):
-                        raise ValueError(f"declared shape {shape} out of range")
-                    total += math.prod(shape) * dtype.itemsize
-                    if total > MAX_FILE_BYTES:
-                        raise ValueError(f"declares more than {MAX_FILE_BYTES} bytes of data")
-                with zf.open(info) as f:
-                    arr = fmt.read_array(f, allow_pickle=False)
-            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error,
-                    NotImplementedError, RuntimeError) as exc:
-                raise ValueError(f"{path}: entry {key!r}: {exc}") from None
-            out[key] = arr
-    return out

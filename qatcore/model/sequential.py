@@ -629,7 +629,7 @@ class QuantizedSequential:
             The file cannot be read.
         """
         path = os.fspath(path)
-        state = _read_npz(path)
+        state = read_npz(path)
         return cls.from_state_dict(state, _where=path)
 
     @classmethod
@@ -747,11 +747,12 @@ def _scalar(value, name: str, kinds: str, fail):
     return float(v) if a.dtype.kind == "f" else int(v)
 
 
-def _read_npz(path: str) -> Dict[str, np.ndarray]:
-    """The arrays of a .npz, each ``.npy`` header checked (no object dtypes, version 1/2,
-    total declared size <= MAX_FILE_BYTES, at most 16 entries per layer) before reading."""
+def read_npz(path: str, max_members: int = 16 * MAX_LAYERS + 16,
+             what: str = "QuantizedSequential") -> Dict[str, np.ndarray]:
+    """The arrays of a saved model's .npz (a `what` has at most `max_members` entries),
+    each ``.npy`` header checked (no object dtypes, version 1/2, every dimension and the
+    total declared size <= MAX_FILE_BYTES) before its data is read; no pickle."""
     fmt = np.lib.format
-    max_members = 16 * MAX_LAYERS + 16
     try:
         zf = zipfile.ZipFile(path)
     except zipfile.BadZipFile:
@@ -761,7 +762,7 @@ def _read_npz(path: str) -> Dict[str, np.ndarray]:
     with zf:
         infos = zf.infolist()
         if len(infos) > max_members:
-            raise ValueError(f"{path}: {len(infos)} entries (a QuantizedSequential has at most "
+            raise ValueError(f"{path}: {len(infos)} entries (a {what} has at most "
                              f"{max_members})")
         for info in infos:
             name = info.filename
@@ -785,10 +786,12 @@ def _read_npz(path: str) -> Dict[str, np.ndarray]:
                     total += nbytes
                     if total > MAX_FILE_BYTES:
                         raise ValueError(f"declares more than {MAX_FILE_BYTES} bytes of data")
+                    if any(d < 0 or d > MAX_FILE_BYTES for d in shape):
+                        raise ValueError(f"declared shape {shape} out of range")
                 with zf.open(info) as f:
                     arr = fmt.read_array(f, allow_pickle=False)
-            except (ValueError, EOFError, zipfile.BadZipFile, zlib.error, NotImplementedError,
-                    RuntimeError) as exc:
+            except (ValueError, EOFError, OSError, zipfile.BadZipFile, zlib.error,
+                    NotImplementedError, RuntimeError) as exc:
                 raise ValueError(f"{path}: entry {key!r}: {exc}") from None
             out[key] = arr
     return out
