@@ -38,7 +38,13 @@ from typing import Any, Dict, List, Optional
 
 import numpy as np
 
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+# Prefer the checkout's package when run from a source tree with built kernels (a clone's
+# qatcore/ without them would shadow the installed package).
+_root = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+_pkg = os.path.join(_root, "qatcore")
+if (os.path.isdir(_pkg) and any(f.startswith("_kernels") and f.endswith((".so", ".pyd"))
+                                for f in os.listdir(_pkg)) and _root not in sys.path):
+    sys.path.insert(0, _root)
 
 from qatcore.bench import cnn_models as CM          # noqa: E402
 from qatcore.bench.suite import _cpu_name, measure  # noqa: E402

@@ -95,7 +95,10 @@ def test_suite_cnn_part():
 
 
 def test_bench_cnn_script_quick(tmp_path):
-    env = dict(os.environ, PYTHONPATH=ROOT)
+    import qatcore
+
+    # the folder of the qatcore under test (in CI the installed one, not the clone's)
+    env = dict(os.environ, PYTHONPATH=os.path.dirname(os.path.dirname(qatcore.__file__)))
     res = subprocess.run([sys.executable, os.path.join(ROOT, "bench", "bench_cnn.py"),
                           "--quick", "--models", "ds_cnn,fc", "--batches", "1",
                           "--threads", "1"], capture_output=True, text=True, env=env,

@@ -173,7 +173,10 @@ def test_ctrl_c_under_dask_is_one_line(tmp_path, after):
 
     np.save(tmp_path / "a.npy", np.zeros((1 << 16,), np.float32))
     (tmp_path / "run.py").write_text(_SLOW_RUN)
-    env = dict(os.environ, PYTHONPATH=str(ROOT) + os.pathsep + os.environ.get("PYTHONPATH", ""))
+    import qatcore
+
+    here = os.path.dirname(os.path.dirname(qatcore.__file__))   # the qatcore under test
+    env = dict(os.environ, PYTHONPATH=here + os.pathsep + os.environ.get("PYTHONPATH", ""))
     proc = subprocess.Popen([sys.executable, "run.py", "calibrate", "a.npy", "--dask-workers",
                              "2", "-q"], cwd=tmp_path, env=env, stdout=subprocess.PIPE,
                             stderr=subprocess.PIPE, text=True, start_new_session=True)
