@@ -11,15 +11,16 @@ from __future__ import annotations
 
 import math
 from array import array
-from typing import TYPE_CHECKING, Any, Callable, Dict, Iterable, Tuple
+from typing import Any, Callable, Dict, Iterable, Tuple
 
 import numpy as np
 
 from .config import STE_MODES, FakeQuantConfig, ObserverMethod
 
-if TYPE_CHECKING:        # annotations only: this module never imports the classes it serves
-    from .fake_quantize import FakeQuantize
-    from .observer import QuantObserver
+# This module never imports the classes it serves (not even for annotations: no circle
+# with observer / fake_quantize); the objects are typed by what it reads and writes.
+QuantObserver = Any
+FakeQuantize = Any
 
 State = Dict[str, Any]
 _ObserverFields = Tuple[ObserverMethod, int, float, float, "array[float]"]
@@ -90,7 +91,7 @@ def _method(value: Any, where: str) -> ObserverMethod:
 
 
 # --- QuantObserver ---------------------------------------------------------------------
-def observer_state(obs: "QuantObserver") -> State:
+def observer_state(obs: QuantObserver) -> State:
     count = obs._count
     state: State = {
         "format": OBSERVER_FORMAT,
@@ -146,7 +147,7 @@ def _parse_observer_state(state: Any, where: str = "observer state") -> _Observe
 
 
 def _replay(observer_cls: type, method: ObserverMethod, history: "array[float]"
-            ) -> "QuantObserver":
+            ) -> QuantObserver:
     """A fresh observer (of the caller's class) of `method` fed `history`
     (MOVING_AVERAGE), for checking."""
     obs = observer_cls(method)
@@ -160,7 +161,7 @@ def _same_bits(a: Tuple[float, float], b: Tuple[float, float]) -> bool:
     return np.array(a, _F32).tobytes() == np.array(b, _F32).tobytes()
 
 
-def load_observer_state(obs: "QuantObserver", state: Any, same_method: bool,
+def load_observer_state(obs: QuantObserver, state: Any, same_method: bool,
                         where: str = "observer state") -> None:
     method, count, lo, hi, history = _parse_observer_state(state, where)
     if same_method and method is not obs._method:
@@ -176,7 +177,7 @@ def load_observer_state(obs: "QuantObserver", state: Any, same_method: bool,
     _assign(obs, method, count, lo, hi, avg_min, avg_max, history)
 
 
-def _assign(obs: "QuantObserver", method: ObserverMethod, count: int, lo: float, hi: float,
+def _assign(obs: QuantObserver, method: ObserverMethod, count: int, lo: float, hi: float,
             avg_min: Any, avg_max: Any, history: "array[float]") -> None:
     obs._method = method
     obs._min, obs._max = lo, hi
@@ -186,7 +187,7 @@ def _assign(obs: "QuantObserver", method: ObserverMethod, count: int, lo: float,
     obs._qcache = None
 
 
-def merge_observer(obs: "QuantObserver", other: Any) -> None:
+def merge_observer(obs: QuantObserver, other: Any) -> None:
     if not isinstance(other, type(obs)):
         raise TypeError(f"other must be a QuantObserver, got {type(other).__name__}")
     if other._method is not obs._method:
@@ -230,7 +231,7 @@ def parse_config(state: Any, where: str = "config") -> FakeQuantConfig:
         raise _bad(where, str(exc)) from None
 
 
-def fake_quantize_state(fq: "FakeQuantize") -> State:
+def fake_quantize_state(fq: FakeQuantize) -> State:
     return {
         "format": FAKE_QUANTIZE_FORMAT,
         "config": config_state(fq._config),
@@ -276,7 +277,7 @@ def parse_fake_quantize_state(state: Any, qparams: Callable[..., Tuple[float, fl
     return config, calibrating, scale, zero_point, ste, obs_fields
 
 
-def load_fake_quantize_state(fq: "FakeQuantize", state: Any, same_config: bool,
+def load_fake_quantize_state(fq: FakeQuantize, state: Any, same_config: bool,
                              qparams: Callable[..., Tuple[float, float]]) -> None:
     config, calibrating, scale, zero_point, ste, obs_fields = parse_fake_quantize_state(
         state, qparams)

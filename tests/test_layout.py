@@ -1,10 +1,11 @@
 """The house rules, checked on the source: no import circles between qatcore's modules,
 and the core imports none of the wings.
 
-Every ``import`` counts, also the ones inside functions (a lazy import is still a
-dependency), except those under ``if TYPE_CHECKING:``.  A package's ``__init__`` is a
-module of its own: importing ``qatcore.cli.observe`` is an edge to that module, not to
-``qatcore.cli`` (whose ``__init__`` only re-exports).
+Every ``import`` counts: the ones inside functions (a lazy import is still a dependency)
+and those under ``if TYPE_CHECKING:`` too.  A package's ``__init__`` is a module of its
+own: ``from .observe import x`` is an edge to ``qatcore.cli.observe``; ``from . import
+observe`` reads the package, so it is an edge to ``qatcore.cli`` as well (not for the
+root: ``from . import _backend`` in the core is the usual way to reach a sibling).
 """
 
 import ast
@@ -41,12 +42,6 @@ def _is_extension(module: str) -> bool:
     return path.with_suffix(".pyi").exists()
 
 
-def _is_type_checking(node) -> bool:
-    test = node.test
-    return (isinstance(test, ast.Name) and test.id == "TYPE_CHECKING") or (
-        isinstance(test, ast.Attribute) and test.attr == "TYPE_CHECKING")
-
-
 def _imports(name: str, path: Path, modules) -> set:
     """qatcore modules that `name` (at `path`) imports, anywhere in its body."""
     is_pkg = path.name == "__init__.py"
@@ -54,10 +49,6 @@ def _imports(name: str, path: Path, modules) -> set:
     found = set()
 
     def visit(node):
-        if isinstance(node, ast.If) and _is_type_checking(node):
-            for child in node.orelse:
-                visit(child)
-            return
         if isinstance(node, ast.Import):
             for alias in node.names:
                 if alias.name.startswith("qatcore"):
@@ -74,6 +65,8 @@ def _imports(name: str, path: Path, modules) -> set:
                     sub = f"{target}.{alias.name}"
                     if sub in modules:
                         found.add(sub)
+                        if target != "qatcore":         # the package is read for it
+                            found.add(target)           # (the root's facade aside)
                     elif not _is_extension(sub):       # a name defined in `target`
                         found.add(target)
         for child in ast.iter_child_nodes(node):

@@ -3,7 +3,7 @@
 Measures qatcore through its public API against the peers a user would otherwise use,
 in the same run: numpy, torch (when importable), the Rust reference crate
 ``bench/rust`` (when ``--rust DIR`` points at it and ``cargo`` is present) and the int8
-GEMM suite of ``qatcore.bench.gemm`` (when that module exists).  It also measures the
+GEMM suite of ``qatcore.bench.gemm``.  It also measures the
 machine's limits (read and copy bandwidth, the divider) so each figure can be judged
 against what the hardware allows.
 
@@ -462,24 +462,20 @@ class Suite:
         self.add_row("fake_quantize calibrating (1 call)", n, 1, q, peers,
                      note="eval(): no mask, fresh output; MIN_MAX observer")
 
-    # -- int8 GEMM (helper module, optional)
+    # -- int8 GEMM (qatcore.bench.gemm)
     def bench_gemm(self):
+        from .gemm import measure_peak, run as run_gemm
+
         try:
-            from qatcore.bench import gemm as _bench_gemm
-        except ImportError:
-            self.log("  (qatcore.bench.gemm not available: skipped)")
-            return
-        if hasattr(_bench_gemm, "measure_peak"):
-            try:
-                peak = _bench_gemm.measure_peak(5 if self.quick else 30)
-                self.gemm_peak = dict(peak)
-                self.log(f"  int8 peak (GEMM microkernel, cache-resident, 1 thread): "
-                         f"{peak['gops']:.1f} GOPS ({peak.get('impl', '?')})")
-            except Exception as exc:
-                self.log(f"  gemm peak: {type(exc).__name__}: {exc}")
+            peak = measure_peak(5 if self.quick else 30)
+            self.gemm_peak = dict(peak)
+            self.log(f"  int8 peak (GEMM microkernel, cache-resident, 1 thread): "
+                     f"{peak['gops']:.1f} GOPS ({peak.get('impl', '?')})")
+        except Exception as exc:
+            self.log(f"  gemm peak: {type(exc).__name__}: {exc}")
         for nt in self.threads:
             try:
-                recs = _bench_gemm.run(self.quick, nt, self.repeat_override or (5 if self.quick else 15))
+                recs = run_gemm(self.quick, nt, self.repeat_override or (5 if self.quick else 15))
             except Exception as exc:        # a peer's failure must not sink the suite
                 self.log(f"  gemm: {type(exc).__name__}: {exc}")
                 continue
@@ -494,25 +490,21 @@ class Suite:
 
     # -- integer CNNs (qatcore.bench.cnn_models; bench/bench_cnn.py has the full table)
     def bench_cnn(self):
-        try:
-            from qatcore.bench import cnn_models
-            cnn_models.build("ds_cnn", tiny=True)
-        except (ImportError, AttributeError) as exc:
-            self.log(f"  (integer graph not available: {exc}; skipped)")
-            return
-        names = ["ds_cnn"] if self.quick else list(cnn_models.MODELS)
+        from .cnn_models import MODELS, RUNTIMES, build, random_codes, runner
+
+        names = ["ds_cnn"] if self.quick else list(MODELS)
         batches = [1, 4] if self.quick else [1, 64]
         rep = self.repeat_override or (3 if self.quick else 9)
         tmin = 5e-4 if self.quick else 0.05
         for name in names:
             for batch in batches:
                 for nt in self.threads:
-                    model = cnn_models.build(name, tiny=self.quick)
-                    x = cnn_models.random_codes(model, batch)
+                    model = build(name, tiny=self.quick)
+                    x = random_codes(model, batch)
                     base = None
-                    for impl in cnn_models.RUNTIMES:
+                    for impl in RUNTIMES:
                         try:
-                            fn = cnn_models.runner(impl, model, batch, nt)
+                            fn = runner(impl, model, batch, nt)
                             m = measure(lambda: fn(x), rep, warmup=1, min_sample_s=tmin)
                         except ValueError:      # a case the runtime does not run
                             continue

@@ -5,7 +5,6 @@ from __future__ import annotations
 
 import os
 
-from . import observe
 from ._common import (
     _F32_MAX,
     EXIT_OK,
@@ -22,6 +21,7 @@ from ._common import (
     _show,
     _table,
 )
+from .observe import memory_chunks
 
 
 # --- inspect ---------------------------------------------------------------------------
@@ -161,7 +161,7 @@ def _read_small(ref, limit=1 << 28):
         return None
     if ref.random_access:
         return np.array(ref.array())
-    parts = [np.array(c) for _, c in ref.memory_chunks(observe.CHUNK_ELEMS)]
+    parts = [np.array(c) for _, c in memory_chunks(ref)]
     flat = np.concatenate(parts) if parts else np.empty(0, ref.dtype)
     return flat.reshape(ref.shape, order="F" if ref.fortran_order else "C")
 
@@ -175,7 +175,7 @@ def _summary(ref) -> str:
     if ref.kind == "bad":
         return f"(values not summarized: dtype {ref.dtype})"
     lo, hi, s, nonfinite = np.inf, -np.inf, 0.0, 0
-    for _, chunk in ref.memory_chunks(observe.CHUNK_ELEMS):
+    for _, chunk in memory_chunks(ref):
         c = ref.to_float32(chunk) if ref.bfloat16 else chunk
         c64 = c.astype(np.float64)
         fin = np.isfinite(c64)

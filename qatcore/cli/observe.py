@@ -31,6 +31,11 @@ CHUNK_ELEMS = 1 << 22
 WINDOW_ELEMS = 1 << 22
 
 
+def memory_chunks(ref):
+    """``ref.memory_chunks`` at this module's CHUNK_ELEMS (read at call time)."""
+    return ref.memory_chunks(CHUNK_ELEMS)
+
+
 def _first_nonfinite(data) -> int:
     """Flat index of the first NaN/Inf in a C-contiguous array, blockwise; -1 if none."""
     import numpy as np

@@ -649,19 +649,19 @@ def _calibrate(onnx, ort, model_path, source_path, data, *, method, percentile, 
                  keep_float=tuple(keep_float))
     result.sensitivity, result.bias_shift = [], {}
     if sensitivity or keep_float_worst or bias_correction:
-        from . import tune
+        from .tune import bias_correction as correct_bias, sensitivity as rank_layers
         fmodel = onnx.load(str(model_path))
         if max((o.version for o in fmodel.opset_import if o.domain in ("", "ai.onnx")), default=13) < 13:
             fmodel = onnx.version_converter.convert_version(fmodel, 13)
         iter_kw = dict(image_size=image_size, image_mean=image_mean, image_std=image_std)
         if sensitivity or keep_float_worst:
-            result.sensitivity = tune.sensitivity(fmodel, result, data, writer_options=wopts,
-                                                  iter_kw=iter_kw)
+            result.sensitivity = rank_layers(fmodel, result, data, writer_options=wopts,
+                                             iter_kw=iter_kw)
             if keep_float_worst:
                 wopts["keep_float"] += tuple(k for k, _, _ in result.sensitivity[:keep_float_worst])
         if bias_correction and qdq_path is not None:
-            result.bias_shift = tune.bias_correction(fmodel, result, data, writer_options=wopts,
-                                                     iter_kw=iter_kw)
+            result.bias_shift = correct_bias(fmodel, result, data, writer_options=wopts,
+                                             iter_kw=iter_kw)
         del fmodel
     if qdq_path is not None:
         from .qdq import write_qdq as write_own
