@@ -27,17 +27,9 @@ from typing import Dict, List, Optional, Tuple
 import numpy as np
 
 from .mlp import load_digits, split_dataset, time_per_batch
+from .torch_mlp import _torch, _train
 
 __all__ = ["run_demo", "main", "CnnDemoResult"]
-
-
-def _torch():
-    try:
-        import torch
-    except ImportError:
-        raise RuntimeError('qatcore demo --torch --cnn needs PyTorch: pip install '
-                           '"qatcore[torch]"') from None
-    return torch
 
 
 def _model(torch):
@@ -68,29 +60,6 @@ def _model(torch):
             return self.fc(self.drop(x))
 
     return DigitsCNN()
-
-
-def _train(torch, model, X, y, epochs, lr, seed, label, quiet, batch_size=32):
-    opt = torch.optim.Adam(model.parameters(), lr=lr)
-    sched = torch.optim.lr_scheduler.CosineAnnealingLR(opt, max(epochs, 1))
-    g = torch.Generator().manual_seed(seed)
-    model.train()
-    for epoch in range(epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(len(X), generator=g)
-        total = 0.0
-        for i in range(0, len(X), batch_size):
-            idx = perm[i:i + batch_size]
-            loss = torch.nn.functional.cross_entropy(model(X[idx]), y[idx])
-            opt.zero_grad()
-            loss.backward()
-            opt.step()
-            total += loss.item() * len(idx)
-        sched.step()
-        if not quiet:
-            print(f"[{label}] epoch {epoch + 1}/{epochs}  loss {total / len(X):.4f}  "
-                  f"({time.perf_counter() - t0:.2f} s)", file=sys.stderr, flush=True)
-    model.eval()
 
 
 @dataclass
