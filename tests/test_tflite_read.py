@@ -201,6 +201,7 @@ def test_fixture_bit_exact_litert_ref(name):
     model = read(fixture_bytes(name))
     got = G.per_op_forward(model, [x], G.RUNTIME_ROUNDING["ref"])[0]
     np.testing.assert_array_equal(got, want)
+    np.testing.assert_array_equal(model.forward_int8(x, rounding="litert_ref"), want)
 
 
 @pytest.mark.parametrize("name", list(FIXTURES))
